@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent installer for every host tool keylessgo uses (build, boot-test, NBDE tests).
+# Installs only what is missing; the apt mirror is whatever the host's apt sources say.
+set -euo pipefail
+
+packages=(
+  mmdebstrap debootstrap         # bootstrap
+  cryptsetup-bin                 # luksFormat, reencrypt, luksDump
+  fdisk e2fsprogs dosfstools mtools  # sfdisk, mkfs.ext4, mkfs.vfat, mcopy/mmd
+  grub-efi-amd64-bin grub-pc-bin grub-common  # grub-mkimage for UEFI and BIOS
+  qemu-utils qemu-system-x86 ovmf  # qemu-img, boot tests
+  openssh-client                 # ssh-keygen, boot-test login
+  clevis clevis-luks tang socat curl  # NBDE
+  zstd cpio                      # initramfs inspection
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: must run as root (it calls apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} host packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

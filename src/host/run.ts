@@ -1,0 +1,75 @@
+/**
+ * The single place where keylessgo starts host processes. Arguments are passed as an
+ * array (no shell), secrets travel only through files or stdin, and failures carry the
+ * command line plus the tail of stderr (redacted).
+ */
+import { execa } from 'execa';
+import type { Logger } from '../log.js';
+
+export interface RunOptions {
+  /** Data written to the child's stdin (e.g. a passphrase); never logged. */
+  input?: string | Buffer;
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Aborts the child (SIGTERM) when the build is interrupted. */
+  signal?: AbortSignal;
+  /** Stream the child's output to the log at verbose level instead of buffering only. */
+  stream?: boolean;
+}
+
+export class CommandError extends Error {
+  constructor(
+    readonly command: string,
+    readonly exitCode: number | undefined,
+    readonly stderrTail: string,
+  ) {
+    super(`${command} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}${stderrTail ? `:\n${stderrTail}` : ''}`);
+    this.name = 'CommandError';
+  }
+}
+
+/** Quotes an argv for display so that a reader can paste it into a shell. */
+export function formatCommand(file: string, args: readonly string[]): string {
+  return [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(' ');
+}
+
+export class HostRunner {
+  constructor(
+    private readonly log: Logger,
+    private readonly signal?: AbortSignal,
+  ) {}
+
+  async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
+    const display = formatCommand(file, args);
+    this.log.verbose(`$ ${display}`);
+    const child = execa(file, args, {
+      input: options.input,
+      cwd: options.cwd,
+      env: { LC_ALL: 'C.UTF-8', ...options.env },
+      cancelSignal: options.signal ?? this.signal,
+      reject: false,
+      stripFinalNewline: true,
+      all: true,
+      maxBuffer: 256 * 1024 * 1024,
+      encoding: 'utf8',
+    });
+    if (options.stream && child.all) {
+      child.all.on('data', (chunk: Buffer) => {
+        for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
+      });
+    }
+    const result = await child;
+    if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
+    if (result.failed) {
+      const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');
+      throw new CommandError(display, result.exitCode, this.log.redactor.redact(tail));
+    }
+    return String(result.stdout);
+  }
+
+  /** Runs a command and reports only whether it exited 0 (probes such as `mountpoint -q`). */
+  async succeeds(file: string, args: readonly string[]): Promise<boolean> {
+    const result = await execa(file, args, { reject: false, stdin: 'ignore' });
+    return result.exitCode === 0;
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * `keylessgo build`: checks everything that can be checked before touching the disk
+ * (recipe, inputs, host, templates), then runs the stages.
+ */
+import { access, constants, mkdir, mkdtemp, readFile, rm, stat, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { HostError, InputError } from '../errors.js';
+import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
+import { HostRunner } from '../host/run.js';
+import { missingTools } from '../host/tools.js';
+import type { Logger } from '../log.js';
+import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-keys.js';
+import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
+import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
+import { STAGES } from '../stages/index.js';
+import { CleanupStack } from './cleanup.js';
+import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
+import { BASE_OVERLAY, renderOverlays } from './overlay.js';
+import { runStages, SignalGuard, unwindAll } from './runner.js';
+import { readPassphraseFile, SecretStore } from './secrets.js';
+
+export interface BuildOptions {
+  recipePath: string;
+  outDir: string;
+  passphraseFile?: string;
+  authorizedKeysFile?: string;
+  mirror?: string;
+  log: Logger;
+}
+
+export const MAPPER_NAME = 'cryptroot';
+
+/** The `ip=` kernel parameter; the device is always named (a bare `ip=dhcp` is mis-parsed by some initramfs scripts). */
+export function kernelIpParameter(network: InitramfsNetwork, hostname: string): string {
+  if (network.mode === 'dhcp') return `ip=:::::${network.device}:dhcp`;
+  return `ip=${network.address}::${network.gateway ?? ''}:${network.netmask}:${hostname}:${network.device}:none`;
+}
+
+export function kernelCmdline(recipe: Recipe): string {
+  return [`root=/dev/mapper/${MAPPER_NAME}`, 'ro', kernelIpParameter(recipe.initramfs.network, recipe.hostname), ...recipe.kernel.cmdline].join(' ');
+}
+
+/** dropbear's command line in the initramfs: no passwords, no forwarding, idle timeout. */
+export function dropbearOptions(recipe: Recipe): string {
+  const d = recipe.initramfs.dropbear;
+  return ['-s', '-j', '-k', '-p', String(d.port), ...(d.idleTimeoutSeconds > 0 ? ['-I', String(d.idleTimeoutSeconds)] : []), ...d.extraOptions].join(' ');
+}
+
+/** Options in front of every key in the initramfs authorized_keys. */
+export function dropbearKeyOptions(recipe: Recipe): string {
+  const options = ['no-port-forwarding', 'no-agent-forwarding', 'no-X11-forwarding'];
+  if (recipe.initramfs.dropbear.forceUnlockCommand) options.push('command="cryptroot-unlock"');
+  return options.join(',');
+}
+
+export function templateData(recipe: Recipe, ids: BuildIds, keys: readonly AuthorizedKey[], mirror: MirrorChoice) {
+  return {
+    recipe,
+    vars: recipe.variables,
+    ids,
+    mapperName: MAPPER_NAME,
+    kernelCmdline: kernelCmdline(recipe),
+    dropbearOptions: dropbearOptions(recipe),
+    dropbearKeyOptions: dropbearKeyOptions(recipe),
+    authorizedKeys: keys.map((k) => `${k.type} ${k.base64}${k.comment ? ` ${k.comment}` : ''}`),
+    mirror,
+    espUuid: `${ids.espVolumeId.slice(0, 4)}-${ids.espVolumeId.slice(4)}`,
+  };
+}
+
+export async function resolveMirror(recipe: Recipe, flag: string | undefined): Promise<MirrorChoice> {
+  const host = mirrorFromSources(await readHostAptSources());
+  if (flag) return { archive: flag, security: recipe.bootstrap.securityMirror ?? host?.security, origin: '--mirror' };
+  if (recipe.bootstrap.mirror) return { archive: recipe.bootstrap.mirror, security: recipe.bootstrap.securityMirror ?? host?.security, origin: 'recipe' };
+  if (!host) throw new InputError('no Debian mirror: the host has no usable apt sources; pass --mirror URL or set bootstrap.mirror in the recipe');
+  return { ...host, origin: 'host apt sources' };
+}
+
+async function checkOutDir(outDir: string): Promise<void> {
+  await mkdir(outDir, { recursive: true }).catch((error: Error) => {
+    throw new InputError(`cannot create output directory: ${error.message}`, outDir);
+  });
+  if (!(await stat(outDir)).isDirectory()) throw new InputError('output path is not a directory', outDir);
+  await access(outDir, constants.W_OK).catch(() => {
+    throw new InputError('output directory is not writable', outDir);
+  });
+}
+
+async function toolVersion(): Promise<string> {
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export interface Preflight {
+  loaded: LoadedRecipe;
+  passphrase: string;
+  authorizedKeys: AuthorizedKey[];
+  mirror: MirrorChoice;
+}
+
+/** Everything that can fail on bad input or a bad host, checked before anything is written. */
+export async function preflight(options: BuildOptions): Promise<Preflight> {
+  const loaded = await loadRecipe(options.recipePath);
+  const passphraseFile = options.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
+  if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+  const passphrase = await readPassphraseFile(passphraseFile);
+  const keysFile = options.authorizedKeysFile ?? loaded.authorizedKeysFile;
+  if (!keysFile) throw new InputError('no SSH key for the unlock: pass --authorized-keys FILE or set authorizedKeys in the recipe');
+  const authorizedKeys = await readAuthorizedKeys(keysFile);
+  await checkOutDir(options.outDir);
+  if (process.getuid?.() !== 0) throw new HostError('keylessgo build must run as root (it attaches loop devices and runs chroot)');
+  const missing = await missingTools(STAGES.flatMap((s) => s.hostTools(loaded.recipe)));
+  if (missing.length > 0) {
+    throw new HostError(`missing host tools: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}; run scripts/install-deps.sh`);
+  }
+  const mirror = await resolveMirror(loaded.recipe, options.mirror);
+  return { loaded, passphrase, authorizedKeys, mirror };
+}
+
+export async function build(options: BuildOptions): Promise<BuildContext> {
+  const { log } = options;
+  const checked = await preflight(options);
+  const { recipe } = checked.loaded;
+  const ids = newBuildIds();
+  const overlayFiles = await renderOverlays([BASE_OVERLAY, ...checked.loaded.overlayDirs], templateData(recipe, ids, checked.authorizedKeys, checked.mirror));
+
+  const guard = new SignalGuard(log);
+  const cleanup = new CleanupStack(log);
+  try {
+    const secrets = await SecretStore.create(cleanup);
+    const passphraseFile = await secrets.put('bootstrap-passphrase', checked.passphrase, log.redactor);
+    const workDir = await mkdtemp(join(tmpdir(), `keylessgo-${recipe.name}-`));
+    await chmod(workDir, 0o700);
+    cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
+    const ctx: BuildContext = {
+      loaded: checked.loaded,
+      recipe,
+      log,
+      host: new HostRunner(log, guard.controller.signal),
+      cleanup,
+      secrets,
+      signal: guard.controller.signal,
+      ids,
+      mirror: checked.mirror,
+      workDir,
+      rootfs: join(workDir, 'rootfs'),
+      outDir: resolve(options.outDir),
+      passphraseFile,
+      authorizedKeys: checked.authorizedKeys,
+      overlayFiles,
+      kernelCmdline: kernelCmdline(recipe),
+      toolVersion: await toolVersion(),
+      state: { outputs: [], stageSeconds: {} },
+    };
+    await runStages(ctx, STAGES, guard);
+    return ctx;
+  } finally {
+    await unwindAll(cleanup, log);
+    guard.dispose();
+  }
+}

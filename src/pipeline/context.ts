@@ -1,0 +1,79 @@
+/** Everything a build's stages share: inputs, identifiers decided up front, and results. */
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { LoadedRecipe } from '../recipe/load.js';
+import type { Recipe } from '../recipe/schema.js';
+import type { MirrorChoice } from '../host/apt-sources.js';
+import type { LoopDevice } from '../host/loop.js';
+import type { HostRunner } from '../host/run.js';
+import type { Logger } from '../log.js';
+import type { CleanupStack } from './cleanup.js';
+import type { SecretStore } from './secrets.js';
+import type { AuthorizedKey } from '../recipe/authorized-keys.js';
+import type { PartitionLayout } from '../stages/partition.js';
+import type { RenderedFile } from './overlay.js';
+
+/**
+ * Identifiers are chosen before any stage runs so that configuration files (crypttab,
+ * fstab, grub.cfg) can be rendered before the filesystems that carry them exist.
+ */
+export interface BuildIds {
+  luksUuid: string;
+  rootFsUuid: string;
+  bootFsUuid: string;
+  /** FAT volume id, 8 hex digits; shown as XXXX-XXXX in fstab. */
+  espVolumeId: string;
+}
+
+export function newBuildIds(): BuildIds {
+  return {
+    luksUuid: randomUUID(),
+    rootFsUuid: randomUUID(),
+    bootFsUuid: randomUUID(),
+    espVolumeId: randomBytes(4).toString('hex').toUpperCase(),
+  };
+}
+
+export interface OutputFile {
+  format: 'raw' | 'qcow2';
+  path: string;
+  bytes: number;
+  sha256: string;
+}
+
+export interface BuildContext {
+  readonly loaded: LoadedRecipe;
+  readonly recipe: Recipe;
+  readonly log: Logger;
+  readonly host: HostRunner;
+  readonly cleanup: CleanupStack;
+  readonly secrets: SecretStore;
+  readonly signal: AbortSignal;
+  readonly ids: BuildIds;
+  readonly mirror: MirrorChoice;
+  /** 0700 scratch directory for this build, removed at the end. */
+  readonly workDir: string;
+  /** The image's root tree while it is being built (inside workDir). */
+  readonly rootfs: string;
+  readonly outDir: string;
+  /** Path of the bootstrap passphrase inside the secret store. */
+  readonly passphraseFile: string;
+  readonly authorizedKeys: readonly AuthorizedKey[];
+  /** Overlay files rendered before the build started (template errors surface early). */
+  readonly overlayFiles: readonly RenderedFile[];
+  /** Kernel command line written to grub.cfg (root=, ip= and the recipe's parameters). */
+  readonly kernelCmdline: string;
+  readonly toolVersion: string;
+  /** Results stages hand to later stages and to the manifest. */
+  readonly state: {
+    kernelVersion?: string;
+    packages?: Array<{ name: string; version: string }>;
+    dropbearHostKeys?: Array<{ type: string; fingerprint: string }>;
+    initramfsChecks?: Record<string, boolean>;
+    rootfsBytes?: number;
+    layout?: PartitionLayout;
+    rawPartial?: string;
+    loop?: LoopDevice;
+    outputs: OutputFile[];
+    stageSeconds: Record<string, number>;
+  };
+}

@@ -1,0 +1,68 @@
+/**
+ * Secrets live only in a 0700 directory of 0600 files, are passed to tools by path, and
+ * are overwritten before removal. Nothing here ever puts a secret into argv.
+ */
+import { chmod, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import type { CleanupStack } from './cleanup.js';
+import type { Redactor } from '../log.js';
+
+export const MIN_PASSPHRASE_LENGTH = 8;
+
+/**
+ * Reads a passphrase file: one trailing newline is dropped (editors and `echo` add it, and
+ * a typed passphrase never contains it). Refuses empty, short and world/group-readable files.
+ */
+export async function readPassphraseFile(path: string): Promise<string> {
+  const info = await stat(path).catch((error: NodeJS.ErrnoException) => {
+    throw new InputError(`cannot read passphrase file: ${error.code === 'ENOENT' ? 'no such file' : error.message}`, path);
+  });
+  if (!info.isFile()) throw new InputError('passphrase file is not a regular file', path);
+  if ((info.mode & 0o077) !== 0) {
+    throw new InputError(`passphrase file is readable by group or others (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`, path);
+  }
+  const text = (await readFile(path, 'utf8').catch((error: Error) => {
+    throw new InputError(`cannot read passphrase file: ${error.message}`, path);
+  })).replace(/\r?\n$/, '');
+  if (text.length === 0) throw new InputError('passphrase file is empty', path);
+  if (text.includes('\n')) throw new InputError('passphrase file has more than one line', path);
+  if (text.length < MIN_PASSPHRASE_LENGTH) throw new InputError(`passphrase is shorter than ${MIN_PASSPHRASE_LENGTH} characters`, path);
+  return text;
+}
+
+export class SecretStore {
+  private constructor(readonly dir: string) {}
+
+  static async create(cleanup: CleanupStack): Promise<SecretStore> {
+    const dir = await mkdtemp(join(tmpdir(), 'keylessgo-secrets-'));
+    await chmod(dir, 0o700);
+    const store = new SecretStore(dir);
+    cleanup.add(`wipe secrets in ${dir}`, () => store.wipe());
+    return store;
+  }
+
+  private readonly files: string[] = [];
+
+  /** Writes a secret to a 0600 file and registers it for redaction; returns the path. */
+  async put(name: string, value: string, redactor: Redactor): Promise<string> {
+    redactor.add(value);
+    const path = join(this.dir, name);
+    await writeFile(path, value, { mode: 0o600, flag: 'wx' });
+    this.files.push(path);
+    return path;
+  }
+
+  private async wipe(): Promise<void> {
+    for (const path of this.files) {
+      const handle = await open(path, 'r+').catch(() => undefined);
+      if (!handle) continue;
+      const { size } = await handle.stat();
+      await handle.write(Buffer.alloc(size), 0, size, 0);
+      await handle.sync();
+      await handle.close();
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * The recipe format. Every field has a default here, so a recipe only states what differs;
+ * unknown fields are errors (a typo must not silently fall back to a default).
+ */
+import { z } from 'zod';
+import { MiB, parseSize } from './size.js';
+
+const size = (min: number, what: string) =>
+  z
+    .union([z.string(), z.number()])
+    .transform((value, ctx) => {
+      const bytes = parseSize(value);
+      if (bytes === undefined) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a size such as "512MiB" or "3GiB", got ${JSON.stringify(value)}` });
+        return z.NEVER;
+      }
+      if (bytes < min) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${what} must be at least ${min / MiB} MiB` });
+        return z.NEVER;
+      }
+      if (bytes % MiB !== 0) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${what} must be a whole number of MiB (partitions are MiB-aligned)` });
+        return z.NEVER;
+      }
+      return bytes;
+    });
+
+const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'expected a Debian package name');
+const relativePath = z.string().min(1, 'expected a path');
+const ipv4 = z.string().ip({ version: 'v4', message: 'expected an IPv4 address' });
+const interfaceName = z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'expected a network interface name such as eth0');
+
+export const SUITES = ['bookworm', 'trixie'] as const;
+
+const dhcpNetwork = z.object({ mode: z.literal('dhcp'), device: interfaceName.default('eth0') }).strict();
+const staticNetwork = z
+  .object({
+    mode: z.literal('static'),
+    device: interfaceName.default('eth0'),
+    address: ipv4,
+    netmask: ipv4,
+    gateway: ipv4.optional(),
+  })
+  .strict();
+
+export const recipeSchema = z
+  .object({
+    name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'expected a lower-case name usable as a file name'),
+    description: z.string().default(''),
+    suite: z.enum(SUITES),
+    architecture: z.literal('amd64').default('amd64'),
+    bootstrap: z
+      .object({
+        tool: z.enum(['mmdebstrap', 'debootstrap']).default('mmdebstrap'),
+        variant: z.enum(['apt', 'minbase', 'required', 'important']).default('apt'),
+        mirror: z.string().url('expected a mirror URL').optional(),
+        securityMirror: z.string().url('expected a mirror URL').optional(),
+        components: z.array(z.string().regex(/^[a-z-]+$/)).nonempty().default(['main']),
+      })
+      .strict()
+      .default({}),
+    packages: z.array(packageName).default([]),
+    hostname: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'expected a host name (RFC 1123 label)').default('keylessgo'),
+    root: z
+      .object({
+        login: z.enum(['key-only', 'locked']).default('key-only'),
+      })
+      .strict()
+      .default({}),
+    authorizedKeys: relativePath.optional(),
+    network: z
+      .object({
+        manager: z.enum(['systemd-networkd']).default('systemd-networkd'),
+        match: z.string().default('en* eth*'),
+      })
+      .strict()
+      .default({}),
+    disk: z
+      .object({
+        size: size(1024 * MiB, 'disk.size').default('3GiB'),
+        esp: size(32 * MiB, 'disk.esp').default('64MiB'),
+        boot: size(128 * MiB, 'disk.boot').default('384MiB'),
+      })
+      .strict()
+      .default({}),
+    luks: z
+      .object({
+        cipher: z.string().regex(/^[a-z0-9]+-[a-z0-9]+(-[a-z0-9:]+)?$/, 'expected a cipher spec such as aes-xts-plain64').default('aes-xts-plain64'),
+        keySize: z.union([z.literal(256), z.literal(512)]).default(512),
+        sectorSize: z.union([z.literal(512), z.literal(4096)]).default(4096),
+        pbkdf: z
+          .object({
+            type: z.enum(['argon2id', 'argon2i', 'pbkdf2']).default('argon2id'),
+            memoryKiB: z.number().int().min(32 * 1024).max(4 * 1024 * 1024).default(64 * 1024),
+            iterations: z.number().int().min(1).max(1000_000).default(4),
+            parallel: z.number().int().min(1).max(16).default(1),
+          })
+          .strict()
+          .default({}),
+      })
+      .strict()
+      .default({}),
+    initramfs: z
+      .object({
+        network: z.discriminatedUnion('mode', [dhcpNetwork, staticNetwork]).default({ mode: 'dhcp' }),
+        modules: z.enum(['most', 'dep', 'netboot', 'list']).default('most'),
+        compress: z.enum(['zstd', 'gzip', 'xz', 'lz4']).default('zstd'),
+        dropbear: z
+          .object({
+            port: z.number().int().min(1).max(65535).default(22),
+            idleTimeoutSeconds: z.number().int().min(0).max(86400).default(180),
+            forceUnlockCommand: z.boolean().default(true),
+            extraOptions: z.array(z.string().regex(/^-[a-zA-Z]( ?\S+)?$/, 'expected a dropbear option such as "-W 65536"')).default([]),
+          })
+          .strict()
+          .default({}),
+      })
+      .strict()
+      .default({}),
+    kernel: z
+      .object({
+        cmdline: z.array(z.string().regex(/^\S+$/, 'expected one kernel parameter without spaces')).default(['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0']),
+      })
+      .strict()
+      .default({}),
+    overlays: z.array(relativePath).default([]),
+    variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
+    hooks: z.array(relativePath).default([]),
+    output: z
+      .object({
+        formats: z.array(z.enum(['raw', 'qcow2'])).nonempty().default(['raw', 'qcow2']),
+        compress: z.boolean().default(false),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict()
+  .superRefine((recipe, ctx) => {
+    const fixed = recipe.disk.esp + recipe.disk.boot + 4 * MiB;
+    if (recipe.disk.size - fixed < 512 * MiB) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['disk', 'size'],
+        message: `leaves ${Math.floor((recipe.disk.size - fixed) / MiB)} MiB for the root partition after ESP, /boot and BIOS boot; at least 512 MiB are needed`,
+      });
+    }
+  });
+
+export type Recipe = z.infer<typeof recipeSchema>;
+export type InitramfsNetwork = Recipe['initramfs']['network'];

@@ -1,0 +1,55 @@
+/**
+ * configure: overlays (hostname, fstab, crypttab, network, dropbear, grub.cfg), root
+ * account, first-boot SSH host keys, empty machine-id, recipe hooks.
+ *
+ * Host commands: chroot (passwd, systemctl, hook scripts).
+ */
+import { chmod, copyFile, readdir, rm, symlink, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
+import { withChroot } from '../host/chroot.js';
+import { writeOverlayFiles } from '../pipeline/overlay.js';
+import type { Stage } from '../pipeline/stage.js';
+
+export const configureStage: Stage = {
+  name: 'configure',
+  summary: 'apply overlays, accounts, network and hooks',
+  hostTools: () => ['chroot', 'mount', 'umount'],
+  async run(ctx) {
+    const { rootfs, recipe } = ctx;
+    await writeOverlayFiles(rootfs, ctx.overlayFiles);
+    // sshd refuses keys in a group/world-accessible ~/.ssh.
+    await chmod(join(rootfs, 'root/.ssh'), 0o700).catch(() => undefined);
+    await chmod(join(rootfs, 'root/.ssh/authorized_keys'), 0o600).catch(() => undefined);
+    if (recipe.root.login === 'locked') await rm(join(rootfs, 'root/.ssh/authorized_keys'), { force: true });
+    // grub.cfg boots /vmlinuz and /initrd.img on /boot; kernel-img.conf keeps them current on upgrades.
+    const version = ctx.state.kernelVersion!;
+    for (const [link, target] of [['vmlinuz', `vmlinuz-${version}`], ['initrd.img', `initrd.img-${version}`]] as const) {
+      await rm(join(rootfs, 'boot', link), { force: true });
+      await symlink(target, join(rootfs, 'boot', link));
+    }
+
+    // Every clone must get its own SSH host keys and machine id at first boot.
+    for (const name of await readdir(join(rootfs, 'etc/ssh'))) {
+      if (name.startsWith('ssh_host_')) await rm(join(rootfs, 'etc/ssh', name));
+    }
+    await truncate(join(rootfs, 'etc/machine-id'), 0).catch(() => undefined);
+    await rm(join(rootfs, 'var/lib/dbus/machine-id'), { force: true });
+
+    await withChroot(ctx.host, ctx.cleanup, rootfs, async (chroot) => {
+      await chroot.run('passwd', ['--lock', 'root']);
+      await chroot.run('systemctl', ['enable', 'systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service']);
+      // Nothing in a default image needs the network before boot completes: don't wait for it.
+      await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service']);
+      for (const [index, hook] of ctx.loaded.hookFiles.entries()) {
+        const inImage = `/tmp/keylessgo-hook-${index}`;
+        ctx.log.info(`      hook ${hook}`);
+        await copyFile(hook, join(rootfs, inImage));
+        try {
+          await chroot.run('/bin/sh', ['-e', inImage], { stream: true, env: { KEYLESSGO_RECIPE: recipe.name, KEYLESSGO_SUITE: recipe.suite } });
+        } finally {
+          await rm(join(rootfs, inImage), { force: true });
+        }
+      }
+    });
+  },
+};

@@ -1,0 +1,133 @@
+/**
+ * partition: checks that the trees fit, creates the sparse disk file (as *.partial), writes
+ * the GPT and attaches it as a loop device with partition nodes.
+ *
+ * Host commands: du, sfdisk, losetup, partx.
+ *
+ * Partition labels are stable; post-deploy tooling finds partitions by them:
+ *   keylessgo-bios  BIOS boot (GRUB core.img), 1 MiB
+ *   keylessgo-esp   EFI system partition (FAT32, EFI/BOOT/BOOTX64.EFI)
+ *   keylessgo-boot  /boot (ext4, not encrypted: kernel, initramfs, grub.cfg)
+ *   keylessgo-root  LUKS2 holding the root ext4 (type: Linux root x86-64)
+ */
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { LUKS_RESERVED_BYTES } from '../host/cryptsetup.js';
+import { attachLoop } from '../host/loop.js';
+import type { BuildContext } from '../pipeline/context.js';
+import type { Stage } from '../pipeline/stage.js';
+import type { Recipe } from '../recipe/schema.js';
+import { formatSize, MiB } from '../recipe/size.js';
+
+const SECTOR = 512;
+
+export const PARTITION_TYPES = {
+  bios: '21686148-6449-6E6F-744E-656564454649',
+  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
+  boot: 'BC13C2FF-59E6-4262-A352-B275FD6F7172',
+  root: '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709',
+} as const;
+
+export type PartitionRole = keyof typeof PARTITION_TYPES;
+
+export interface PartitionSpec {
+  role: PartitionRole;
+  number: number;
+  label: string;
+  startBytes: number;
+  sizeBytes: number;
+}
+
+export interface PartitionLayout {
+  diskBytes: number;
+  partitions: PartitionSpec[];
+}
+
+// The backup GPT occupies the last 33 sectors; the root partition ends at the last whole MiB before it.
+const GPT_BACKUP_BYTES = 33 * SECTOR;
+
+export function partitionLayout(disk: Recipe['disk']): PartitionLayout {
+  const sizes: Array<[PartitionRole, number]> = [
+    ['bios', MiB],
+    ['esp', disk.esp],
+    ['boot', disk.boot],
+  ];
+  const partitions: PartitionSpec[] = [];
+  let start = MiB;
+  for (const [role, size] of sizes) {
+    partitions.push({ role, number: partitions.length + 1, label: `keylessgo-${role}`, startBytes: start, sizeBytes: size });
+    start += size;
+  }
+  const rootEnd = Math.floor((disk.size - GPT_BACKUP_BYTES) / MiB) * MiB;
+  partitions.push({ role: 'root', number: 4, label: 'keylessgo-root', startBytes: start, sizeBytes: rootEnd - start });
+  return { diskBytes: disk.size, partitions };
+}
+
+export function sfdiskScript(layout: PartitionLayout): string {
+  const lines = ['label: gpt', 'first-lba: 2048'];
+  for (const p of layout.partitions) {
+    lines.push(`start=${p.startBytes / SECTOR}, size=${p.sizeBytes / SECTOR}, type=${PARTITION_TYPES[p.role]}, name="${p.label}"`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function partitionByRole(layout: PartitionLayout, role: PartitionRole): PartitionSpec {
+  return layout.partitions.find((p) => p.role === role)!;
+}
+
+/** ext4 needs room beyond the files (metadata, journal, reserved blocks): measured on this pipeline. */
+export function ext4BytesNeeded(usedBytes: number): number {
+  return Math.ceil(usedBytes * 1.25) + 200 * MiB;
+}
+
+export function bootTreeDir(ctx: Pick<BuildContext, 'workDir'>): string {
+  return join(ctx.workDir, 'boot-tree');
+}
+
+async function treeBytes(ctx: BuildContext, dir: string): Promise<number> {
+  const output = await ctx.host.run('du', ['--summarize', '--one-file-system', '--block-size=1', dir]);
+  return Number(output.split(/\s/)[0]);
+}
+
+export const partitionStage: Stage = {
+  name: 'partition',
+  summary: 'size check, disk file and GPT on a loop device',
+  hostTools: () => ['du', 'sfdisk', 'losetup', 'partx'],
+  async run(ctx) {
+    const layout = partitionLayout(ctx.recipe.disk);
+    // /boot becomes its own filesystem; the root keeps an empty mount point.
+    const bootTree = bootTreeDir(ctx);
+    await rename(join(ctx.rootfs, 'boot'), bootTree);
+    await mkdir(join(ctx.rootfs, 'boot'), { mode: 0o755 });
+    await mkdir(join(bootTree, 'efi'), { recursive: true, mode: 0o755 });
+
+    const rootUsed = await treeBytes(ctx, ctx.rootfs);
+    const bootUsed = await treeBytes(ctx, bootTree);
+    ctx.state.rootfsBytes = rootUsed;
+    const rootNeeded = ext4BytesNeeded(rootUsed) + LUKS_RESERVED_BYTES;
+    const root = partitionByRole(layout, 'root');
+    if (rootNeeded > root.sizeBytes) {
+      throw new InputError(
+        `disk.size ${formatSize(layout.diskBytes)} leaves ${formatSize(root.sizeBytes)} for the root partition, but the root tree (${formatSize(rootUsed)}) needs ${formatSize(rootNeeded)}; raise disk.size to at least ${formatSize(layout.diskBytes + rootNeeded - root.sizeBytes)}`,
+        `${ctx.loaded.file}: disk.size`,
+      );
+    }
+    const boot = partitionByRole(layout, 'boot');
+    if (ext4BytesNeeded(bootUsed) - 150 * MiB > boot.sizeBytes) {
+      throw new InputError(`disk.boot ${formatSize(boot.sizeBytes)} is too small for /boot (${formatSize(bootUsed)} of kernel, initramfs and GRUB)`, `${ctx.loaded.file}: disk.boot`);
+    }
+    ctx.log.info(`      root tree ${formatSize(rootUsed)} in a ${formatSize(root.sizeBytes)} partition, /boot ${formatSize(bootUsed)}`);
+
+    const partial = join(ctx.outDir, `${ctx.recipe.name}.raw.partial`);
+    ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
+    const file = await open(partial, 'w', 0o644);
+    await file.truncate(layout.diskBytes);
+    await file.close();
+    await ctx.host.run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', partial], { input: sfdiskScript(layout) });
+    ctx.state.layout = layout;
+    ctx.state.rawPartial = partial;
+    ctx.state.loop = await attachLoop(ctx.host, ctx.cleanup, partial, layout.partitions.length);
+    ctx.log.verbose(`      attached ${ctx.state.loop.device}`);
+  },
+};
