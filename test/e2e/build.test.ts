@@ -1,0 +1,173 @@
+/**
+ * The built image, checked from the outside with tools independent of the build code:
+ * sfdisk, cryptsetup, an AES-XTS decryption with the volume key, debugfs, cpio, qemu-img.
+ */
+import { execa } from 'execa';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import {
+  decryptDataArea,
+  dumpExt4File,
+  dumpVolumeKey,
+  extractPartition,
+  fileContains,
+  listExt4Dir,
+  listInitramfs,
+  readExt4File,
+  readInitramfsMember,
+  type PartitionRange,
+} from './image-reader.js';
+
+const image = inject('image');
+
+interface Manifest {
+  luks: { uuid: string; cipher: string; sectorSize: number };
+  filesystems: { rootUuid: string; bootUuid: string; espVolumeId: string };
+  kernel: { version: string; cmdline: string };
+  partitions: PartitionRange[];
+  dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
+  outputs: Array<{ format: string; path: string; sha256: string }>;
+  packages: { installed: Array<{ name: string; version: string }> };
+  stageSeconds: Record<string, number>;
+}
+
+let manifest: Manifest;
+let scratch: string;
+let rootPlain: string;
+let bootPart: string;
+let headerCopy: string;
+const partition = (label: string) => manifest.partitions.find((p) => p.label === label)!;
+
+beforeAll(async () => {
+  manifest = JSON.parse(await readFile(image.manifestFile, 'utf8')) as Manifest;
+  scratch = await mkdtemp(join(image.dir, 'inspect-'));
+  const root = partition('keylessgo-root');
+  headerCopy = await extractPartition(image.raw, root, join(scratch, 'luks-header'), 16 * 1024 * 1024);
+  const encrypted = await extractPartition(image.raw, root, join(scratch, 'root.luks'));
+  const volume = await dumpVolumeKey(headerCopy, image.passphraseFile);
+  rootPlain = await decryptDataArea(encrypted, volume, manifest.luks.sectorSize, join(scratch, 'root.ext4'));
+  await rm(encrypted);
+  bootPart = await extractPartition(image.raw, partition('keylessgo-boot'), join(scratch, 'boot.ext4'));
+});
+
+afterAll(async () => {
+  await rm(scratch, { recursive: true, force: true });
+});
+
+describe('artefacts', () => {
+  it('SHA256SUMS verifies every output and matches the manifest', async () => {
+    const result = await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: image.outDir });
+    expect(result.stdout).toMatch(/e2e-bookworm\.raw: OK/);
+    expect(result.stdout).toMatch(/e2e-bookworm\.qcow2: OK/);
+    const sums = await readFile(join(image.outDir, 'SHA256SUMS'), 'utf8');
+    for (const output of manifest.outputs) expect(sums).toContain(`${output.sha256}  ${output.path}`);
+  });
+
+  it('leaves no *.partial file in the output directory', async () => {
+    const { stdout } = await execa('ls', ['-A', image.outDir]);
+    expect(stdout.split('\n').sort()).toEqual(['SHA256SUMS', 'e2e-bookworm.qcow2', 'e2e-bookworm.raw', 'manifest.json']);
+  });
+
+  it('qcow2 passes qemu-img check and holds the same disk as the raw image', async () => {
+    await execa('qemu-img', ['check', image.qcow2]);
+    const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', image.qcow2])).stdout) as { format: string; 'virtual-size': number };
+    expect(info.format).toBe('qcow2');
+    await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', image.raw, image.qcow2]);
+  });
+
+  it('manifest records packages, per-stage times and the dropbear host key', () => {
+    expect(manifest.packages.installed.map((p) => p.name)).toEqual(expect.arrayContaining(['linux-image-amd64', 'cryptsetup-initramfs', 'dropbear-initramfs', 'openssh-server']));
+    expect(Object.keys(manifest.stageSeconds)).toEqual(['bootstrap', 'configure', 'initramfs', 'partition', 'encrypt', 'bootloader']);
+    expect(manifest.dropbear.hostKeys.find((k) => k.type === 'ssh-ed25519')?.fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
+  });
+});
+
+describe('partition table', () => {
+  it('is GPT with BIOS boot, ESP, /boot and the LUKS root, labelled as documented', async () => {
+    const table = JSON.parse((await execa('sfdisk', ['--json', image.raw])).stdout) as {
+      partitiontable: { label: string; partitions: Array<{ start: number; size: number; type: string; name: string }> };
+    };
+    expect(table.partitiontable.label).toBe('gpt');
+    expect(table.partitiontable.partitions.map((p) => [p.name, p.type])).toEqual([
+      ['keylessgo-bios', '21686148-6449-6E6F-744E-656564454649'],
+      ['keylessgo-esp', 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'],
+      ['keylessgo-boot', 'BC13C2FF-59E6-4262-A352-B275FD6F7172'],
+      ['keylessgo-root', '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709'],
+    ]);
+    for (const p of table.partitiontable.partitions) expect((p.start * 512) % (1024 * 1024)).toBe(0);
+  });
+});
+
+describe('LUKS2 root', () => {
+  it('has one keyslot, the manifest UUID, aes-xts-plain64 and fixed argon2id cost', async () => {
+    const { stdout } = await execa('cryptsetup', ['luksDump', headerCopy]);
+    expect(stdout).toMatch(/^Version:\s+2$/m);
+    expect(stdout).toContain(`UUID:          \t${manifest.luks.uuid}`);
+    expect([...stdout.matchAll(/^ {2}(\d+): luks2$/gm)].map((m) => m[1])).toEqual(['0']);
+    expect(stdout).toMatch(/cipher:\s+aes-xts-plain64/);
+    expect(stdout).toMatch(/sector:\s+4096 \[bytes\]/);
+    expect(stdout).toMatch(/PBKDF:\s+argon2id/);
+    expect(stdout).toMatch(/Memory:\s+65536/);
+    expect(stdout).toMatch(/Time cost:\s+4/);
+  });
+
+  it('decrypts with the bootstrap passphrase to the root ext4 with the manifest UUID', async () => {
+    const { stdout } = await execa('dumpe2fs', ['-h', rootPlain], { stderr: 'ignore' });
+    expect(stdout).toMatch(new RegExp(`Filesystem UUID:\\s+${manifest.filesystems.rootUuid}`));
+    await execa('e2fsck', ['-fn', rootPlain]);
+  });
+
+  it('carries crypttab and fstab that point at the LUKS and /boot UUIDs', async () => {
+    expect(await readExt4File(rootPlain, '/etc/crypttab')).toMatch(new RegExp(`^cryptroot\\s+UUID=${manifest.luks.uuid}\\s+none\\s+luks,discard,initramfs$`, 'm'));
+    const fstab = await readExt4File(rootPlain, '/etc/fstab');
+    expect(fstab).toMatch(/^\/dev\/mapper\/cryptroot\s+\/\s+ext4/m);
+    expect(fstab).toContain(`UUID=${manifest.filesystems.bootUuid}\t/boot\t`);
+    expect(fstab).toContain(`UUID=${manifest.filesystems.espVolumeId.slice(0, 4)}-${manifest.filesystems.espVolumeId.slice(4)}\t/boot/efi\t`);
+  });
+
+  it('is safe to clone: no SSH host keys, empty machine-id, root password locked, key for root', async () => {
+    expect((await listExt4Dir(rootPlain, '/etc/ssh')).filter((f) => f.startsWith('ssh_host_'))).toEqual([]);
+    expect(await readExt4File(rootPlain, '/etc/machine-id')).toBe('');
+    expect(await readExt4File(rootPlain, '/etc/shadow')).toMatch(/^root:!/m);
+    const publicKey = (await readFile(image.publicKey, 'utf8')).trim();
+    expect(await readExt4File(rootPlain, '/root/.ssh/authorized_keys')).toContain(publicKey.split(' ')[1]);
+    expect(await listExt4Dir(rootPlain, '/boot')).toEqual([]);
+  });
+
+  it('holds the canary written by the recipe hook, and the canary appears nowhere in the raw image', async () => {
+    expect((await readExt4File(rootPlain, '/etc/keylessgo-canary')).trim()).toBe(image.canary);
+    expect(await fileContains(image.raw, Buffer.from(image.canary))).toBe(false);
+    expect(await fileContains(image.raw, Buffer.from(image.passphrase))).toBe(false);
+  });
+});
+
+describe('/boot and the initramfs', () => {
+  it('grub.cfg boots the stable kernel links with the LUKS root and a named-device ip=', async () => {
+    const grub = await readExt4File(bootPart, '/grub/grub.cfg');
+    expect(grub).toContain(`search --no-floppy --fs-uuid --set=root ${manifest.filesystems.bootUuid}`);
+    expect(grub).toMatch(/linux \/vmlinuz root=\/dev\/mapper\/cryptroot ro ip=:::::eth0:dhcp /);
+    expect(grub).toContain('initrd /initrd.img');
+  });
+
+  it('the initramfs holds cryptsetup, dropbear, its config, the forced-command key and the crypttab entry', async () => {
+    const initrd = await dumpExt4File(bootPart, `/initrd.img-${manifest.kernel.version}`, join(scratch, 'initrd.img'));
+    const listing = await listInitramfs(initrd);
+    for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m]) expect(listing).toMatch(entry);
+    const keysPath = /^root-[^/]+\/\.ssh\/authorized_keys$/m.exec(listing)?.[0];
+    expect(keysPath).toBeDefined();
+    const extractDir = await mkdtemp(join(scratch, 'initrd-'));
+    const keys = await readInitramfsMember(initrd, keysPath!, extractDir);
+    const publicKey = (await readFile(image.publicKey, 'utf8')).trim().split(' ')[1]!;
+    expect(keys).toMatch(new RegExp(`^no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command="cryptroot-unlock" ssh-ed25519 ${publicKey.replace(/[+/]/g, '\\$&')}`, 'm'));
+    expect(await readInitramfsMember(initrd, 'cryptroot/crypttab', extractDir)).toContain(`UUID=${manifest.luks.uuid}`);
+    expect(await readInitramfsMember(initrd, 'etc/dropbear/dropbear.conf', extractDir)).toMatch(/^DROPBEAR_OPTIONS="-s -j -k -p 22 -I 180"$/m);
+  });
+
+  it('/boot holds nothing from /etc, /root or /home', async () => {
+    const top = await listExt4Dir(bootPart, '/');
+    expect(top).toEqual(expect.arrayContaining(['grub', 'efi', 'vmlinuz', 'initrd.img']));
+    for (const name of ['etc', 'root', 'home', 'keylessgo-canary']) expect(top).not.toContain(name);
+    expect(await fileContains(bootPart, Buffer.from(image.canary))).toBe(false);
+  });
+});

@@ -1,0 +1,125 @@
+/**
+ * Reads a built image without device-mapper and without mounting: partitions are byte
+ * ranges of the raw file, the LUKS2 root is decrypted with its volume key (an oracle
+ * independent of our build code), and ext4 files are read with debugfs.
+ */
+import { execa } from 'execa';
+import { createDecipheriv } from 'node:crypto';
+import { open, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export interface PartitionRange {
+  label: string;
+  startBytes: number;
+  sizeBytes: number;
+}
+
+/** Copies one partition of a raw disk image into its own file. */
+export async function extractPartition(raw: string, partition: PartitionRange, to: string, maxBytes = partition.sizeBytes): Promise<string> {
+  const source = await open(raw, 'r');
+  const target = await open(to, 'w', 0o600);
+  const chunk = Buffer.alloc(8 * 1024 * 1024);
+  try {
+    for (let done = 0; done < maxBytes; ) {
+      const { bytesRead } = await source.read(chunk, 0, Math.min(chunk.length, maxBytes - done), partition.startBytes + done);
+      if (bytesRead === 0) break;
+      await target.write(chunk, 0, bytesRead);
+      done += bytesRead;
+    }
+  } finally {
+    await source.close();
+    await target.close();
+  }
+  return to;
+}
+
+export interface VolumeKey {
+  key: Buffer;
+  payloadOffsetBytes: number;
+}
+
+/** The volume key and data offset, from `cryptsetup luksDump --dump-volume-key` on a header copy. */
+export async function dumpVolumeKey(header: string, keyFile: string): Promise<VolumeKey> {
+  const { stdout } = await execa('cryptsetup', ['luksDump', '--dump-volume-key', '--key-file', keyFile, '--batch-mode', header]);
+  const hex = /MK dump:([\s0-9a-f]+)/.exec(stdout)?.[1]?.replace(/\s+/g, '');
+  const offsetSectors = Number(/Payload offset:\s*(\d+)/.exec(stdout)?.[1]);
+  if (!hex || !Number.isFinite(offsetSectors)) throw new Error(`unexpected luksDump output:\n${stdout}`);
+  return { key: Buffer.from(hex, 'hex'), payloadOffsetBytes: offsetSectors * 512 };
+}
+
+/**
+ * Decrypts an aes-xts-plain64 LUKS2 data area into a plaintext file. The IV is the
+ * 512-byte sector number, also for 4096-byte encryption sectors.
+ */
+export async function decryptDataArea(encrypted: string, volume: VolumeKey, sectorSize: number, to: string): Promise<string> {
+  const source = await open(encrypted, 'r');
+  const target = await open(to, 'w', 0o600);
+  const { size } = await source.stat();
+  const chunk = Buffer.alloc(sectorSize * 1024);
+  const iv = Buffer.alloc(16);
+  try {
+    for (let offset = volume.payloadOffsetBytes; offset < size; ) {
+      const { bytesRead } = await source.read(chunk, 0, chunk.length, offset);
+      if (bytesRead === 0) break;
+      const plain = Buffer.alloc(bytesRead);
+      for (let s = 0; s + sectorSize <= bytesRead; s += sectorSize) {
+        iv.fill(0);
+        iv.writeBigUInt64LE(BigInt((offset - volume.payloadOffsetBytes + s) / 512));
+        const decipher = createDecipheriv('aes-256-xts', volume.key, iv).setAutoPadding(false);
+        decipher.update(chunk.subarray(s, s + sectorSize)).copy(plain, s);
+      }
+      await target.write(plain);
+      offset += bytesRead;
+    }
+  } finally {
+    await source.close();
+    await target.close();
+  }
+  return to;
+}
+
+/** Reads a file from an ext4 image with debugfs (no mount, works on plain files). */
+export async function readExt4File(image: string, path: string): Promise<string> {
+  const { stdout } = await execa('debugfs', ['-R', `cat ${path}`, image], { stderr: 'ignore' });
+  return stdout;
+}
+
+export async function listExt4Dir(image: string, path: string): Promise<string[]> {
+  const { stdout } = await execa('debugfs', ['-R', `ls -1 ${path}`, image], { stderr: 'ignore' });
+  return stdout.split('\n').map((l) => l.trim()).filter((l) => l && l !== '.' && l !== '..');
+}
+
+/** Copies a file out of an ext4 image. */
+export async function dumpExt4File(image: string, path: string, to: string): Promise<string> {
+  await execa('debugfs', ['-R', `dump ${path} ${to}`, image], { stderr: 'ignore' });
+  return to;
+}
+
+/** Paths inside a zstd/gzip-compressed newc initramfs (no early microcode archive in our images). */
+export async function listInitramfs(initrd: string): Promise<string> {
+  const { stdout } = await execa('sh', ['-c', 'zstd -dc "$1" | cpio -t --quiet', 'sh', initrd]);
+  return stdout;
+}
+
+/** Extracts one member of the initramfs archive into `dir` and returns its contents. */
+export async function readInitramfsMember(initrd: string, member: string, dir: string): Promise<string> {
+  await execa('sh', ['-c', 'zstd -dc "$1" | cpio -id --quiet "$2"', 'sh', initrd, member], { cwd: dir });
+  return readFile(join(dir, member), 'utf8');
+}
+
+/** Whether `needle` occurs anywhere in a (large) file, reading it in overlapping chunks. */
+export async function fileContains(path: string, needle: Buffer): Promise<boolean> {
+  const handle = await open(path, 'r');
+  const chunk = Buffer.alloc(16 * 1024 * 1024);
+  try {
+    for (let position = 0; ; ) {
+      const { bytesRead } = await handle.read(chunk, 0, chunk.length, position);
+      if (bytesRead === 0) return false;
+      if (chunk.subarray(0, bytesRead).includes(needle)) return true;
+      if (bytesRead < chunk.length) return false;
+      position += bytesRead - needle.length;
+    }
+  } finally {
+    await handle.close();
+  }
+}
