@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 /** keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/. */
-import { Command, CommanderError, Option } from 'commander';
-import { isReported } from './errors.js';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { dirname, join } from 'node:path';
+import { InputError, isReported } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
 import { Logger } from './log.js';
 import { build } from './pipeline/build.js';
+import { bootTest } from './qemu/boot-test.js';
+import { FIRMWARES, type Firmware } from './qemu/firmware.js';
+import { formatTable } from './qemu/report.js';
 import { formatSize } from './recipe/size.js';
 
 const program = new Command();
@@ -38,6 +42,51 @@ program
     log.info(`built ${ctx.recipe.name} in ${((performance.now() - started) / 1000).toFixed(1)} s:`);
     for (const output of ctx.state.outputs) log.info(`  ${output.path}  ${formatSize(output.bytes)}`);
     log.info(`  ${ctx.outDir}/SHA256SUMS, ${ctx.outDir}/manifest.json`);
+  });
+
+function positiveInteger(name: string) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (!Number.isInteger(number) || number <= 0) throw new InvalidArgumentError(`${name} must be a positive whole number`);
+    return number;
+  };
+}
+
+program
+  .command('boot-test')
+  .description('boot an image in a throwaway QEMU VM, unlock it over SSH and check the booted system')
+  .argument('<image>', 'disk image (qcow2 or raw); only read, through a temporary overlay')
+  .requiredOption('--key <file>', 'SSH private key allowed to unlock (and to log in as root)')
+  .option('--passphrase-file <file>', 'LUKS passphrase to unlock with (or env KEYLESSGO_PASSPHRASE_FILE)')
+  .option('--manifest <file>', "the build's manifest.json (default: beside the image)")
+  .option('-o, --out <dir>', 'directory for serial.log, qemu.log and result.json (default: boot-test-<firmware> beside the image)')
+  .addOption(new Option('--firmware <firmware>', 'firmware').choices(FIRMWARES).default('uefi'))
+  .addOption(new Option('--accel <accel>', 'acceleration; auto uses KVM only if a probe boots a kernel with it').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .option('--memory <MiB>', 'guest memory', positiveInteger('--memory'), 2048)
+  .option('--cpus <n>', 'guest CPUs', positiveInteger('--cpus'), 2)
+  .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
+  .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
+  .addOption(verboseOption)
+  .addOption(quietOption)
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
+    const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
+    if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    const result = await bootTest({
+      image,
+      privateKeyFile: opts.key,
+      passphraseFile,
+      manifestFile: opts.manifest,
+      outDir: opts.out ?? join(dirname(image), `boot-test-${opts.firmware}`),
+      firmware: opts.firmware,
+      accel: opts.accel,
+      memoryMiB: opts.memory,
+      cpus: opts.cpus,
+      timeoutSeconds: opts.timeout,
+      negativeChecks: opts.negativeChecks ?? false,
+      log: logger(opts),
+    });
+    process.stdout.write(formatTable(result));
+    process.exitCode = result.passed ? 0 : 1;
   });
 
 program

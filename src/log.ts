@@ -17,7 +17,8 @@ export class Redactor {
 
   redact(text: string): string {
     let result = text;
-    for (const secret of this.secrets) result = result.split(secret).join(REDACTED);
+    // Longest first: a shorter secret inside a longer one must not leave part of the longer visible.
+    for (const secret of [...this.secrets].sort((a, b) => b.length - a.length)) result = result.split(secret).join(REDACTED);
     return result;
   }
 }

@@ -40,7 +40,7 @@ export class ChrootSession {
         const target = join(root, mount.target);
         await mkdir(target, { recursive: true });
         await host.run('mount', mount.args(target));
-        session.handles.push(cleanup.add(`unmount ${target}`, () => unmount(host, target)));
+        session.handles.push(cleanup.add(`unmount ${target}`, () => unmount(host.forCleanup, target)));
       }
       const policy = join(root, POLICY_RC);
       await writeFile(policy, '#!/bin/sh\n# keylessgo: no service starts while building\nexit 101\n', { mode: 0o755 });

@@ -15,7 +15,7 @@ const exists = (path: string) => access(path).then(() => true, () => false);
 
 export async function attachLoop(host: HostRunner, cleanup: CleanupStack, file: string, partitions: number): Promise<LoopDevice> {
   const device = (await host.run('losetup', ['--find', '--show', '--partscan', file])).trim();
-  const handle = cleanup.add(`detach ${device}`, () => detachLoop(host, device));
+  const handle = cleanup.add(`detach ${device}`, () => detachLoop(host.forCleanup, device));
   const partition = (n: number) => `${device}p${n}`;
   // Without udev the kernel's partition scan can be missing or late: wait briefly, then ask
   // partx to add the partitions explicitly.

@@ -39,6 +39,11 @@ export class HostRunner {
     private readonly signal?: AbortSignal,
   ) {}
 
+  /** The same runner without the build's cancel signal: undo actions must run after Ctrl-C. */
+  get forCleanup(): HostRunner {
+    return this.signal ? new HostRunner(this.log) : this;
+  }
+
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
     const display = formatCommand(file, args);
     this.log.verbose(`$ ${display}`);

@@ -2,11 +2,12 @@
  * `keylessgo build`: checks everything that can be checked before touching the disk
  * (recipe, inputs, host, templates), then runs the stages.
  */
-import { access, constants, mkdir, mkdtemp, readFile, rm, stat, chmod } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, readFile, stat, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
+import { removeTree } from '../host/mounts.js';
 import { HostRunner } from '../host/run.js';
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
@@ -54,6 +55,11 @@ export function dropbearKeyOptions(recipe: Recipe): string {
   return options.join(',');
 }
 
+/** Quotes a string for grub.cfg (GRUB's script quoting follows sh: no escapes inside '...'). */
+export function grubQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
 export function templateData(recipe: Recipe, ids: BuildIds, keys: readonly AuthorizedKey[], mirror: MirrorChoice) {
   return {
     recipe,
@@ -66,6 +72,7 @@ export function templateData(recipe: Recipe, ids: BuildIds, keys: readonly Autho
     authorizedKeys: keys.map((k) => `${k.type} ${k.base64}${k.comment ? ` ${k.comment}` : ''}`),
     mirror,
     espUuid: `${ids.espVolumeId.slice(0, 4)}-${ids.espVolumeId.slice(4)}`,
+    grubQuote,
   };
 }
 
@@ -132,12 +139,13 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
     const passphraseFile = await secrets.put('bootstrap-passphrase', checked.passphrase, log.redactor);
     const workDir = await mkdtemp(join(tmpdir(), `keylessgo-${recipe.name}-`));
     await chmod(workDir, 0o700);
-    cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
+    const host = new HostRunner(log, guard.controller.signal);
+    cleanup.add(`remove ${workDir}`, () => removeTree(host.forCleanup, workDir));
     const ctx: BuildContext = {
       loaded: checked.loaded,
       recipe,
       log,
-      host: new HostRunner(log, guard.controller.signal),
+      host,
       cleanup,
       secrets,
       signal: guard.controller.signal,

@@ -34,10 +34,12 @@ async function listFiles(dir: string): Promise<string[]> {
 
 function templateError(error: unknown, source: string): InputError {
   const message = error instanceof Error ? error.message : String(error);
-  // ejs prefixes its message with "file:line" and a code excerpt; keep the first and last lines.
   const lines = message.split('\n').filter((l) => l.trim());
+  // Runtime errors: "file:line", a code excerpt, then the cause. Syntax errors: the cause
+  // first ("... while compiling ejs"), then hints.
   const location = /:(\d+)$/.exec(lines[0] ?? '')?.[1];
-  return new InputError(`template error: ${lines.at(-1)}`, location ? `${source}:${location}` : source);
+  const cause = location ? lines.at(-1) : lines[0]?.replace(/ in \S+ while compiling ejs$/, '');
+  return new InputError(`template error: ${cause}`, location ? `${source}:${location}` : source);
 }
 
 export async function renderOverlays(dirs: readonly string[], data: Record<string, unknown>): Promise<RenderedFile[]> {
@@ -67,7 +69,8 @@ export async function renderOverlays(dirs: readonly string[], data: Record<strin
  * Resolves `target` inside `root`, following symlinks as the image would see them, so an
  * absolute link in the image (e.g. /etc/resolv.conf) never makes us write onto the host.
  */
-export async function resolveInRoot(root: string, target: string): Promise<string> {
+export async function resolveInRoot(rootPath: string, target: string): Promise<string> {
+  const root = resolve(rootPath);
   const parts = target.split('/').filter((p) => p && p !== '.');
   let current = root;
   for (let hops = 0, i = 0; i < parts.length; i++) {

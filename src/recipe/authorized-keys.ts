@@ -6,15 +6,6 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { InputError } from '../errors.js';
 
-const KEY_TYPES = new Set([
-  'ssh-ed25519',
-  'ssh-rsa',
-  'ecdsa-sha2-nistp256',
-  'ecdsa-sha2-nistp384',
-  'ecdsa-sha2-nistp521',
-  'sk-ssh-ed25519@openssh.com',
-  'sk-ecdsa-sha2-nistp256@openssh.com',
-]);
 
 export interface AuthorizedKey {
   type: string;
@@ -28,11 +19,35 @@ export function sshFingerprint(blob: Buffer): string {
   return `SHA256:${createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
 }
 
-/** Reads the string at the start of an SSH wire-format key blob (its key type). */
-function blobKeyType(blob: Buffer): string | undefined {
-  if (blob.length < 4) return undefined;
-  const length = blob.readUInt32BE(0);
-  return length > 0 && length <= blob.length - 4 ? blob.subarray(4, 4 + length).toString('latin1') : undefined;
+/** Wire-format fields of each public key type (RFC 4253, 5656, 8709; OpenSSH PROTOCOL.u2f). */
+const KEY_FIELDS: Record<string, number> = {
+  'ssh-ed25519': 2,
+  'ssh-rsa': 3,
+  'ecdsa-sha2-nistp256': 3,
+  'ecdsa-sha2-nistp384': 3,
+  'ecdsa-sha2-nistp521': 3,
+  'sk-ssh-ed25519@openssh.com': 3,
+  'sk-ecdsa-sha2-nistp256@openssh.com': 4,
+};
+
+/** Splits an SSH key blob into its length-prefixed fields; undefined if the lengths don't add up. */
+function blobFields(blob: Buffer): Buffer[] | undefined {
+  const fields: Buffer[] = [];
+  for (let offset = 0; offset < blob.length; ) {
+    if (offset + 4 > blob.length) return undefined;
+    const length = blob.readUInt32BE(offset);
+    if (offset + 4 + length > blob.length) return undefined;
+    fields.push(blob.subarray(offset + 4, offset + 4 + length));
+    offset += 4 + length;
+  }
+  return fields;
+}
+
+/** Whether a decoded key blob is complete and of the stated type (catches truncated copy-pastes). */
+function isWellFormedKey(type: string, blob: Buffer): boolean {
+  const fields = blobFields(blob);
+  if (!fields || fields.length !== KEY_FIELDS[type] || fields[0]!.toString('latin1') !== type) return false;
+  return type !== 'ssh-ed25519' || fields[1]!.length === 32;
 }
 
 export function parseAuthorizedKeys(text: string, source: string): AuthorizedKey[] {
@@ -41,17 +56,20 @@ export function parseAuthorizedKeys(text: string, source: string): AuthorizedKey
     const line = raw.trim();
     if (!line || line.startsWith('#')) continue;
     const where = `${source}:${index + 1}`;
-    const [type, base64, ...comment] = line.split(/\s+/);
-    if (!KEY_TYPES.has(type!)) {
+    const tokens = line.split(/\s+/);
+    const [type, base64, ...comment] = tokens;
+    if (!(type! in KEY_FIELDS)) {
+      // A key type later in the line means options precede it (quoted options may hold spaces).
+      const hasOptions = tokens.slice(1).some((token) => token in KEY_FIELDS);
       throw new InputError(
-        /^[a-z-]+(=|,)/.test(type!)
+        hasOptions
           ? 'key options are not accepted (keylessgo sets the forced command and forwarding restrictions itself); give the bare public key'
-          : `not a public key line (expected one of ${[...KEY_TYPES].slice(0, 3).join(', ')}, ... followed by base64)`,
+          : `not a public key line (expected a key type such as ssh-ed25519 followed by base64)`,
         where,
       );
     }
     const blob = /^[A-Za-z0-9+/]+={0,2}$/.test(base64 ?? '') ? Buffer.from(base64!, 'base64') : undefined;
-    if (!blob || blobKeyType(blob) !== type) throw new InputError(`the base64 key data is damaged or does not match the type ${type}`, where);
+    if (!blob || !isWellFormedKey(type!, blob)) throw new InputError(`the base64 key data is damaged, truncated or does not match the type ${type}`, where);
     keys.push({ type: type!, base64: base64!, comment: comment.join(' '), fingerprint: sshFingerprint(blob) });
   }
   if (keys.length === 0) throw new InputError('no public key found', source);

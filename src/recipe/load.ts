@@ -42,7 +42,7 @@ export function parseRecipeText(text: string, file: string): Recipe {
   if (document.errors.length > 0) {
     const first = document.errors[0]!;
     const line = first.linePos?.[0];
-    throw new InputError(`invalid YAML${line ? ` at line ${line.line}, column ${line.col}` : ''}: ${first.message.split('\n')[0]}`, file);
+    throw new InputError(`invalid YAML${line ? ` at line ${line.line}, column ${line.col}` : ''}: ${first.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`, file);
   }
   const data: unknown = document.toJS();
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {

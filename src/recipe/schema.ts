@@ -7,9 +7,9 @@ import { MiB, parseSize } from './size.js';
 
 const size = (min: number, what: string) =>
   z
-    .union([z.string(), z.number()])
+    .unknown()
     .transform((value, ctx) => {
-      const bytes = parseSize(value);
+      const bytes = typeof value === 'string' || typeof value === 'number' ? parseSize(value) : undefined;
       if (bytes === undefined) {
         ctx.addIssue({ code: z.ZodIssueCode.custom, message: `expected a size such as "512MiB" or "3GiB", got ${JSON.stringify(value)}` });
         return z.NEVER;

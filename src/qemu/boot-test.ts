@@ -1,0 +1,259 @@
+/**
+ * `keylessgo boot-test`: boots an image in a throwaway VM, unlocks it over SSH to dropbear
+ * in the initramfs, then checks the booted system. Phases, in order:
+ *
+ *   dropbear  wait for dropbear's SSH banner on the forwarded port
+ *   negative  (optional) password, unknown key, port forwarding and a wrong passphrase are refused
+ *   unlock    cryptroot-unlock with the passphrase on stdin; record dropbear's host key
+ *   booted    wait for OpenSSH's banner on the same port
+ *   checks    root on dm-crypt, LUKS2 parameters, mounts, systemctl is-system-running
+ *
+ * A failing phase ends the test; QEMU is stopped and the overlay removed in every case
+ * (also on Ctrl-C and on the overall timeout), and the result is always written.
+ */
+import { randomBytes } from 'node:crypto';
+import { access, constants, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { AnyAuthMethod } from 'ssh2';
+import { HostError, InputError, InterruptedError } from '../errors.js';
+import { HostRunner } from '../host/run.js';
+import { missingTools } from '../host/tools.js';
+import type { Logger } from '../log.js';
+import { CleanupStack } from '../pipeline/cleanup.js';
+import { SignalGuard, unwindAll } from '../pipeline/runner.js';
+import { readPassphraseFile } from '../pipeline/secrets.js';
+import { chooseAccel, type AccelChoice } from './accel.js';
+import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check } from './checks.js';
+import { firmwareArgs, firmwareFiles, type Firmware } from './firmware.js';
+import { readBootManifest, type BootManifest } from './manifest.js';
+import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
+import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey } from './ssh.js';
+import { pollUntil, secondsSince } from './wait.js';
+import { createOverlay, freePort, QEMU, Vm } from './vm.js';
+
+export interface BootTestOptions {
+  image: string;
+  privateKeyFile: string;
+  passphraseFile: string;
+  /** Default: manifest.json beside the image. */
+  manifestFile?: string;
+  /** Where serial.log, qemu.log and result.json go. */
+  outDir: string;
+  firmware: Firmware;
+  accel: AccelChoice;
+  memoryMiB: number;
+  cpus: number;
+  timeoutSeconds: number;
+  negativeChecks: boolean;
+  log: Logger;
+}
+
+const USER = 'root';
+const BANNER_POLL_MS = 1000;
+const BANNER_READ_MS = 5000;
+const SSH_TIMEOUT_MS = 60_000;
+const UNLOCKED = /set up successfully/;
+
+interface Inputs {
+  manifest: BootManifest;
+  keyAuth: AnyAuthMethod;
+  passphrase: string;
+}
+
+async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs> {
+  await access(options.image, constants.R_OK).catch((error: Error) => {
+    throw new InputError(`cannot read image: ${error.message}`, options.image);
+  });
+  const manifest = await readBootManifest(options.manifestFile ?? join(dirname(options.image), 'manifest.json'));
+  const keyText = await readFile(options.privateKeyFile, 'utf8').catch((error: Error) => {
+    throw new InputError(`cannot read private key: ${error.message}`, options.privateKeyFile);
+  });
+  const parsed = parseKey(keyText);
+  if (parsed instanceof Error || !parsed.isPrivateKey()) throw new InputError(`not an unencrypted SSH private key${parsed instanceof Error ? `: ${parsed.message}` : ''}`, options.privateKeyFile);
+  const passphrase = await readPassphraseFile(options.passphraseFile);
+  log.redactor.add(passphrase);
+  const missing = await missingTools([QEMU, 'qemu-img', ...firmwareFiles(options.firmware)]);
+  if (missing.length > 0) throw new HostError(`missing for the boot test: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}`);
+  return { manifest, keyAuth: { type: 'publickey', username: USER, key: keyText }, passphrase };
+}
+
+/** State shared by the phases of one run. */
+interface Run {
+  inputs: Inputs;
+  port: number;
+  guestPort: number;
+  started: number;
+  signal: AbortSignal;
+  milestones: Milestones;
+  checks: Check[];
+  log: Logger;
+}
+
+function bannerMatching(run: Run, pattern: RegExp): Promise<string> {
+  return pollUntil(async () => {
+    const banner = await readBanner(run.port, BANNER_READ_MS);
+    return banner && pattern.test(banner) ? banner : undefined;
+  }, BANNER_POLL_MS, run.signal);
+}
+
+async function refusedLogin(run: Run, name: string, auth: AnyAuthMethod): Promise<Check> {
+  try {
+    const { client } = await openSession(run.port, auth, SSH_TIMEOUT_MS);
+    client.end();
+    return check(name, false, 'login succeeded');
+  } catch (error) {
+    return check(name, isAuthRefusal(error), (error as Error).message);
+  }
+}
+
+/** Against dropbear, before the real unlock. A wrong passphrase uses up one of cryptsetup's tries. */
+async function negativeChecks(run: Run): Promise<Check[]> {
+  const checks = [
+    await refusedLogin(run, 'dropbear refuses password login', { type: 'password', username: USER, password: randomBytes(12).toString('base64url') }),
+    await refusedLogin(run, 'dropbear refuses a key not in authorized_keys', unknownKeyAuth(USER)),
+  ];
+  const { client } = await openSession(run.port, run.inputs.keyAuth, SSH_TIMEOUT_MS);
+  try {
+    const forwards = await tryPortForwarding(client, run.guestPort);
+    const refused = forwards.local.startsWith('refused') && forwards.remote.startsWith('refused');
+    checks.push(check('dropbear refuses port forwarding', refused, `local: ${forwards.local}; remote: ${forwards.remote}`));
+  } finally {
+    client.end();
+  }
+  const wrong = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { stdin: `wrong-${randomBytes(9).toString('base64url')}`, timeoutMs: SSH_TIMEOUT_MS });
+  const stillLocked = !UNLOCKED.test(wrong.output) && (await readBanner(run.port, BANNER_READ_MS))?.includes('dropbear') === true;
+  checks.push(check('a wrong passphrase does not unlock', stillLocked, lastLine(wrong.output)));
+  return checks;
+}
+
+function lastLine(text: string): string {
+  return text.trim().split('\n').filter(Boolean).at(-1) ?? '(no output)';
+}
+
+async function unlock(run: Run): Promise<HostKey> {
+  const result = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { stdin: run.inputs.passphrase, timeoutMs: SSH_TIMEOUT_MS });
+  if (!UNLOCKED.test(result.output)) {
+    run.checks.push(check('unlock with the passphrase', false, lastLine(result.output)));
+    throw new Error(`the passphrase did not unlock the root volume; cryptroot-unlock said: ${lastLine(result.output)}`);
+  }
+  run.checks.push(check('unlock with the passphrase', true, lastLine(result.output)));
+  return result.hostKey;
+}
+
+async function checkBootedSystem(run: Run, dropbearKey: HostKey): Promise<string> {
+  const { client, hostKey } = await openSession(run.port, run.inputs.keyAuth, SSH_TIMEOUT_MS);
+  try {
+    // The initramfs key sits unencrypted on /boot: the booted system must not reuse it.
+    run.checks.push(check('OpenSSH host key differs from dropbear\'s', hostKey.fingerprint !== dropbearKey.fingerprint, `${hostKey.type} ${hostKey.fingerprint}`));
+    for (const guestCheck of guestChecks(run.inputs.manifest)) {
+      const timeoutMs = SSH_TIMEOUT_MS + SYSTEM_RUNNING_WAIT_SECONDS * 1000;
+      const { output, exitCode } = await exec(client, guestCheck.command, { timeoutMs });
+      run.checks.push(guestCheck.judge(output, exitCode));
+      if (guestCheck.name === 'systemctl is-system-running') run.milestones.running = secondsSince(run.started);
+    }
+    return (await exec(client, BOOT_ANALYSIS_COMMAND, { timeoutMs: SSH_TIMEOUT_MS })).output;
+  } finally {
+    client.end();
+  }
+}
+
+async function runPhases(run: Run, negative: boolean, setPhase: (phase: string) => void): Promise<string> {
+  setPhase('waiting for dropbear');
+  await bannerMatching(run, /dropbear/i);
+  run.milestones.dropbear = secondsSince(run.started);
+  run.log.info(`  dropbear answered after ${run.milestones.dropbear} s`);
+  if (negative) {
+    setPhase('negative checks against dropbear');
+    run.checks.push(...(await negativeChecks(run)));
+  }
+  setPhase('unlocking');
+  const dropbearKey = await unlock(run);
+  run.milestones.unlocked = secondsSince(run.started);
+  run.checks.push(hostKeyCheck(dropbearKey, run.inputs.manifest));
+  run.log.info(`  unlocked after ${run.milestones.unlocked} s`);
+  setPhase('waiting for the booted system (OpenSSH)');
+  await bannerMatching(run, /OpenSSH/);
+  run.milestones.booted = secondsSince(run.started);
+  run.log.info(`  OpenSSH answered after ${run.milestones.booted} s`);
+  setPhase('checking the booted system');
+  return checkBootedSystem(run, dropbearKey);
+}
+
+function describeFailure(error: unknown, phase: string, timeoutSeconds: number): string {
+  if (error instanceof DOMException && error.name === 'TimeoutError') return `timed out after ${timeoutSeconds} s while ${phase}`;
+  return `${phase}: ${error instanceof Error ? error.message : String(error)}`;
+}
+
+export async function bootTest(options: BootTestOptions): Promise<BootTestResult> {
+  const { log } = options;
+  const inputs = await readInputs(options, log);
+  const outDir = resolve(options.outDir);
+  await mkdir(outDir, { recursive: true });
+  const serialLog = join(outDir, 'serial.log');
+  const result: BootTestResult = {
+    image: resolve(options.image),
+    firmware: options.firmware,
+    accel: 'tcg',
+    accelReason: '',
+    cpus: options.cpus,
+    memoryMiB: options.memoryMiB,
+    milestones: {},
+    checks: [],
+    serialLog,
+    passed: false,
+  };
+
+  const guard = new SignalGuard(log);
+  const cleanup = new CleanupStack(log);
+  const signal = AbortSignal.any([guard.controller.signal, AbortSignal.timeout(options.timeoutSeconds * 1000)]);
+  const host = new HostRunner(log, guard.controller.signal);
+  let phase = 'preparing the VM';
+  try {
+    const workDir = await mkdtemp(join(tmpdir(), 'keylessgo-boot-test-'));
+    cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
+    phase = 'probing KVM';
+    const decision = await chooseAccel(options.accel, { host, image: options.image, manifest: inputs.manifest, workDir });
+    Object.assign(result, { accel: decision.accel, accelReason: decision.reason });
+    log.info(`boot-test ${basename(options.image)}: ${options.firmware}, ${decision.accel} (${decision.reason})`);
+
+    const overlay = join(workDir, 'overlay.qcow2');
+    await createOverlay(host, options.image, overlay);
+    const vm = Vm.start(
+      {
+        accel: decision.accel,
+        cpus: options.cpus,
+        memoryMiB: options.memoryMiB,
+        firmwareArgs: await firmwareArgs(options.firmware, workDir),
+        overlay,
+        hostPort: await freePort(),
+        guestPort: inputs.manifest.dropbear.port,
+        serialLog,
+      },
+      join(outDir, 'qemu.log'),
+      log,
+    );
+    cleanup.add('stop QEMU', () => vm.stop());
+    const run: Run = {
+      inputs,
+      port: vm.config.hostPort,
+      guestPort: vm.config.guestPort,
+      started: performance.now(),
+      signal: AbortSignal.any([signal, vm.exited.signal]),
+      milestones: result.milestones,
+      checks: result.checks,
+      log,
+    };
+    result.bootAnalysis = await runPhases(run, options.negativeChecks, (next) => (phase = next));
+  } catch (error) {
+    if (guard.controller.signal.aborted) throw guard.controller.signal.reason as InterruptedError;
+    result.error = describeFailure(error, phase, options.timeoutSeconds);
+  } finally {
+    guard.enterCleanup();
+    await unwindAll(cleanup, log);
+    guard.dispose();
+    result.passed = hasPassed(result);
+    await writeResultJson(join(outDir, 'result.json'), result);
+  }
+  return result;
+}

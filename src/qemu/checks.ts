@@ -1,0 +1,95 @@
+/**
+ * What the boot test asserts, as data: each check has a name, the evidence it looked at,
+ * and a verdict. Guest checks run shell commands over SSH in the booted system and judge
+ * their output here, so the judging is testable without a VM.
+ */
+import type { BootManifest } from './manifest.js';
+import type { HostKey } from './ssh.js';
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export function check(name: string, ok: boolean, detail: string): Check {
+  return { name, ok, detail };
+}
+
+export function hostKeyCheck(seen: HostKey, manifest: BootManifest): Check {
+  const expected = manifest.dropbear.hostKeys.find((k) => k.type === seen.type);
+  const detail = `${seen.type} ${seen.fingerprint}`;
+  if (!expected) return check('dropbear host key is the manifest\'s', false, `${detail}; the manifest has no ${seen.type} key`);
+  return check('dropbear host key is the manifest\'s', expected.fingerprint === seen.fingerprint, expected.fingerprint === seen.fingerprint ? detail : `${detail}, manifest: ${expected.fingerprint}`);
+}
+
+/** One command run in the booted guest and how to judge its output. */
+export interface GuestCheck {
+  name: string;
+  command: string;
+  judge(output: string, exitCode: number | undefined): Check;
+}
+
+/** `key: value` lines, as printed by `cryptsetup status`, keyed by lower-cased key. */
+export function parseColonFields(text: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const match = /^\s*([^:]+):\s*(.*)$/.exec(line);
+    if (match) fields[match[1]!.trim().toLowerCase()] = match[2]!.trim();
+  }
+  return fields;
+}
+
+function mountCheck(mountPoint: string, fsType: string): GuestCheck {
+  const name = `${mountPoint} mounted (${fsType})`;
+  return {
+    name,
+    command: `findmnt -n -o SOURCE,FSTYPE ${mountPoint}`,
+    judge: (output) => {
+      const [source = '', type = ''] = output.trim().split(/\s+/);
+      return check(name, type === fsType, output.trim() ? `${source} ${type}` : 'not mounted');
+    },
+  };
+}
+
+/** How long `systemctl is-system-running --wait` may wait for the boot to settle. */
+export const SYSTEM_RUNNING_WAIT_SECONDS = 300;
+
+export function guestChecks(manifest: BootManifest): GuestCheck[] {
+  const { mapperName, cipher, keySize, uuid } = manifest.luks;
+  return [
+    {
+      name: '/ on dm-crypt',
+      command: 'src=$(findmnt -n -o SOURCE /); printf "%s %s\\n" "$src" "$(lsblk -dn -o TYPE "$src")"',
+      judge: (output) => {
+        const [source = '', type = ''] = output.trim().split(/\s+/);
+        return check('/ on dm-crypt', source === `/dev/mapper/${mapperName}` && type === 'crypt', output.trim());
+      },
+    },
+    {
+      name: `LUKS2 ${cipher} ${keySize}-bit, uuid from manifest`,
+      command: `cryptsetup status ${mapperName} && cryptsetup luksUUID "$(cryptsetup status ${mapperName} | awk '$1 == "device:" {print $2}')"`,
+      judge: (output) => {
+        const fields = parseColonFields(output);
+        const seenUuid = output.trim().split('\n').at(-1)?.trim() ?? '';
+        const seen = `${fields.type} ${fields.cipher} ${fields.keysize}, uuid ${seenUuid}`;
+        const ok = fields.type === 'LUKS2' && fields.cipher === cipher && fields.keysize === `${keySize} bits` && seenUuid === uuid;
+        return check(`LUKS2 ${cipher} ${keySize}-bit, uuid from manifest`, ok, seen);
+      },
+    },
+    mountCheck('/boot', 'ext4'),
+    mountCheck('/boot/efi', 'vfat'),
+    {
+      name: 'systemctl is-system-running',
+      // --wait returns once the boot has settled; on failure, list what failed.
+      command: `state=$(timeout ${SYSTEM_RUNNING_WAIT_SECONDS} systemctl is-system-running --wait); echo "$state"; [ "$state" = running ] || systemctl --failed --no-legend --plain | awk '{print "failed: " $1}'`,
+      judge: (output) => {
+        const lines = output.trim().split('\n');
+        return check('systemctl is-system-running', lines[0] === 'running', lines.join('; '));
+      },
+    },
+  ];
+}
+
+/** Not checks: what the guest says about its own boot, kept in the results. */
+export const BOOT_ANALYSIS_COMMAND = 'systemd-analyze time; echo; systemd-analyze blame --no-pager | head -n 15; echo; systemd-analyze critical-chain --no-pager';

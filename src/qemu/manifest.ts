@@ -1,0 +1,44 @@
+/**
+ * The parts of a build's manifest.json the boot test compares against. Only these fields
+ * are validated, so the manifest can grow without breaking the boot test.
+ */
+import { readFile } from 'node:fs/promises';
+import { z } from 'zod';
+import { InputError } from '../errors.js';
+
+const manifestSchema = z.object({
+  recipe: z.object({ name: z.string() }),
+  kernel: z.object({ version: z.string() }),
+  luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string() }),
+  partitions: z.array(z.object({ role: z.string(), startBytes: z.number(), sizeBytes: z.number() })),
+  dropbear: z.object({
+    port: z.number(),
+    hostKeys: z.array(z.object({ type: z.string(), fingerprint: z.string() })).nonempty(),
+  }),
+});
+
+export type BootManifest = z.infer<typeof manifestSchema>;
+
+export async function readBootManifest(path: string): Promise<BootManifest> {
+  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    throw new InputError(`cannot read the build manifest: ${error.code === 'ENOENT' ? 'no such file (pass --manifest FILE)' : error.message}`, path);
+  });
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new InputError(`not JSON: ${(error as Error).message}`, path);
+  }
+  const parsed = manifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new InputError(`not a keylessgo build manifest: ${issue.path.join('.')}: ${issue.message}`, path);
+  }
+  return parsed.data;
+}
+
+export function bootPartition(manifest: BootManifest): { startBytes: number; sizeBytes: number } {
+  const boot = manifest.partitions.find((p) => p.role === 'boot');
+  if (!boot) throw new InputError('the manifest lists no boot partition');
+  return boot;
+}

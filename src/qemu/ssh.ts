@@ -1,0 +1,148 @@
+/**
+ * SSH to the guest through the forwarded port, with the `ssh2` package (no OpenSSH client
+ * config or known_hosts involved). Host keys are not checked (the VM is throwaway) but
+ * every connection reports the key it saw, so the caller can compare it with the manifest.
+ */
+import { connect as tcpConnect } from 'node:net';
+import ssh2, { type AnyAuthMethod, type Client, type ClientErrorExtensions } from 'ssh2';
+import { sshFingerprint } from '../recipe/authorized-keys.js';
+
+// ssh2 is CommonJS: Node's ESM loader exposes only its default export.
+const { utils } = ssh2;
+
+export const GUEST_HOST = '127.0.0.1';
+
+export interface HostKey {
+  type: string;
+  fingerprint: string;
+}
+
+/** Reads the identification line an SSH server sends first ("SSH-2.0-dropbear_2022.83"), if any. */
+export function readBanner(port: number, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host: GUEST_HOST, port });
+    let received = '';
+    const finish = (banner: string | undefined) => {
+      socket.destroy();
+      resolve(banner);
+    };
+    socket.setTimeout(timeoutMs, () => finish(undefined));
+    socket.on('error', () => finish(undefined));
+    // QEMU accepts on the host side even when nothing listens in the guest, then closes.
+    socket.on('close', () => finish(undefined));
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      const line = received.split('\n').find((l) => l.startsWith('SSH-'));
+      if (line) finish(line.trim());
+    });
+  });
+}
+
+export const parseKey = utils.parseKey;
+
+export function describeHostKey(blob: Buffer): HostKey {
+  const parsed = parseKey(blob);
+  const type = parsed instanceof Error ? 'unknown' : parsed.type;
+  return { type, fingerprint: sshFingerprint(blob) };
+}
+
+export interface Session {
+  client: Client;
+  hostKey: HostKey;
+}
+
+export type SshError = Error & ClientErrorExtensions;
+
+/** Opens an authenticated session; rejects with ssh2's error (level `client-authentication` when refused). */
+export function openSession(port: number, auth: AnyAuthMethod, timeoutMs: number): Promise<Session> {
+  return new Promise((resolve, reject) => {
+    const client = new ssh2.Client();
+    let hostKey: HostKey | undefined;
+    client.once('ready', () => resolve({ client, hostKey: hostKey! }));
+    client.once('error', (error: SshError) => {
+      client.end();
+      reject(error);
+    });
+    client.connect({
+      host: GUEST_HOST,
+      port,
+      username: auth.username,
+      authHandler: [auth],
+      readyTimeout: timeoutMs,
+      hostVerifier: (key: Buffer) => {
+        hostKey = describeHostKey(key);
+        return true;
+      },
+    });
+  });
+}
+
+export interface ExecResult {
+  output: string;
+  /** Undefined when the connection ended without an exit status (dropbear is killed by a successful unlock). */
+  exitCode: number | undefined;
+}
+
+/** Runs a command, optionally feeding stdin, and collects stdout+stderr until the channel or connection ends. */
+export function exec(client: Client, command: string, options: { stdin?: string; timeoutMs: number }): Promise<ExecResult> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    let exitCode: number | undefined;
+    const timer = setTimeout(() => {
+      client.end();
+      reject(new Error(`\`${command}\` did not finish within ${options.timeoutMs / 1000} s`));
+    }, options.timeoutMs);
+    const done = () => {
+      clearTimeout(timer);
+      resolve({ output, exitCode });
+    };
+    client.once('close', done);
+    client.exec(command, (error, channel) => {
+      if (error) {
+        clearTimeout(timer);
+        reject(error);
+        return;
+      }
+      channel.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      channel.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      channel.on('exit', (code: number | null) => (exitCode = code ?? undefined));
+      channel.on('close', done);
+      if (options.stdin !== undefined) channel.end(options.stdin);
+    });
+  });
+}
+
+/** Connects, runs one command and disconnects. */
+export async function runOnce(port: number, auth: AnyAuthMethod, command: string, options: { stdin?: string; timeoutMs: number }): Promise<ExecResult & { hostKey: HostKey }> {
+  const { client, hostKey } = await openSession(port, auth, options.timeoutMs);
+  try {
+    return { ...(await exec(client, command, options)), hostKey };
+  } finally {
+    client.end();
+  }
+}
+
+/** A throwaway key pair that no authorized_keys file contains. */
+export function unknownKeyAuth(username: string): AnyAuthMethod {
+  return { type: 'publickey', username, key: utils.generateKeyPairSync('ed25519').private };
+}
+
+/** Whether ssh2 failed because the server refused every offered authentication. */
+export function isAuthRefusal(error: unknown): boolean {
+  return error instanceof Error && (error as SshError).level === 'client-authentication';
+}
+
+/** Asks for a local (direct-tcpip) and a remote (tcpip-forward) forward; returns how each was answered. */
+export async function tryPortForwarding(client: Client, guestPort: number): Promise<{ local: string; remote: string }> {
+  const local = await new Promise<string>((resolve) => {
+    client.forwardOut(GUEST_HOST, 0, GUEST_HOST, guestPort, (error, channel) => {
+      if (error) return resolve(`refused: ${error.message}`);
+      channel.close();
+      resolve('allowed');
+    });
+  });
+  const remote = await new Promise<string>((resolve) => {
+    client.forwardIn(GUEST_HOST, 0, (error) => resolve(error ? `refused: ${error.message}` : 'allowed'));
+  });
+  return { local, remote };
+}

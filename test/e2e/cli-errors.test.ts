@@ -1,0 +1,126 @@
+/**
+ * Bad input gets one readable message, a non-zero exit and leaves nothing behind: no loop
+ * device, no mount, no temp dir, nothing in the output directory.
+ */
+import { execa } from 'execa';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { CLI, REPO } from './fixture.js';
+
+const image = inject('image');
+let dir: string;
+let goodRecipe: Record<string, unknown>;
+
+async function tempEntries(): Promise<string[]> {
+  return (await readdir(tmpdir())).filter((name) => /^keylessgo-(secrets-|[a-z0-9._-]+-)/.test(name) && !name.startsWith('keylessgo-e2e-'));
+}
+
+async function writeRecipe(name: string, patch: Record<string, unknown>): Promise<string> {
+  const path = join(dir, `${name}.yaml`);
+  await writeFile(path, stringify({ ...goodRecipe, ...patch }));
+  return path;
+}
+
+interface Run {
+  exitCode: number;
+  stderr: string;
+}
+
+async function build(recipe: string, extra: { args?: string[]; passphraseFile?: string; keys?: string; uid?: number } = {}): Promise<Run & { outDir: string }> {
+  const outDir = await mkdtemp(join(dir, 'out-'));
+  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', extra.passphraseFile ?? image.passphraseFile, '--authorized-keys', extra.keys ?? image.publicKey, ...(extra.args ?? [])];
+  const command = extra.uid === undefined ? ['node', args] as const : ['setpriv', ['--reuid', String(extra.uid), '--regid', String(extra.uid), '--clear-groups', 'node', ...args]] as const;
+  const before = await tempEntries();
+  const result = await execa(command[0], command[1], { reject: false, cwd: dir });
+  // Nothing left behind, whatever the error.
+  expect(await readdir(outDir)).toEqual([]);
+  expect(await tempEntries()).toEqual(before);
+  expect((await execa('losetup', ['--list', '--noheadings', '--output', 'BACK-FILE'])).stdout).not.toContain(outDir);
+  expect(await readFile('/proc/mounts', 'utf8')).not.toMatch(/keylessgo-/);
+  expect(result.stderr).not.toMatch(/\n\s+at .+\(.+:\d+:\d+\)/); // no stack trace
+  return { exitCode: result.exitCode ?? -1, stderr: result.stderr, outDir };
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(image.dir, 'cli-errors-'));
+  await chmod(dir, 0o755);
+  goodRecipe = parse(await readFile(join(REPO, 'recipes/debian-bookworm.yaml'), 'utf8')) as Record<string, unknown>;
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('bad input is refused before anything is touched (exit 2)', () => {
+  const cases: Array<[string, () => Promise<Run>, RegExp]> = [
+    ['unknown recipe field', async () => build(await writeRecipe('unknown', { colour: 'blue' })), /unknown\.yaml: invalid recipe\n\s+\(top level\): unknown field "colour"/],
+    ['unknown suite', async () => build(await writeRecipe('suite', { suite: 'potato' })), /suite: expected one of "bookworm", "trixie", got "potato"/],
+    ['invalid YAML', async () => {
+      const path = join(dir, 'broken.yaml');
+      await writeFile(path, 'name: x\nsuite: [bookworm\n');
+      return build(path);
+    }, /broken\.yaml: invalid YAML at line \d+/],
+    ['missing passphrase file', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: join(dir, 'nope') }), /nope: cannot read passphrase file: no such file/],
+    ['empty passphrase file', async () => {
+      const path = join(dir, 'empty-pass');
+      await writeFile(path, '\n', { mode: 0o600 });
+      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: path });
+    }, /empty-pass: passphrase file is empty/],
+    ['world-readable passphrase file', async () => {
+      const path = join(dir, 'open-pass');
+      await writeFile(path, 'correct horse battery', { mode: 0o644 });
+      await chmod(path, 0o644);
+      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: path });
+    }, /open-pass: passphrase file is readable by group or others \(mode 644\)/],
+    ['malformed authorized_keys line', async () => {
+      const path = join(dir, 'bad_keys');
+      await writeFile(path, `${(await readFile(image.publicKey, 'utf8')).trim()}\nssh-ed25519 not-base64!\n`);
+      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { keys: path });
+    }, /bad_keys:2: the base64 key data is damaged/],
+    ['overlay template error', async () => {
+      const overlay = join(dir, 'overlay-bad');
+      await mkdir(join(overlay, 'etc'), { recursive: true });
+      await writeFile(join(overlay, 'etc/motd.ejs'), 'welcome\n<%= it.vars.missing.name %>\n');
+      return build(await writeRecipe('template', { overlays: [overlay] }));
+    }, /motd\.ejs:2: template error: .*Cannot read properties of undefined/],
+    ['unknown command-line flag', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { args: ['--colour'] }), /unknown option '--colour'/],
+    ['output directory not creatable', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { args: ['--out', '/etc/hostname/out'] }), /\/etc\/hostname\/out: cannot create output directory/],
+  ];
+
+  it.each(cases)('%s', async (_name, run, message) => {
+    const result = await run();
+    expect(result.stderr).toMatch(message);
+    expect(result.exitCode).toBe(2);
+  });
+});
+
+describe('host problems', () => {
+  it('refuses to build as a non-root user (exit 3)', async () => {
+    // The fixture's directory is root-only; give the unprivileged user inputs it can read.
+    const nobodyDir = await mkdtemp(join(tmpdir(), 'kg-nobody-'));
+    try {
+      await chmod(nobodyDir, 0o755);
+      const passphraseFile = join(nobodyDir, 'pass');
+      await writeFile(passphraseFile, image.passphrase, { mode: 0o600 });
+      await writeFile(join(nobodyDir, 'keys.pub'), await readFile(image.publicKey));
+      await mkdir(join(nobodyDir, 'out'));
+      for (const path of [passphraseFile, join(nobodyDir, 'out')]) await chown(path, 65534, 65534);
+      const result = await build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile, keys: join(nobodyDir, 'keys.pub'), uid: 65534, args: ['--out', join(nobodyDir, 'out')] });
+      expect(result.stderr).toMatch(/must run as root/);
+      expect(result.exitCode).toBe(3);
+    } finally {
+      await rm(nobodyDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a stage failing late leaves nothing behind', () => {
+  it('a disk too small for the root tree fails at partition with a clear message (exit 2)', async () => {
+    const result = await build(await writeRecipe('tiny', { name: 'tiny', disk: { size: '1GiB', esp: '64MiB', boot: '384MiB' } }));
+    expect(result.stderr).toMatch(/disk\.size: disk\.size 1\.00 GiB leaves .* for the root partition, but the root tree .* needs .*; raise disk\.size to at least/);
+    expect(result.exitCode).toBe(2);
+  });
+});
