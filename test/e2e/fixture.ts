@@ -62,7 +62,7 @@ export async function buildFixture(): Promise<ImageFixture> {
   const buildLog = join(dir, 'build.log');
   await writeFile(buildLog, result.all ?? '');
   if (result.exitCode !== 0) throw new Error(`fixture build failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
-  return {
+  const fixture: ImageFixture = {
     dir,
     recipeFile,
     outDir,
@@ -74,4 +74,13 @@ export async function buildFixture(): Promise<ImageFixture> {
     canary,
     ...secrets,
   };
+  await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
+  return fixture;
+}
+
+const FIXTURE_JSON = 'fixture.json';
+
+/** Development aid: reuse a fixture kept with KEYLESSGO_KEEP_FIXTURE=1 (its dir is printed). */
+export async function loadFixture(dir: string): Promise<ImageFixture> {
+  return JSON.parse(await readFile(join(dir, FIXTURE_JSON), 'utf8')) as ImageFixture;
 }

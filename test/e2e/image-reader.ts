@@ -84,9 +84,12 @@ export async function readExt4File(image: string, path: string): Promise<string>
   return stdout;
 }
 
+/** Names in an ext4 directory, from `debugfs ls -p` lines (/inode/mode/uid/gid/name/size/). */
 export async function listExt4Dir(image: string, path: string): Promise<string[]> {
-  const { stdout } = await execa('debugfs', ['-R', `ls -1 ${path}`, image], { stderr: 'ignore' });
-  return stdout.split('\n').map((l) => l.trim()).filter((l) => l && l !== '.' && l !== '..');
+  const { stdout } = await execa('debugfs', ['-R', `ls -p ${path}`, image], { stderr: 'ignore' });
+  const names = stdout.split('\n').map((line) => line.split('/')[5]).filter((name): name is string => !!name);
+  if (!names.includes('.')) throw new Error(`debugfs could not list ${path}`);
+  return names.filter((name) => name !== '.' && name !== '..');
 }
 
 /** Copies a file out of an ext4 image. */

@@ -1,0 +1,123 @@
+/**
+ * `keylessgo boot-test` on the shared fixture image: a full UEFI boot with the negative
+ * checks against dropbear, a full BIOS boot, a wrong passphrase, and the cleanup on the
+ * overall timeout and on Ctrl-C. VMs run one at a time: under TCG on a small CI machine
+ * two guests compete for the CPUs and stall each other. No timing is asserted here (see
+ * `make bench`); the timeouts only bound a hung run.
+ */
+import { execa, type ResultPromise } from 'execa';
+import { access, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, inject, it } from 'vitest';
+import type { BootTestResult } from '../../src/qemu/report.js';
+import { CLI } from './fixture.js';
+
+const image = inject('image');
+
+const NEGATIVE_CHECKS = [
+  'dropbear refuses password login',
+  'dropbear refuses a key not in authorized_keys',
+  'dropbear refuses port forwarding',
+  'a wrong passphrase does not unlock',
+];
+
+interface Run {
+  exitCode: number | undefined;
+  output: string;
+  result: BootTestResult;
+  /** The qcow2 overlay the run created (from its verbose log). */
+  overlay: string;
+}
+
+function startBootTest(outName: string, extra: string[]): { child: ResultPromise<{ all: true; reject: false }>; outDir: string } {
+  const outDir = join(image.dir, outName);
+  const args = [CLI, 'boot-test', image.qcow2, '--key', image.privateKey, '--passphrase-file', image.passphraseFile, '--out', outDir, '--verbose', ...extra];
+  return { child: execa('node', args, { all: true, reject: false }), outDir };
+}
+
+async function finish(started: ReturnType<typeof startBootTest>): Promise<Run> {
+  const done = await started.child;
+  const output = String(done.all);
+  const result = JSON.parse(await readFile(join(started.outDir, 'result.json'), 'utf8')) as BootTestResult;
+  const overlay = /qemu-img create .* (\S+overlay\.qcow2)/.exec(output)?.[1] ?? '';
+  return { exitCode: done.exitCode, output, result, overlay };
+}
+
+const bootTest = (outName: string, extra: string[]) => finish(startBootTest(outName, extra));
+
+async function expectCleanedUp(run: Run): Promise<void> {
+  expect(run.overlay, run.output).not.toBe('');
+  await expect(access(run.overlay)).rejects.toThrow();
+  const qemu = await execa('pgrep', ['-f', run.overlay], { reject: false });
+  expect(qemu.stdout, 'QEMU still running').toBe('');
+}
+
+function expectFullPass(run: Run): void {
+  expect(run.exitCode, run.output).toBe(0);
+  expect(run.result.passed).toBe(true);
+  expect(run.result.error).toBeUndefined();
+  expect(run.result.checks.filter((c) => !c.ok)).toEqual([]);
+  for (const name of ['dropbear host key is the manifest\'s', '/ on dm-crypt', '/boot mounted (ext4)', '/boot/efi mounted (vfat)', 'systemctl is-system-running']) {
+    expect(run.result.checks.map((c) => c.name)).toContain(name);
+  }
+  expect(Object.keys(run.result.milestones).sort()).toEqual(['booted', 'dropbear', 'running', 'unlocked']);
+  expect(run.result.bootAnalysis).toMatch(/Startup finished/);
+}
+
+describe('keylessgo boot-test', () => {
+  it('boots with UEFI, refuses what dropbear must refuse, unlocks and passes every check', async () => {
+    const before = await stat(image.qcow2);
+    const run = await bootTest('boot-uefi', ['--firmware', 'uefi', '--negative-checks']);
+    expectFullPass(run);
+    const negatives = run.result.checks.filter((c) => NEGATIVE_CHECKS.includes(c.name));
+    expect(negatives.map((c) => c.name).sort()).toEqual([...NEGATIVE_CHECKS].sort());
+    expect(run.output).toMatch(/PASS +dropbear refuses password login/);
+    // Booted through an overlay: the image itself is untouched.
+    const after = await stat(image.qcow2);
+    expect([after.size, after.mtimeMs]).toEqual([before.size, before.mtimeMs]);
+    await expectCleanedUp(run);
+  });
+
+  it('boots with BIOS (GRUB core.img in the BIOS boot partition) and passes every check', async () => {
+    const run = await bootTest('boot-bios', ['--firmware', 'bios']);
+    expectFullPass(run);
+    expect(run.result.firmware).toBe('bios');
+    await expectCleanedUp(run);
+  });
+
+  it('reports a wrong passphrase clearly, exits 1 and stops the VM', async () => {
+    const wrong = join(image.dir, 'wrong-passphrase');
+    await writeFile(wrong, 'not-the-passphrase', { mode: 0o600 });
+    const run = await bootTest('boot-wrong-passphrase', ['--firmware', 'bios', '--passphrase-file', wrong]);
+    expect(run.exitCode, run.output).toBe(1);
+    expect(run.result.error).toMatch(/the passphrase did not unlock the root volume/);
+    expect(run.result.checks).toContainEqual(expect.objectContaining({ name: 'unlock with the passphrase', ok: false }));
+    expect(run.result.milestones.booted).toBeUndefined();
+    expect(run.output).toMatch(/FAIL +unlock with the passphrase/);
+    await expectCleanedUp(run);
+  });
+
+  it('stops QEMU and removes the overlay on the overall timeout', async () => {
+    const run = await bootTest('boot-timeout', ['--firmware', 'bios', '--timeout', '15']);
+    expect(run.exitCode, run.output).toBe(1);
+    expect(run.result.error).toMatch(/timed out after 15 s while waiting for dropbear/);
+    await expectCleanedUp(run);
+  });
+
+  it('stops QEMU and removes the overlay on Ctrl-C (SIGINT), exit 130', async () => {
+    const started = startBootTest('boot-interrupted', ['--firmware', 'bios']);
+    // Interrupt once QEMU runs, i.e. once the VM has something to clean up.
+    await new Promise<void>((resolve) => {
+      let seen = '';
+      started.child.all.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('$ qemu-system-x86_64 ')) resolve();
+      });
+    });
+    started.child.kill('SIGINT');
+    const run = await finish(started);
+    expect(run.exitCode, run.output).toBe(130);
+    expect(run.output).toMatch(/interrupted by SIGINT/);
+    await expectCleanedUp(run);
+  });
+});
