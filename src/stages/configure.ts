@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { withChroot } from '../host/chroot.js';
 import { writeOverlayFiles } from '../pipeline/overlay.js';
 import type { Stage } from '../pipeline/stage.js';
+import { checkRootFits, rootTreeBytes } from './partition.js';
 
 export const configureStage: Stage = {
   name: 'configure',
   summary: 'apply overlays, accounts, network and hooks',
-  hostTools: () => ['chroot', 'mount', 'umount'],
+  hostTools: () => ['chroot', 'mount', 'umount', 'du'],
   async run(ctx) {
     const { rootfs, recipe } = ctx;
     await writeOverlayFiles(rootfs, ctx.overlayFiles);
@@ -51,5 +52,6 @@ export const configureStage: Stage = {
         }
       }
     });
+    checkRootFits(ctx, await rootTreeBytes(ctx));
   },
 };

@@ -90,6 +90,28 @@ async function treeBytes(ctx: BuildContext, dir: string): Promise<number> {
   return Number(output.split(/\s/)[0]);
 }
 
+/**
+ * Refuses a root tree that would not fit the root partition. Called once the tree is final
+ * (after configure, so a too-small disk is reported before the slow initramfs build) and
+ * again here, where the disk is laid out.
+ */
+export function checkRootFits(ctx: Pick<BuildContext, 'recipe' | 'loaded'>, rootUsed: number): void {
+  const layout = partitionLayout(ctx.recipe.disk);
+  const root = partitionByRole(layout, 'root');
+  const rootNeeded = ext4BytesNeeded(rootUsed) + LUKS_RESERVED_BYTES;
+  if (rootNeeded > root.sizeBytes) {
+    throw new InputError(
+      `disk.size ${formatSize(layout.diskBytes)} leaves ${formatSize(root.sizeBytes)} for the root partition, but the root tree (${formatSize(rootUsed)}) needs ${formatSize(rootNeeded)}; raise disk.size to at least ${formatSize(layout.diskBytes + rootNeeded - root.sizeBytes)}`,
+      `${ctx.loaded.file}: disk.size`,
+    );
+  }
+}
+
+/** Bytes the root tree will occupy, without /boot (its own partition). */
+export async function rootTreeBytes(ctx: BuildContext): Promise<number> {
+  return (await treeBytes(ctx, ctx.rootfs)) - (await treeBytes(ctx, join(ctx.rootfs, 'boot')));
+}
+
 export const partitionStage: Stage = {
   name: 'partition',
   summary: 'size check, disk file and GPT on a loop device',
@@ -105,14 +127,8 @@ export const partitionStage: Stage = {
     const rootUsed = await treeBytes(ctx, ctx.rootfs);
     const bootUsed = await treeBytes(ctx, bootTree);
     ctx.state.rootfsBytes = rootUsed;
-    const rootNeeded = ext4BytesNeeded(rootUsed) + LUKS_RESERVED_BYTES;
+    checkRootFits(ctx, rootUsed);
     const root = partitionByRole(layout, 'root');
-    if (rootNeeded > root.sizeBytes) {
-      throw new InputError(
-        `disk.size ${formatSize(layout.diskBytes)} leaves ${formatSize(root.sizeBytes)} for the root partition, but the root tree (${formatSize(rootUsed)}) needs ${formatSize(rootNeeded)}; raise disk.size to at least ${formatSize(layout.diskBytes + rootNeeded - root.sizeBytes)}`,
-        `${ctx.loaded.file}: disk.size`,
-      );
-    }
     const boot = partitionByRole(layout, 'boot');
     if (ext4BytesNeeded(bootUsed) - 150 * MiB > boot.sizeBytes) {
       throw new InputError(`disk.boot ${formatSize(boot.sizeBytes)} is too small for /boot (${formatSize(bootUsed)} of kernel, initramfs and GRUB)`, `${ctx.loaded.file}: disk.boot`);
