@@ -68,6 +68,9 @@ export interface BuildContext {
     kernelVersion?: string;
     packages?: Array<{ name: string; version: string }>;
     dropbearHostKeys?: Array<{ type: string; fingerprint: string }>;
+    /** LUKS keyslots in use after encryption (and binding). */
+    keyslots?: number[];
+    tang?: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> };
     initramfsChecks?: Record<string, boolean>;
     rootfsBytes?: number;
     layout?: PartitionLayout;

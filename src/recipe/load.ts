@@ -16,6 +16,8 @@ export interface LoadedRecipe {
   overlayDirs: string[];
   hookFiles: string[];
   authorizedKeysFile?: string;
+  /** Saved Tang advertisements per nbde.tang entry (undefined: fetched at build time). */
+  tangAdvFiles: Array<string | undefined>;
 }
 
 function issuePath(issue: ZodIssue): string {
@@ -70,6 +72,8 @@ export async function loadRecipe(path: string): Promise<LoadedRecipe> {
   for (const [i, dir] of overlayDirs.entries()) await requireFile(dir, 'directory', `${path}: overlays[${i}]`);
   for (const [i, hook] of hookFiles.entries()) await requireFile(hook, 'file', `${path}: hooks[${i}]`);
   if (authorizedKeysFile) await requireFile(authorizedKeysFile, 'file', `${path}: authorizedKeys`);
+  const tangAdvFiles = recipe.nbde.tang.map((server) => (server.adv ? resolve(base, server.adv) : undefined));
+  for (const [i, adv] of tangAdvFiles.entries()) if (adv) await requireFile(adv, 'file', `${path}: nbde.tang[${i}].adv`);
   return {
     recipe,
     file,
@@ -77,5 +81,6 @@ export async function loadRecipe(path: string): Promise<LoadedRecipe> {
     overlayDirs,
     hookFiles,
     authorizedKeysFile,
+    tangAdvFiles,
   };
 }

@@ -123,6 +123,25 @@ export const recipeSchema = z
       })
       .strict()
       .default({}),
+    nbde: z
+      .object({
+        // clevis, clevis-luks and clevis-initramfs in the image (what `keylessgo enroll` binds later).
+        clevis: z.boolean().default(true),
+        tang: z
+          .array(
+            z
+              .object({
+                url: z.string().url('expected the Tang server URL as the machine will reach it'),
+                adv: relativePath.optional(),
+                thp: z.string().regex(/^[A-Za-z0-9_-]{20,}$/, 'expected a JWK thumbprint (base64url)').optional(),
+              })
+              .strict(),
+          )
+          .default([]),
+        threshold: z.number().int().min(1).default(1),
+      })
+      .strict()
+      .default({}),
     overlays: z.array(relativePath).default([]),
     variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
     hooks: z.array(relativePath).default([]),
@@ -136,6 +155,13 @@ export const recipeSchema = z
   })
   .strict()
   .superRefine((recipe, ctx) => {
+    const { tang, threshold, clevis } = recipe.nbde;
+    if (tang.length > 0 && !clevis) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'clevis'], message: 'binding to Tang at build time needs clevis in the image (nbde.clevis: true)' });
+    }
+    if (tang.length > 0 && threshold > tang.length) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'threshold'], message: `threshold ${threshold} exceeds the ${tang.length} Tang server(s) listed` });
+    }
     const fixed = recipe.disk.esp + recipe.disk.boot + 4 * MiB;
     if (recipe.disk.size - fixed < 512 * MiB) {
       ctx.addIssue({

@@ -26,6 +26,7 @@ export const encryptStage: Stage = {
     if (summary.version !== 2 || summary.uuid !== ctx.ids.luksUuid || summary.keyslots.join(',') !== '0') {
       throw new Error(`unexpected LUKS header after encryption: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}]`);
     }
+    ctx.state.keyslots = summary.keyslots;
     ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); slots 1+ free for enrollment`);
   },
 };

@@ -6,6 +6,7 @@ import { configureStage } from './configure.js';
 import { encryptStage } from './encrypt.js';
 import { exportStage } from './export.js';
 import { initramfsStage } from './initramfs.js';
+import { nbdeStage } from './nbde.js';
 import { partitionStage } from './partition.js';
 
-export const STAGES: readonly Stage[] = [bootstrapStage, configureStage, initramfsStage, partitionStage, encryptStage, bootloaderStage, exportStage];
+export const STAGES: readonly Stage[] = [bootstrapStage, configureStage, initramfsStage, partitionStage, encryptStage, nbdeStage, bootloaderStage, exportStage];

@@ -25,8 +25,16 @@ export const REQUIRED_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   'cryptroot-unlock': /^(usr\/)?s?bin\/cryptroot-unlock$/m,
 };
 
-export function checkInitramfsListing(listing: string): Record<string, boolean> {
-  return Object.fromEntries(Object.entries(REQUIRED_INITRAMFS_ENTRIES).map(([name, pattern]) => [name, pattern.test(listing)]));
+/** Needed too when the image unlocks by Tang (clevis-initramfs fetches the key with curl). */
+export const CLEVIS_INITRAMFS_ENTRIES: Record<string, RegExp> = {
+  clevis: /^(usr\/)?bin\/clevis$/m,
+  'clevis tang pin': /^(usr\/)?bin\/clevis-decrypt-tang$/m,
+  curl: /^(usr\/)?bin\/curl$/m,
+};
+
+export function checkInitramfsListing(listing: string, withClevis = false): Record<string, boolean> {
+  const required = { ...REQUIRED_INITRAMFS_ENTRIES, ...(withClevis ? CLEVIS_INITRAMFS_ENTRIES : {}) };
+  return Object.fromEntries(Object.entries(required).map(([name, pattern]) => [name, pattern.test(listing)]));
 }
 
 async function regenerateHostKeys(chroot: ChrootSession, rootfs: string): Promise<Array<{ type: string; fingerprint: string }>> {
@@ -62,7 +70,7 @@ export const initramfsStage: Stage = {
       await rm(join(ctx.rootfs, `boot/initrd.img-${version}`), { force: true });
       await chroot.run('update-initramfs', ['-c', '-k', version], { stream: true });
       const listing = await chroot.run('lsinitramfs', [`/boot/initrd.img-${version}`]);
-      ctx.state.initramfsChecks = checkInitramfsListing(listing);
+      ctx.state.initramfsChecks = checkInitramfsListing(listing, ctx.recipe.nbde.clevis);
     });
     const missing = Object.entries(ctx.state.initramfsChecks!).filter(([, ok]) => !ok).map(([name]) => name);
     if (missing.length > 0) throw new Error(`the initramfs lacks: ${missing.join(', ')}`);

@@ -30,6 +30,7 @@ interface Manifest {
   outputs: Array<{ format: string; path: string; sha256: string }>;
   packages: { installed: Array<{ name: string; version: string }> };
   stageSeconds: Record<string, number>;
+  nbde: { binding: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> } | null };
 }
 
 let manifest: Manifest;
@@ -78,7 +79,7 @@ describe('artefacts', () => {
 
   it('manifest records packages, per-stage times and the dropbear host key', () => {
     expect(manifest.packages.installed.map((p) => p.name)).toEqual(expect.arrayContaining(['linux-image-amd64', 'cryptsetup-initramfs', 'dropbear-initramfs', 'openssh-server']));
-    expect(Object.keys(manifest.stageSeconds)).toEqual(['bootstrap', 'configure', 'initramfs', 'partition', 'encrypt', 'bootloader']);
+    expect(Object.keys(manifest.stageSeconds)).toEqual(['bootstrap', 'configure', 'initramfs', 'partition', 'encrypt', 'nbde', 'bootloader']);
     expect(manifest.dropbear.hostKeys.find((k) => k.type === 'ssh-ed25519')?.fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
   });
 });
@@ -100,16 +101,25 @@ describe('partition table', () => {
 });
 
 describe('LUKS2 root', () => {
-  it('has one keyslot, the manifest UUID, aes-xts-plain64 and fixed argon2id cost', async () => {
+  it('has the bootstrap keyslot 0, the manifest UUID, aes-xts-plain64 and fixed argon2id cost', async () => {
     const { stdout } = await execa('cryptsetup', ['luksDump', headerCopy]);
     expect(stdout).toMatch(/^Version:\s+2$/m);
     expect(stdout).toContain(`UUID:          \t${manifest.luks.uuid}`);
-    expect([...stdout.matchAll(/^ {2}(\d+): luks2$/gm)].map((m) => m[1])).toEqual(['0']);
+    expect([...stdout.matchAll(/^ {2}(\d+): luks2$/gm)].map((m) => m[1])).toEqual(['0', '1']);
     expect(stdout).toMatch(/cipher:\s+aes-xts-plain64/);
     expect(stdout).toMatch(/sector:\s+4096 \[bytes\]/);
     expect(stdout).toMatch(/PBKDF:\s+argon2id/);
     expect(stdout).toMatch(/Memory:\s+65536/);
     expect(stdout).toMatch(/Time cost:\s+4/);
+  });
+
+  it('is bound to the test Tang in keyslot 1 with the saved advertisement (clevis token)', async () => {
+    const { stdout } = await execa('clevis', ['luks', 'list', '-d', headerCopy]);
+    expect(stdout).toMatch(new RegExp(`^1: tang '\\{"url":"${image.tang.guestUrl}"`, 'm'));
+    expect(manifest.nbde.binding).toMatchObject({ slot: 1, pin: 'tang', servers: [{ url: image.tang.guestUrl }] });
+    // The manifest's thumbprint is the Tang key's file name (tangd-keygen names keys by S256 thumbprint).
+    const keyFiles = (await execa('ls', [image.tang.keyDir])).stdout.split('\n');
+    expect(keyFiles).toContain(`${manifest.nbde.binding!.servers[0]!.thumbprints[0]}.jwk`);
   });
 
   it('decrypts with the bootstrap passphrase to the root ext4 with the manifest UUID', async () => {
@@ -155,7 +165,9 @@ describe('/boot and the initramfs', () => {
   it('the initramfs holds cryptsetup, dropbear, its config, the forced-command key and the crypttab entry', async () => {
     const initrd = await dumpExt4File(bootPart, `/initrd.img-${manifest.kernel.version}`, join(scratch, 'initrd.img'));
     const listing = await listInitramfs(initrd);
-    for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m]) expect(listing).toMatch(entry);
+    for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m, /^usr\/bin\/clevis$/m, /^usr\/bin\/curl$/m]) {
+      expect(listing).toMatch(entry);
+    }
     const keysPath = /^root-[^/]+\/\.ssh\/authorized_keys$/m.exec(listing)?.[0];
     expect(keysPath).toBeDefined();
     const extractDir = await mkdtemp(join(scratch, 'initrd-'));

@@ -9,6 +9,7 @@ import { chmod, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
+import { createTang, type TangFixture } from './tang.js';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const CLI = join(REPO, 'dist/cli.js');
@@ -28,6 +29,8 @@ export interface ImageFixture {
   buildSeconds: number;
   /** A plaintext marker written into the root tree by a recipe hook; must never appear in the image. */
   canary: string;
+  /** The test Tang server the image is bound to at build time (not running unless a test serves it). */
+  tang: TangFixture;
 }
 
 export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'privateKey' | 'publicKey' | 'passphraseFile' | 'passphrase'>> {
@@ -47,10 +50,12 @@ export async function buildFixture(): Promise<ImageFixture> {
   const hook = join(dir, 'canary-hook.sh');
   await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\n`);
 
+  const tang = await createTang(dir);
   const recipe = parse(await readFile(join(REPO, 'recipes/debian-bookworm.yaml'), 'utf8')) as Record<string, any>;
   recipe.name = 'e2e-bookworm';
   recipe.disk = { ...recipe.disk, size: '2GiB' };
   recipe.hooks = [hook];
+  recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
   const recipeFile = join(dir, 'e2e-bookworm.yaml');
   await writeFile(recipeFile, stringify(recipe));
 
@@ -72,6 +77,7 @@ export async function buildFixture(): Promise<ImageFixture> {
     buildLog,
     buildSeconds,
     canary,
+    tang,
     ...secrets,
   };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));

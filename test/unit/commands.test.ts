@@ -4,7 +4,7 @@ import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameter }
 import { injectedFailure } from '../../src/pipeline/runner.js';
 import { encryptInPlaceArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { formatCommand } from '../../src/host/run.js';
-import { BASE_PACKAGES, debootstrapArgs, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
+import { BASE_PACKAGES, CLEVIS_PACKAGES, debootstrapArgs, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
 import { qemuImgConvertArgs } from '../../src/stages/export.js';
 import { checkInitramfsListing, REQUIRED_INITRAMFS_ENTRIES } from '../../src/stages/initramfs.js';
 import { MIRROR, recipeWith } from './helpers.js';
@@ -129,9 +129,15 @@ describe('parseLuksDump', () => {
 describe('bootstrap', () => {
   const ctx = (yaml = '') => ({ recipe: recipeWith(yaml), mirror: MIRROR, rootfs: '/tmp/build/rootfs' });
 
-  it('packageList is the base packages, then the recipe packages, without duplicates', () => {
+  const DEFAULT_PACKAGES = [...BASE_PACKAGES, ...CLEVIS_PACKAGES];
+
+  it('packageList is the base and clevis packages, then the recipe packages, without duplicates', () => {
     const list = packageList(recipeWith('packages: [vim, cryptsetup, curl, vim]\n'));
-    expect(list).toEqual([...BASE_PACKAGES, 'vim', 'curl']);
+    expect(list).toEqual([...DEFAULT_PACKAGES, 'vim']);
+  });
+
+  it('packageList leaves clevis out when nbde.clevis is false', () => {
+    expect(packageList(recipeWith('nbde: {clevis: false}\npackages: [curl]\n'))).toEqual([...BASE_PACKAGES, 'curl']);
   });
 
   it('mmdebstrap: root mode, variant, arch, components, packages, diverted update-initramfs, then suite, target and apt lines', () => {
@@ -141,7 +147,7 @@ describe('bootstrap', () => {
       '--variant=apt',
       '--architectures=amd64',
       '--components=main,contrib',
-      `--include=${[...BASE_PACKAGES, 'vim'].join(',')}`,
+      `--include=${[...DEFAULT_PACKAGES, 'vim'].join(',')}`,
     ]);
     expect(args[5]).toMatch(/^--essential-hook=chroot "\$1" dpkg-divert .*--add \/usr\/sbin\/update-initramfs && ln -s \/bin\/true "\$1\/usr\/sbin\/update-initramfs"$/);
     expect(args.slice(6)).toEqual([
@@ -171,7 +177,7 @@ describe('bootstrap', () => {
       `--variant=${expected}`,
       '--arch=amd64',
       '--components=main',
-      `--include=${BASE_PACKAGES.join(',')}`,
+      `--include=${DEFAULT_PACKAGES.join(',')}`,
       'bookworm',
       '/tmp/build/rootfs',
       MIRROR.archive,

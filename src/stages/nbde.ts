@@ -1,0 +1,57 @@
+/**
+ * nbde: binds the LUKS2 root to the recipe's Tang server(s) with clevis, offline when the
+ * advertisement is given (a saved `adv` file), else fetched once at build time. The
+ * bootstrap passphrase stays in keyslot 0 for the SSH fallback; clevis takes a free slot.
+ *
+ * Host commands: clevis (luks bind, luks list). Skipped when the recipe lists no Tang server.
+ */
+import { readFile } from 'node:fs/promises';
+import { clevisBindArgs, parseClevisList, type TangPin } from '../host/clevis.js';
+import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
+import { luksDump } from '../host/cryptsetup.js';
+import { InputError } from '../errors.js';
+import type { BuildContext } from '../pipeline/context.js';
+import type { Stage } from '../pipeline/stage.js';
+import { partitionByRole } from './partition.js';
+
+async function loadPins(ctx: BuildContext): Promise<Array<TangPin & { thumbprints: string[] }>> {
+  const pins = [];
+  for (const [index, server] of ctx.recipe.nbde.tang.entries()) {
+    const advFile = ctx.loaded.tangAdvFiles[index];
+    const where = `${ctx.loaded.file}: nbde.tang[${index}]`;
+    const text = advFile ? await readFile(advFile, 'utf8') : await fetchAdvertisement(server.url);
+    let adv;
+    try {
+      adv = parseAdvertisement(text);
+    } catch (error) {
+      throw new InputError(`advertisement ${advFile ?? `${server.url}/adv`}: ${(error as Error).message}`, where);
+    }
+    if (server.thp && !adv.signingThumbprints.includes(server.thp)) {
+      throw new InputError(`thp ${server.thp} is not a signing key of the advertisement (its keys: ${adv.signingThumbprints.join(', ')})`, where);
+    }
+    ctx.log.info(`      tang ${server.url}: signing key ${adv.signingThumbprints.join(', ')}${advFile ? ' (saved advertisement)' : ' (fetched now)'}`);
+    pins.push({ url: server.url, adv: adv.jws, thumbprints: adv.signingThumbprints });
+  }
+  return pins;
+}
+
+export const nbdeStage: Stage = {
+  name: 'nbde',
+  summary: 'bind the LUKS2 root to Tang (clevis)',
+  hostTools: (recipe) => (recipe.nbde.tang.length > 0 ? ['clevis'] : []),
+  async run(ctx) {
+    const { nbde } = ctx.recipe;
+    if (nbde.tang.length === 0) {
+      ctx.log.info(`      no Tang server in the recipe: ${nbde.clevis ? 'clevis is installed for `keylessgo enroll`' : 'clevis not installed'}`);
+      return;
+    }
+    const pins = await loadPins(ctx);
+    const device = ctx.state.loop!.partition(partitionByRole(ctx.state.layout!, 'root').number);
+    await ctx.host.run('clevis', clevisBindArgs(device, ctx.passphraseFile, pins, nbde.threshold));
+    const bindings = parseClevisList(await ctx.host.run('clevis', ['luks', 'list', '-d', device]));
+    if (bindings.length !== 1) throw new Error(`expected one clevis binding after bind, found ${bindings.length}`);
+    ctx.state.tang = { slot: bindings[0]!.slot, pin: bindings[0]!.pin, servers: pins.map((p) => ({ url: p.url, thumbprints: p.thumbprints })) };
+    ctx.state.keyslots = (await luksDump(ctx.host, device)).keyslots;
+    ctx.log.info(`      clevis ${bindings[0]!.pin} binding in keyslot ${bindings[0]!.slot}; keyslot 0 keeps the bootstrap passphrase`);
+  },
+};
