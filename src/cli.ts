@@ -7,6 +7,8 @@ import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
 import { Logger } from './log.js';
 import { build } from './pipeline/build.js';
 import { bootTest } from './qemu/boot-test.js';
+import { enrollCommand } from './nbde/enroll-command.js';
+import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
 import { formatSize } from './recipe/size.js';
@@ -87,6 +89,39 @@ program
     });
     process.stdout.write(formatTable(result));
     process.exitCode = result.passed ? 0 : 1;
+  });
+
+program
+  .command('enroll')
+  .description('bind a deployed, unlocked machine to Tang, rotate its volume key, add a recovery passphrase and remove the bootstrap one (over SSH)')
+  .requiredOption('--host <host>', 'the machine, reachable over SSH as root')
+  .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
+  .requiredOption('--key <file>', 'SSH private key for root on the machine')
+  .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
+  .requiredOption('--tang <url...>', 'Tang server(s) as the machine reaches them')
+  .option('--threshold <n>', 'with several Tang servers: how many must answer', positiveInteger('--threshold'), 1)
+  .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist)')
+  .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs")
+  .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
+  .option('--json', 'print the report as JSON')
+  .addOption(verboseOption)
+  .addOption(quietOption)
+  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean; verbose?: boolean; quiet?: boolean }) => {
+    const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
+    if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    await enrollCommand({
+      host: opts.host,
+      port: opts.port,
+      keyFile: opts.key,
+      passphraseFile,
+      tangUrls: opts.tang,
+      threshold: opts.threshold,
+      recoveryKeyOut: opts.recoveryKeyOut,
+      hostKeyFingerprint: opts.hostKeyFingerprint,
+      dropbear: opts.dropbear,
+      json: opts.json ?? false,
+      log: logger(opts),
+    });
   });
 
 program

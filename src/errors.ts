@@ -30,6 +30,15 @@ export class StageError extends Error {
   }
 }
 
+/** An enrollment step failed on the machine: exit code 1, message names the step. */
+export class EnrollError extends Error {
+  readonly exitCode = 1;
+  constructor(step: string, detail: string) {
+    super(`enroll step "${step}" failed: ${detail}`);
+    this.name = 'EnrollError';
+  }
+}
+
 /** The build was interrupted by SIGINT/SIGTERM: exit code 130 like a shell. */
 export class InterruptedError extends Error {
   readonly exitCode = 130;
@@ -39,13 +48,14 @@ export class InterruptedError extends Error {
   }
 }
 
-export type ReportedError = InputError | HostError | StageError | InterruptedError;
+export type ReportedError = InputError | HostError | StageError | EnrollError | InterruptedError;
 
 export function isReported(error: unknown): error is ReportedError {
   return (
     error instanceof InputError ||
     error instanceof HostError ||
     error instanceof StageError ||
+    error instanceof EnrollError ||
     error instanceof InterruptedError
   );
 }

@@ -5,8 +5,8 @@
  */
 export interface TangPin {
   url: string;
-  /** The advertisement JWS: binding then needs no network. */
-  adv: Record<string, unknown>;
+  /** The advertisement JWS: binding then needs no network (else clevis fetches it). */
+  adv?: Record<string, unknown>;
 }
 
 /** The clevis pin and its JSON config: `tang` for one server, `sss` with a threshold for several. */

@@ -28,7 +28,7 @@ import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING
 import { firmwareArgs, firmwareFiles, type Firmware } from './firmware.js';
 import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
-import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey } from './ssh.js';
+import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
 import { pollUntil, secondsSince } from './wait.js';
 import { createOverlay, freePort, QEMU, Vm } from './vm.js';
 
@@ -54,6 +54,8 @@ const BANNER_POLL_MS = 1000;
 const BANNER_READ_MS = 5000;
 const SSH_TIMEOUT_MS = 60_000;
 const UNLOCKED = /set up successfully/;
+// A connection dropped before authentication proves nothing either way (seen once on a loaded TCG host): try again.
+const LOGIN_ATTEMPTS = 3;
 
 interface Inputs {
   manifest: BootManifest;
@@ -90,6 +92,10 @@ interface Run {
   log: Logger;
 }
 
+function sshOptions(run: Run, extraMs = 0): SshOptions {
+  return { timeoutMs: SSH_TIMEOUT_MS + extraMs, signal: run.signal };
+}
+
 function bannerMatching(run: Run, pattern: RegExp): Promise<string> {
   return pollUntil(async () => {
     const banner = await readBanner(run.port, BANNER_READ_MS);
@@ -98,13 +104,19 @@ function bannerMatching(run: Run, pattern: RegExp): Promise<string> {
 }
 
 async function refusedLogin(run: Run, name: string, auth: AnyAuthMethod): Promise<Check> {
-  try {
-    const { client } = await openSession(run.port, auth, SSH_TIMEOUT_MS);
-    client.end();
-    return check(name, false, 'login succeeded');
-  } catch (error) {
-    return check(name, isAuthRefusal(error), (error as Error).message);
+  let lastError = '';
+  for (let attempt = 1; attempt <= LOGIN_ATTEMPTS; attempt++) {
+    try {
+      const { client } = await openSession(run.port, auth, sshOptions(run));
+      client.end();
+      return check(name, false, 'login succeeded');
+    } catch (error) {
+      if (isAuthRefusal(error)) return check(name, true, (error as Error).message);
+      run.signal.throwIfAborted();
+      lastError = (error as Error).message;
+    }
   }
+  return check(name, false, `no answer to the login attempt: ${lastError}`);
 }
 
 /** Against dropbear, before the real unlock. A wrong passphrase uses up one of cryptsetup's tries. */
@@ -113,7 +125,7 @@ async function negativeChecks(run: Run): Promise<Check[]> {
     await refusedLogin(run, 'dropbear refuses password login', { type: 'password', username: USER, password: randomBytes(12).toString('base64url') }),
     await refusedLogin(run, 'dropbear refuses a key not in authorized_keys', unknownKeyAuth(USER)),
   ];
-  const { client } = await openSession(run.port, run.inputs.keyAuth, SSH_TIMEOUT_MS);
+  const { client } = await openSession(run.port, run.inputs.keyAuth, sshOptions(run));
   try {
     const forwards = await tryPortForwarding(client, run.guestPort);
     const refused = forwards.local.startsWith('refused') && forwards.remote.startsWith('refused');
@@ -121,7 +133,7 @@ async function negativeChecks(run: Run): Promise<Check[]> {
   } finally {
     client.end();
   }
-  const wrong = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { stdin: `wrong-${randomBytes(9).toString('base64url')}`, timeoutMs: SSH_TIMEOUT_MS });
+  const wrong = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run), stdin: `wrong-${randomBytes(9).toString('base64url')}` });
   const stillLocked = !UNLOCKED.test(wrong.output) && (await readBanner(run.port, BANNER_READ_MS))?.includes('dropbear') === true;
   checks.push(check('a wrong passphrase does not unlock', stillLocked, lastLine(wrong.output)));
   return checks;
@@ -132,7 +144,7 @@ function lastLine(text: string): string {
 }
 
 async function unlock(run: Run): Promise<HostKey> {
-  const result = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { stdin: run.inputs.passphrase, timeoutMs: SSH_TIMEOUT_MS });
+  const result = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run), stdin: run.inputs.passphrase });
   if (!UNLOCKED.test(result.output)) {
     run.checks.push(check('unlock with the passphrase', false, lastLine(result.output)));
     throw new Error(`the passphrase did not unlock the root volume; cryptroot-unlock said: ${lastLine(result.output)}`);
@@ -142,17 +154,16 @@ async function unlock(run: Run): Promise<HostKey> {
 }
 
 async function checkBootedSystem(run: Run, dropbearKey: HostKey): Promise<string> {
-  const { client, hostKey } = await openSession(run.port, run.inputs.keyAuth, SSH_TIMEOUT_MS);
+  const { client, hostKey } = await openSession(run.port, run.inputs.keyAuth, sshOptions(run));
   try {
     // The initramfs key sits unencrypted on /boot: the booted system must not reuse it.
     run.checks.push(check('OpenSSH host key differs from dropbear\'s', hostKey.fingerprint !== dropbearKey.fingerprint, `${hostKey.type} ${hostKey.fingerprint}`));
     for (const guestCheck of guestChecks(run.inputs.manifest)) {
-      const timeoutMs = SSH_TIMEOUT_MS + SYSTEM_RUNNING_WAIT_SECONDS * 1000;
-      const { output, exitCode } = await exec(client, guestCheck.command, { timeoutMs });
-      run.checks.push(guestCheck.judge(output, exitCode));
+      const { output } = await exec(client, guestCheck.command, sshOptions(run, SYSTEM_RUNNING_WAIT_SECONDS * 1000));
+      run.checks.push(guestCheck.judge(output));
       if (guestCheck.name === 'systemctl is-system-running') run.milestones.running = secondsSince(run.started);
     }
-    return (await exec(client, BOOT_ANALYSIS_COMMAND, { timeoutMs: SSH_TIMEOUT_MS })).output;
+    return (await exec(client, BOOT_ANALYSIS_COMMAND, sshOptions(run))).output;
   } finally {
     client.end();
   }

@@ -17,17 +17,18 @@ export function check(name: string, ok: boolean, detail: string): Check {
 }
 
 export function hostKeyCheck(seen: HostKey, manifest: BootManifest): Check {
-  const expected = manifest.dropbear.hostKeys.find((k) => k.type === seen.type);
+  const name = "dropbear host key is the manifest's";
+  const expected = manifest.dropbear.hostKeys.find((k) => k.type === seen.type)?.fingerprint;
   const detail = `${seen.type} ${seen.fingerprint}`;
-  if (!expected) return check('dropbear host key is the manifest\'s', false, `${detail}; the manifest has no ${seen.type} key`);
-  return check('dropbear host key is the manifest\'s', expected.fingerprint === seen.fingerprint, expected.fingerprint === seen.fingerprint ? detail : `${detail}, manifest: ${expected.fingerprint}`);
+  if (expected === seen.fingerprint) return check(name, true, detail);
+  return check(name, false, expected ? `${detail}, manifest: ${expected}` : `${detail}; the manifest has no ${seen.type} key`);
 }
 
 /** One command run in the booted guest and how to judge its output. */
 export interface GuestCheck {
   name: string;
   command: string;
-  judge(output: string, exitCode: number | undefined): Check;
+  judge(output: string): Check;
 }
 
 /** `key: value` lines, as printed by `cryptsetup status`, keyed by lower-cased key. */

@@ -53,22 +53,47 @@ export interface Session {
 
 export type SshError = Error & ClientErrorExtensions;
 
+export interface SshOptions {
+  timeoutMs: number;
+  /** Default: the VM's forwarded port on 127.0.0.1. */
+  host?: string;
+  /** Ends the connection at once (Ctrl-C, overall timeout, QEMU gone). */
+  signal: AbortSignal;
+}
+
+/** Destroys the connection and rejects when `signal` aborts; returns the function that stops listening. */
+function abortWith(client: Client, signal: AbortSignal, reject: (reason: unknown) => void): () => void {
+  const onAbort = () => {
+    client.destroy();
+    reject(signal.reason);
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
 /** Opens an authenticated session; rejects with ssh2's error (level `client-authentication` when refused). */
-export function openSession(port: number, auth: AnyAuthMethod, timeoutMs: number): Promise<Session> {
+export function openSession(port: number, auth: AnyAuthMethod, options: SshOptions): Promise<Session> {
   return new Promise((resolve, reject) => {
+    options.signal.throwIfAborted();
     const client = new ssh2.Client();
     let hostKey: HostKey | undefined;
-    client.once('ready', () => resolve({ client, hostKey: hostKey! }));
-    client.once('error', (error: SshError) => {
+    const stopListening = abortWith(client, options.signal, reject);
+    client.once('ready', () => {
+      stopListening();
+      resolve({ client, hostKey: hostKey! });
+    });
+    // Also after `ready`: a reset when dropbear is stopped must not become an unhandled 'error'.
+    client.on('error', (error: SshError) => {
+      stopListening();
       client.end();
       reject(error);
     });
     client.connect({
-      host: GUEST_HOST,
+      host: options.host ?? GUEST_HOST,
       port,
       username: auth.username,
       authHandler: [auth],
-      readyTimeout: timeoutMs,
+      readyTimeout: options.timeoutMs,
       hostVerifier: (key: Buffer) => {
         hostKey = describeHostKey(key);
         return true;
@@ -84,37 +109,43 @@ export interface ExecResult {
 }
 
 /** Runs a command, optionally feeding stdin, and collects stdout+stderr until the channel or connection ends. */
-export function exec(client: Client, command: string, options: { stdin?: string; timeoutMs: number }): Promise<ExecResult> {
+export function exec(client: Client, command: string, options: SshOptions & { stdin?: string }): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
     let output = '';
     let exitCode: number | undefined;
+    const stopListening = abortWith(client, options.signal, reject);
     const timer = setTimeout(() => {
-      client.end();
+      client.destroy();
       reject(new Error(`\`${command}\` did not finish within ${options.timeoutMs / 1000} s`));
     }, options.timeoutMs);
     const done = () => {
       clearTimeout(timer);
+      stopListening();
       resolve({ output, exitCode });
     };
     client.once('close', done);
     client.exec(command, (error, channel) => {
       if (error) {
         clearTimeout(timer);
+        stopListening();
         reject(error);
         return;
       }
       channel.on('data', (chunk: Buffer) => (output += chunk.toString()));
       channel.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
       channel.on('exit', (code: number | null) => (exitCode = code ?? undefined));
-      channel.on('close', done);
+      channel.on('close', () => {
+        client.off('close', done);
+        done();
+      });
       if (options.stdin !== undefined) channel.end(options.stdin);
     });
   });
 }
 
 /** Connects, runs one command and disconnects. */
-export async function runOnce(port: number, auth: AnyAuthMethod, command: string, options: { stdin?: string; timeoutMs: number }): Promise<ExecResult & { hostKey: HostKey }> {
-  const { client, hostKey } = await openSession(port, auth, options.timeoutMs);
+export async function runOnce(port: number, auth: AnyAuthMethod, command: string, options: SshOptions & { stdin?: string }): Promise<ExecResult & { hostKey: HostKey }> {
+  const { client, hostKey } = await openSession(port, auth, options);
   try {
     return { ...(await exec(client, command, options)), hostKey };
   } finally {

@@ -16,9 +16,8 @@ export type Accel = 'kvm' | 'tcg';
 export const QEMU = 'qemu-system-x86_64';
 
 /**
- * KVM runs the host CPU model. Under TCG qemu64 is the model measured to boot Debian 12
- * without soft lockups (`max` stalled for minutes); `+aes` lets the guest's dm-crypt use
- * AES-NI, which TCG emulates per instruction rather than per table lookup.
+ * KVM runs the host CPU model. Under TCG, qemu64 is the model measured to boot Debian 12
+ * without soft lockups (`max` stalled for minutes).
  */
 export function accelArgs(accel: Accel, cpus: number): string[] {
   const cpu = accel === 'kvm' ? 'host' : 'qemu64';
@@ -34,6 +33,17 @@ export interface VmConfig {
   hostPort: number;
   guestPort: number;
   serialLog: string;
+  /** Serve a Tang server from these keys to the guest at TANG_GUEST_ADDRESS (nothing listens on the host). */
+  tang?: { keyDir: string; logFile: string };
+}
+
+/** Where the guest finds the Tang server of `VmConfig.tang` (http, port 80). */
+export const TANG_GUEST_ADDRESS = '10.0.2.100';
+
+/** guestfwd runs one tangd per guest connection; tangd's stderr (its request log) must not reach the socket. */
+function tangForward(tang: NonNullable<VmConfig['tang']>): string {
+  for (const path of [tang.keyDir, tang.logFile]) if (/[,'\s]/.test(path)) throw new Error(`Tang path must not contain commas, quotes or spaces: ${path}`);
+  return `,guestfwd=tcp:${TANG_GUEST_ADDRESS}:80-cmd:/bin/sh -c 'exec /usr/libexec/tangd ${tang.keyDir} 2>>${tang.logFile}'`;
 }
 
 export function qemuArgs(config: VmConfig): string[] {
@@ -46,8 +56,9 @@ export function qemuArgs(config: VmConfig): string[] {
     ...config.firmwareArgs,
     '-drive', `file=${config.overlay},if=virtio,format=qcow2,discard=unmap`,
     // restrict=on: the guest reaches neither the host nor any other machine; the forward still works.
-    '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:${GUEST_HOST}:${config.hostPort}-:${config.guestPort}`,
+    '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:${GUEST_HOST}:${config.hostPort}-:${config.guestPort}${config.tang ? tangForward(config.tang) : ''}`,
     '-device', 'virtio-net-pci,netdev=net0',
+    // An entropy source as cloud VMs have one (qemu64 has no RDRAND).
     '-device', 'virtio-rng-pci',
     '-serial', `file:${config.serialLog}`,
   ];

@@ -1,0 +1,113 @@
+/**
+ * Network Bound Disk Encryption, proven by booting (nothing mocked): the fixture image is
+ * bound at build time to a test Tang server that only the VM can reach (QEMU guestfwd).
+ *
+ *   1. Tang reachable: the machine boots to a running system with no SSH input at all, and
+ *      the Tang log shows the key recovery request.
+ *   2. Tang unreachable: no unlock by itself; SSH unlock via dropbear still works. That is
+ *      every boot in boot.test.ts, which serves no Tang to the same bound image.
+ *   3. Enrollment: the machine is unlocked over SSH (its build-time Tang is gone: a new one
+ *      answers at the same address), `keylessgo enroll` binds it to the new Tang, rotates the
+ *      volume key, adds a recovery passphrase and removes the bootstrap one; after a power
+ *      cycle it unlocks by itself.
+ */
+import { execa } from 'execa';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { TANG_GUEST_ADDRESS } from '../../src/qemu/vm.js';
+import { CLI } from './fixture.js';
+import { dumpVolumeKey, extractPartition } from './image-reader.js';
+import { createTang } from './tang.js';
+import { TestVm } from './vm-session.js';
+
+const image = inject('image');
+const BOOT_TIMEOUT_MS = 10 * 60 * 1000;
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(image.dir, 'nbde-'));
+});
+
+afterAll(async () => {
+  if (!process.env.KEYLESSGO_KEEP_FIXTURE) await rm(dir, { recursive: true, force: true });
+});
+
+/** Root filesystem facts every unlocked boot must show. */
+async function expectEncryptedRoot(vm: TestVm): Promise<void> {
+  const { output } = await vm.ssh('findmnt -no SOURCE / && lsblk -no TYPE "$(findmnt -no SOURCE /)"');
+  expect(output).toMatch(/^\/dev\/mapper\/cryptroot\ncrypt$/m);
+}
+
+describe('Tang reachable at boot', () => {
+  it('boots to a running system without any SSH input, asking Tang for the key', async () => {
+    const vm = await TestVm.create(image, join(dir, 'keyless'));
+    const tangLog = join(vm.dir, 'tang.log');
+    try {
+      await vm.boot({ keyDir: image.tang.keyDir, logFile: tangLog });
+      const seconds = await vm.waitFor(/OpenSSH/, BOOT_TIMEOUT_MS);
+      process.stderr.write(`nbde: keyless boot reached OpenSSH after ${seconds} s\n`);
+      await expectEncryptedRoot(vm);
+      expect(await readFile(tangLog, 'utf8')).toMatch(/POST \/rec\/\S+/);
+    } finally {
+      await vm.stop();
+    }
+  });
+});
+
+describe('keylessgo enroll', () => {
+  it('binds to a new Tang, rotates the volume key, swaps bootstrap for recovery, and the machine then unlocks by itself', async () => {
+    const vm = await TestVm.create(image, join(dir, 'enroll'));
+    const newTang = await createTang(vm.dir);
+    const tangLog = join(vm.dir, 'tang.log');
+    const recoveryFile = join(vm.dir, 'recovery-key');
+    try {
+      // The build-time Tang's keys are gone (a new server answers): only SSH unlocks now.
+      await vm.boot({ keyDir: newTang.keyDir, logFile: tangLog });
+      await vm.waitFor(/dropbear/, BOOT_TIMEOUT_MS);
+      const unlock = await vm.ssh('cryptroot-unlock', image.passphrase);
+      expect(unlock.output).toMatch(/set up successfully/);
+      await vm.waitFor(/OpenSSH/, BOOT_TIMEOUT_MS);
+
+      const started = performance.now();
+      const enrolled = await execa('node', [CLI, 'enroll', '--host', '127.0.0.1', '--port', String(vm.port), '--key', image.privateKey, '--passphrase-file', image.passphraseFile, '--tang', `http://${TANG_GUEST_ADDRESS}`, '--recovery-key-out', recoveryFile, '--json'], { all: true, reject: false });
+      process.stderr.write(`nbde: enroll took ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+      expect(enrolled.exitCode, enrolled.all).toBe(0);
+      const report = JSON.parse(enrolled.stdout) as { keyslotsBefore: number[]; keyslotsAfter: number[]; volumeKeyChanged: boolean; tang: { slot: number } };
+      expect(report.keyslotsBefore).toEqual([0, 1]);
+      expect(report.volumeKeyChanged).toBe(true);
+      // The Tang slot and the recovery slot; the bootstrap slot 0 is gone.
+      expect(report.keyslotsAfter).toHaveLength(2);
+      expect(report.keyslotsAfter).toContain(report.tang.slot);
+      expect(report.keyslotsAfter).not.toContain(0);
+      expect((await stat(recoveryFile)).mode & 0o777).toBe(0o600);
+      const recovery = (await readFile(recoveryFile, 'utf8')).trim();
+      expect(enrolled.all).not.toContain(image.passphrase);
+      expect(enrolled.all).not.toContain(recovery);
+
+      // On the machine: bootstrap refused, recovery accepted, volume key differs from the image's.
+      const device = (await vm.ssh("cryptsetup status cryptroot | awk '/device:/ {print $2}'")).output.trim();
+      expect((await vm.ssh(`cryptsetup open --test-passphrase --key-file - ${device}`, image.passphrase)).exitCode).not.toBe(0);
+      expect((await vm.ssh(`cryptsetup open --test-passphrase --key-file - ${device}`, recovery)).exitCode).toBe(0);
+      const template = await dumpVolumeKey(await extractPartition(image.raw, await rootPartition(), join(vm.dir, 'header'), 16 * 1024 * 1024), image.passphraseFile);
+      const machineKey = (await vm.ssh(`cryptsetup luksDump --dump-volume-key --batch-mode --key-file - ${device} | sed -n '/MK dump:/,$p' | sed 's/MK dump://' | tr -d ' \\t\\n'`, recovery)).output.trim();
+      expect(machineKey).toMatch(/^[0-9a-f]{128}$/);
+      expect(machineKey).not.toBe(template.key.toString('hex'));
+
+      await vm.ssh('systemctl poweroff');
+      await vm.stop();
+      await vm.boot({ keyDir: newTang.keyDir, logFile: tangLog });
+      const seconds = await vm.waitFor(/OpenSSH/, BOOT_TIMEOUT_MS);
+      process.stderr.write(`nbde: after enrollment, keyless boot reached OpenSSH after ${seconds} s\n`);
+      await expectEncryptedRoot(vm);
+      expect(await readFile(tangLog, 'utf8')).toMatch(/POST \/rec\/\S+/);
+    } finally {
+      await vm.stop();
+    }
+  });
+});
+
+async function rootPartition() {
+  const manifest = JSON.parse(await readFile(image.manifestFile, 'utf8')) as { partitions: Array<{ label: string; startBytes: number; sizeBytes: number }> };
+  return manifest.partitions.find((p) => p.label === 'keylessgo-root')!;
+}

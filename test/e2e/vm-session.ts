@@ -1,0 +1,89 @@
+/**
+ * A VM the test drives step by step (unlike `boot-test`, which runs one fixed sequence):
+ * the overlay outlives QEMU, so a test can power the machine off and boot it again with a
+ * different Tang server behind it, as after enrollment.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HostRunner } from '../../src/host/run.js';
+import { Logger } from '../../src/log.js';
+import { firmwareArgs } from '../../src/qemu/firmware.js';
+import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
+import { createOverlay, freePort, Vm, type VmConfig } from '../../src/qemu/vm.js';
+import { pollUntil, secondsSince } from '../../src/qemu/wait.js';
+import type { ImageFixture } from './fixture.js';
+
+const log = new Logger('quiet');
+const SSH_TIMEOUT_MS = 10 * 60 * 1000;
+
+export class TestVm {
+  private vm?: Vm;
+  private started = 0;
+  private boots = 0;
+
+  private constructor(
+    readonly image: ImageFixture,
+    readonly dir: string,
+    private readonly overlay: string,
+    private readonly key: string,
+  ) {}
+
+  /** A machine whose disk is a fresh overlay over the fixture image. */
+  static async create(image: ImageFixture, dir: string): Promise<TestVm> {
+    await mkdir(dir, { recursive: true });
+    const overlay = join(dir, 'disk.qcow2');
+    await createOverlay(new HostRunner(log), image.qcow2, overlay);
+    return new TestVm(image, dir, overlay, await readFile(image.privateKey, 'utf8'));
+  }
+
+  get port(): number {
+    return this.vm!.config.hostPort;
+  }
+
+  get serialLog(): string {
+    return join(this.dir, `serial-${this.boots}.log`);
+  }
+
+  /** Powers on (UEFI); `tang` serves a Tang server from those keys to the guest. */
+  async boot(tang?: VmConfig['tang']): Promise<void> {
+    this.boots++;
+    const config: VmConfig = {
+      accel: 'tcg',
+      cpus: 2,
+      memoryMiB: 2048,
+      firmwareArgs: await firmwareArgs('uefi', this.dir),
+      overlay: this.overlay,
+      hostPort: await freePort(),
+      guestPort: 22,
+      serialLog: this.serialLog,
+      tang,
+    };
+    this.vm = Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
+    this.started = performance.now();
+  }
+
+  /** Waits for an SSH banner matching `pattern` (dropbear or OpenSSH); returns seconds since power-on. */
+  async waitFor(pattern: RegExp, timeoutMs: number): Promise<number> {
+    const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), this.vm!.exited.signal]);
+    await pollUntil(async () => {
+      const banner = await readBanner(this.port, 5000);
+      return banner && pattern.test(banner) ? banner : undefined;
+    }, 1000, signal);
+    return secondsSince(this.started);
+  }
+
+  async ssh(command: string, stdin?: string): Promise<ExecResult> {
+    const options = { timeoutMs: SSH_TIMEOUT_MS, signal: this.vm!.exited.signal, stdin };
+    const { client } = await openSession(this.port, { type: 'publickey', username: 'root', key: this.key }, options);
+    try {
+      return await exec(client, command, options);
+    } finally {
+      client.end();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.vm?.stop();
+    this.vm = undefined;
+  }
+}
