@@ -30,7 +30,7 @@ import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
 import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
 import { pollUntil, secondsSince } from './wait.js';
-import { createOverlay, freePort, QEMU, Vm } from './vm.js';
+import { createOverlay, defaultCpus, freePort, QEMU, Vm, type Accel } from './vm.js';
 
 export interface BootTestOptions {
   image: string;
@@ -43,7 +43,8 @@ export interface BootTestOptions {
   firmware: Firmware;
   accel: AccelChoice;
   memoryMiB: number;
-  cpus: number;
+  /** Default: defaultCpus() for the chosen accelerator. */
+  cpus?: number;
   timeoutSeconds: number;
   negativeChecks: boolean;
   log: Logger;
@@ -54,8 +55,6 @@ const BANNER_POLL_MS = 1000;
 const BANNER_READ_MS = 5000;
 const SSH_TIMEOUT_MS = 60_000;
 const UNLOCKED = /set up successfully/;
-// A connection dropped before authentication proves nothing either way (seen once on a loaded TCG host): try again.
-const LOGIN_ATTEMPTS = 3;
 
 interface Inputs {
   manifest: BootManifest;
@@ -104,19 +103,14 @@ function bannerMatching(run: Run, pattern: RegExp): Promise<string> {
 }
 
 async function refusedLogin(run: Run, name: string, auth: AnyAuthMethod): Promise<Check> {
-  let lastError = '';
-  for (let attempt = 1; attempt <= LOGIN_ATTEMPTS; attempt++) {
-    try {
-      const { client } = await openSession(run.port, auth, sshOptions(run));
-      client.end();
-      return check(name, false, 'login succeeded');
-    } catch (error) {
-      if (isAuthRefusal(error)) return check(name, true, (error as Error).message);
-      run.signal.throwIfAborted();
-      lastError = (error as Error).message;
-    }
+  try {
+    const { client } = await openSession(run.port, auth, sshOptions(run));
+    client.end();
+    return check(name, false, 'login succeeded');
+  } catch (error) {
+    run.signal.throwIfAborted();
+    return check(name, isAuthRefusal(error), (error as Error).message);
   }
-  return check(name, false, `no answer to the login attempt: ${lastError}`);
 }
 
 /** Against dropbear, before the real unlock. A wrong passphrase uses up one of cryptsetup's tries. */
@@ -191,6 +185,33 @@ async function runPhases(run: Run, negative: boolean, setPhase: (phase: string) 
   return checkBootedSystem(run, dropbearKey);
 }
 
+interface Launch {
+  options: BootTestOptions;
+  manifest: BootManifest;
+  accel: Accel;
+  cpus: number;
+  host: HostRunner;
+  workDir: string;
+  serialLog: string;
+}
+
+/** The overlay and firmware copy go to `workDir`; QEMU's own messages to qemu.log beside the serial log. */
+async function launchVm({ options, manifest, accel, cpus, host, workDir, serialLog }: Launch): Promise<Vm> {
+  const overlay = join(workDir, 'overlay.qcow2');
+  await createOverlay(host, options.image, overlay);
+  const config = {
+    accel,
+    cpus,
+    memoryMiB: options.memoryMiB,
+    firmwareArgs: await firmwareArgs(options.firmware, workDir),
+    overlay,
+    hostPort: await freePort(),
+    guestPort: manifest.dropbear.port,
+    serialLog,
+  };
+  return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
+}
+
 function describeFailure(error: unknown, phase: string, timeoutSeconds: number): string {
   if (error instanceof DOMException && error.name === 'TimeoutError') return `timed out after ${timeoutSeconds} s while ${phase}`;
   return `${phase}: ${error instanceof Error ? error.message : String(error)}`;
@@ -207,7 +228,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     firmware: options.firmware,
     accel: 'tcg',
     accelReason: '',
-    cpus: options.cpus,
+    cpus: options.cpus ?? defaultCpus('tcg'),
     memoryMiB: options.memoryMiB,
     milestones: {},
     checks: [],
@@ -225,25 +246,10 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
     phase = 'probing KVM';
     const decision = await chooseAccel(options.accel, { host, image: options.image, manifest: inputs.manifest, workDir });
-    Object.assign(result, { accel: decision.accel, accelReason: decision.reason });
+    Object.assign(result, { accel: decision.accel, accelReason: decision.reason, cpus: options.cpus ?? defaultCpus(decision.accel) });
     log.info(`boot-test ${basename(options.image)}: ${options.firmware}, ${decision.accel} (${decision.reason})`);
 
-    const overlay = join(workDir, 'overlay.qcow2');
-    await createOverlay(host, options.image, overlay);
-    const vm = Vm.start(
-      {
-        accel: decision.accel,
-        cpus: options.cpus,
-        memoryMiB: options.memoryMiB,
-        firmwareArgs: await firmwareArgs(options.firmware, workDir),
-        overlay,
-        hostPort: await freePort(),
-        guestPort: inputs.manifest.dropbear.port,
-        serialLog,
-      },
-      join(outDir, 'qemu.log'),
-      log,
-    );
+    const vm = await launchVm({ options, manifest: inputs.manifest, accel: decision.accel, cpus: result.cpus, host, workDir, serialLog });
     cleanup.add('stop QEMU', () => vm.stop());
     const run: Run = {
       inputs,
@@ -257,8 +263,9 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     };
     result.bootAnalysis = await runPhases(run, options.negativeChecks, (next) => (phase = next));
   } catch (error) {
-    if (guard.controller.signal.aborted) throw guard.controller.signal.reason as InterruptedError;
-    result.error = describeFailure(error, phase, options.timeoutSeconds);
+    const interrupted = guard.controller.signal.aborted;
+    result.error = describeFailure(interrupted ? guard.controller.signal.reason : error, phase, options.timeoutSeconds);
+    if (interrupted) throw guard.controller.signal.reason as InterruptedError;
   } finally {
     guard.enterCleanup();
     await unwindAll(cleanup, log);

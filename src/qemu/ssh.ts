@@ -4,6 +4,7 @@
  * every connection reports the key it saw, so the caller can compare it with the manifest.
  */
 import { connect as tcpConnect } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import ssh2, { type AnyAuthMethod, type Client, type ClientErrorExtensions } from 'ssh2';
 import { sshFingerprint } from '../recipe/authorized-keys.js';
 
@@ -71,8 +72,7 @@ function abortWith(client: Client, signal: AbortSignal, reject: (reason: unknown
   return () => signal.removeEventListener('abort', onAbort);
 }
 
-/** Opens an authenticated session; rejects with ssh2's error (level `client-authentication` when refused). */
-export function openSession(port: number, auth: AnyAuthMethod, options: SshOptions): Promise<Session> {
+function connectOnce(port: number, auth: AnyAuthMethod, options: SshOptions): Promise<Session> {
   return new Promise((resolve, reject) => {
     options.signal.throwIfAborted();
     const client = new ssh2.Client();
@@ -100,6 +100,28 @@ export function openSession(port: number, auth: AnyAuthMethod, options: SshOptio
       },
     });
   });
+}
+
+// QEMU accepts on the host side and closes again if nothing answers in the guest. This was
+// seen right after dropbear's first banner, too. ssh2 reports it as "lost before handshake"
+// only when no server banner came, i.e. nothing was sent to the guest: connecting again is safe.
+const CONNECT_ATTEMPTS = 3;
+const CONNECT_RETRY_MS = 2000;
+
+function lostBeforeHandshake(error: unknown): boolean {
+  return error instanceof Error && error.message === 'Connection lost before handshake';
+}
+
+/** Opens an authenticated session; rejects with ssh2's error (level `client-authentication` when refused). */
+export async function openSession(port: number, auth: AnyAuthMethod, options: SshOptions): Promise<Session> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await connectOnce(port, auth, options);
+    } catch (error) {
+      if (!lostBeforeHandshake(error) || attempt === CONNECT_ATTEMPTS) throw error;
+      await sleep(CONNECT_RETRY_MS, undefined, { signal: options.signal });
+    }
+  }
 }
 
 export interface ExecResult {

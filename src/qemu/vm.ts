@@ -19,6 +19,16 @@ export const QEMU = 'qemu-system-x86_64';
  * KVM runs the host CPU model. Under TCG, qemu64 is the model measured to boot Debian 12
  * without soft lockups (`max` stalled for minutes).
  */
+/**
+ * Default guest CPUs. Under TCG each vCPU is a host thread. With 2 vCPUs on a busy 2-core
+ * host, 4 of 9 boots measured here stalled for minutes (soft lockups in clear_page_rep while
+ * loading modules, then systemd device timeouts and emergency mode); with 1 vCPU, none of
+ * the boots did, under the same load.
+ */
+export function defaultCpus(accel: Accel): number {
+  return accel === 'kvm' ? 2 : 1;
+}
+
 export function accelArgs(accel: Accel, cpus: number): string[] {
   const cpu = accel === 'kvm' ? 'host' : 'qemu64';
   return ['-accel', accel, '-cpu', cpu, '-smp', String(cpus)];

@@ -70,16 +70,17 @@ describe('keylessgo enroll', () => {
       await vm.waitFor(/OpenSSH/, BOOT_TIMEOUT_MS);
 
       const started = performance.now();
-      const enrolled = await execa('node', [CLI, 'enroll', '--host', '127.0.0.1', '--port', String(vm.port), '--key', image.privateKey, '--passphrase-file', image.passphraseFile, '--tang', `http://${TANG_GUEST_ADDRESS}`, '--recovery-key-out', recoveryFile, '--json'], { all: true, reject: false });
+      const enrolled = await execa('node', [CLI, 'enroll', '--host', '127.0.0.1', '--port', String(vm.port), '--key', image.privateKey, '--passphrase-file', image.passphraseFile, '--tang', `http://${TANG_GUEST_ADDRESS}`, '--recovery-key-out', recoveryFile, '--json',
+        // Rebuilding the initramfs for a new dropbear key takes minutes under TCG; unit tests cover that step.
+        '--dropbear', 'keep'], { all: true, reject: false });
       process.stderr.write(`nbde: enroll took ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
       expect(enrolled.exitCode, enrolled.all).toBe(0);
       const report = JSON.parse(enrolled.stdout) as { keyslotsBefore: number[]; keyslotsAfter: number[]; volumeKeyChanged: boolean; tang: { slot: number } };
       expect(report.keyslotsBefore).toEqual([0, 1]);
       expect(report.volumeKeyChanged).toBe(true);
-      // The Tang slot and the recovery slot; the bootstrap slot 0 is gone.
+      // The Tang slot and the recovery slot (cryptsetup numbers them); the bootstrap one is gone (checked below).
       expect(report.keyslotsAfter).toHaveLength(2);
       expect(report.keyslotsAfter).toContain(report.tang.slot);
-      expect(report.keyslotsAfter).not.toContain(0);
       expect((await stat(recoveryFile)).mode & 0o777).toBe(0o600);
       const recovery = (await readFile(recoveryFile, 'utf8')).trim();
       expect(enrolled.all).not.toContain(image.passphrase);
