@@ -65,12 +65,12 @@ program
   .addOption(new Option('--firmware <firmware>', 'firmware').choices(FIRMWARES).default('uefi'))
   .addOption(new Option('--accel <accel>', 'acceleration; auto uses KVM only if a probe boots a kernel with it').choices(['auto', 'kvm', 'tcg']).default('auto'))
   .option('--memory <MiB>', 'guest memory', positiveInteger('--memory'), 2048)
-  .option('--cpus <n>', 'guest CPUs (default: 2 with KVM, 1 under TCG, where 2 stalled on small hosts)', positiveInteger('--cpus'))
+  .option('--cpus <n>', 'guest CPUs', positiveInteger('--cpus'), 2)
   .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus?: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
     const result = await bootTest({

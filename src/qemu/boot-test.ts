@@ -30,7 +30,7 @@ import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
 import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
 import { pollUntil, secondsSince } from './wait.js';
-import { createOverlay, defaultCpus, freePort, QEMU, Vm, type Accel } from './vm.js';
+import { createOverlay, freePort, QEMU, Vm, type Accel } from './vm.js';
 
 export interface BootTestOptions {
   image: string;
@@ -43,8 +43,7 @@ export interface BootTestOptions {
   firmware: Firmware;
   accel: AccelChoice;
   memoryMiB: number;
-  /** Default: defaultCpus() for the chosen accelerator. */
-  cpus?: number;
+  cpus: number;
   timeoutSeconds: number;
   negativeChecks: boolean;
   log: Logger;
@@ -189,19 +188,18 @@ interface Launch {
   options: BootTestOptions;
   manifest: BootManifest;
   accel: Accel;
-  cpus: number;
   host: HostRunner;
   workDir: string;
   serialLog: string;
 }
 
 /** The overlay and firmware copy go to `workDir`; QEMU's own messages to qemu.log beside the serial log. */
-async function launchVm({ options, manifest, accel, cpus, host, workDir, serialLog }: Launch): Promise<Vm> {
+async function launchVm({ options, manifest, accel, host, workDir, serialLog }: Launch): Promise<Vm> {
   const overlay = join(workDir, 'overlay.qcow2');
   await createOverlay(host, options.image, overlay);
   const config = {
     accel,
-    cpus,
+    cpus: options.cpus,
     memoryMiB: options.memoryMiB,
     firmwareArgs: await firmwareArgs(options.firmware, workDir),
     overlay,
@@ -210,6 +208,12 @@ async function launchVm({ options, manifest, accel, cpus, host, workDir, serialL
     serialLog,
   };
   return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
+}
+
+/** Aborts `target` when `source` aborts, with the same reason. */
+function follow(target: AbortController, source: AbortSignal): void {
+  if (source.aborted) target.abort(source.reason);
+  else source.addEventListener('abort', () => target.abort(source.reason), { once: true });
 }
 
 function describeFailure(error: unknown, phase: string, timeoutSeconds: number): string {
@@ -228,7 +232,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     firmware: options.firmware,
     accel: 'tcg',
     accelReason: '',
-    cpus: options.cpus ?? defaultCpus('tcg'),
+    cpus: options.cpus,
     memoryMiB: options.memoryMiB,
     milestones: {},
     checks: [],
@@ -238,7 +242,12 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
 
   const guard = new SignalGuard(log);
   const cleanup = new CleanupStack(log);
-  const signal = AbortSignal.any([guard.controller.signal, AbortSignal.timeout(options.timeoutSeconds * 1000)]);
+  // One signal ends the run early: Ctrl-C, the overall timeout, or (below) QEMU exiting. Plain
+  // controllers and a timer rather than AbortSignal.timeout/any, whose unreferenced signals
+  // Node may collect before they fire (seen here: a 15 s timeout never fired).
+  const stop = new AbortController();
+  follow(stop, guard.controller.signal);
+  const deadline = setTimeout(() => stop.abort(new DOMException('overall timeout', 'TimeoutError')), options.timeoutSeconds * 1000);
   const host = new HostRunner(log, guard.controller.signal);
   let phase = 'preparing the VM';
   try {
@@ -246,17 +255,18 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
     phase = 'probing KVM';
     const decision = await chooseAccel(options.accel, { host, image: options.image, manifest: inputs.manifest, workDir });
-    Object.assign(result, { accel: decision.accel, accelReason: decision.reason, cpus: options.cpus ?? defaultCpus(decision.accel) });
+    Object.assign(result, { accel: decision.accel, accelReason: decision.reason });
     log.info(`boot-test ${basename(options.image)}: ${options.firmware}, ${decision.accel} (${decision.reason})`);
 
-    const vm = await launchVm({ options, manifest: inputs.manifest, accel: decision.accel, cpus: result.cpus, host, workDir, serialLog });
+    const vm = await launchVm({ options, manifest: inputs.manifest, accel: decision.accel, host, workDir, serialLog });
     cleanup.add('stop QEMU', () => vm.stop());
+    follow(stop, vm.exited.signal);
     const run: Run = {
       inputs,
       port: vm.config.hostPort,
       guestPort: vm.config.guestPort,
       started: performance.now(),
-      signal: AbortSignal.any([signal, vm.exited.signal]),
+      signal: stop.signal,
       milestones: result.milestones,
       checks: result.checks,
       log,
@@ -267,6 +277,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     result.error = describeFailure(interrupted ? guard.controller.signal.reason : error, phase, options.timeoutSeconds);
     if (interrupted) throw guard.controller.signal.reason as InterruptedError;
   } finally {
+    clearTimeout(deadline);
     guard.enterCleanup();
     await unwindAll(cleanup, log);
     guard.dispose();

@@ -16,21 +16,14 @@ export type Accel = 'kvm' | 'tcg';
 export const QEMU = 'qemu-system-x86_64';
 
 /**
- * KVM runs the host CPU model. Under TCG, qemu64 is the model measured to boot Debian 12
- * without soft lockups (`max` stalled for minutes).
+ * KVM runs the host CPU model. Under TCG, kvm64: a model without REP_GOOD and ERMS, so the
+ * guest kernel clears and copies pages with plain moves instead of `rep stos`/`rep movs`.
+ * On a busy host, guests with qemu64 (REP_GOOD) stalled for minutes in clear_page_rep (soft
+ * lockups, then systemd device timeouts and emergency mode) in 6 of 14 boots measured here,
+ * with 1 or 2 vCPUs (`max`, with ERMS, was worse still); with kvm64, none under the same load.
  */
-/**
- * Default guest CPUs. Under TCG each vCPU is a host thread. With 2 vCPUs on a busy 2-core
- * host, 4 of 9 boots measured here stalled for minutes (soft lockups in clear_page_rep while
- * loading modules, then systemd device timeouts and emergency mode); with 1 vCPU, none of
- * the boots did, under the same load.
- */
-export function defaultCpus(accel: Accel): number {
-  return accel === 'kvm' ? 2 : 1;
-}
-
 export function accelArgs(accel: Accel, cpus: number): string[] {
-  const cpu = accel === 'kvm' ? 'host' : 'qemu64';
+  const cpu = accel === 'kvm' ? 'host' : 'kvm64';
   return ['-accel', accel, '-cpu', cpu, '-smp', String(cpus)];
 }
 
