@@ -20,7 +20,7 @@ export const QEMU = 'qemu-system-x86_64';
  * guest kernel clears and copies pages with plain moves instead of `rep stos`/`rep movs`.
  * On a busy host, guests with qemu64 (REP_GOOD) stalled for minutes in clear_page_rep (soft
  * lockups, then systemd device timeouts and emergency mode) in 6 of 14 boots measured here,
- * with 1 or 2 vCPUs (`max`, with ERMS, was worse still); with kvm64, none under the same load.
+ * with 1 or 2 vCPUs (`max`, with ERMS, was worse still); with kvm64, none of 6 in the same period.
  */
 export function accelArgs(accel: Accel, cpus: number): string[] {
   const cpu = accel === 'kvm' ? 'host' : 'kvm64';

@@ -77,7 +77,7 @@ export const bootloaderStage: Stage = {
       await ctx.host.run('cp', ['-a', join(ctx.rootfs, 'usr/lib/grub', format), join(bootTree, 'grub', format)]);
     }
     const boot = partitionByRole(layout, 'boot');
-    await ctx.host.run('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', 'boot', '-U', ctx.ids.bootFsUuid, '-d', bootTree, loop.partition(boot.number)]);
+    await ctx.host.run('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-E', 'lazy_itable_init=0', '-L', 'boot', '-U', ctx.ids.bootFsUuid, '-d', bootTree, loop.partition(boot.number)]);
 
     const esp = loop.partition(partitionByRole(layout, 'esp').number);
     await ctx.host.run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'ESP', '-i', ctx.ids.espVolumeId, esp]);
