@@ -39,13 +39,3 @@ async function detachLoop(host: HostRunner, device: string): Promise<void> {
     }
   }
 }
-
-/** Loop devices backed by files under `prefix` (for leak checks in tests). */
-export async function loopDevicesBackedBy(host: HostRunner, prefix: string): Promise<string[]> {
-  const output = await host.run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
-  return output
-    .split('\n')
-    .map((line) => line.trim().split(/\s+/))
-    .filter(([, backing]) => backing?.startsWith(prefix))
-    .map(([name]) => name!);
-}

@@ -71,10 +71,4 @@ export class HostRunner {
     }
     return String(result.stdout);
   }
-
-  /** Runs a command and reports only whether it exited 0 (probes such as `mountpoint -q`). */
-  async succeeds(file: string, args: readonly string[]): Promise<boolean> {
-    const result = await execa(file, args, { reject: false, stdin: 'ignore' });
-    return result.exitCode === 0;
-  }
 }
