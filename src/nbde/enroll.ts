@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
 import { parseLuksDump, type LuksSummary } from '../host/cryptsetup.js';
-import { clevisPinConfig, parseClevisList } from '../host/clevis.js';
+import { clevisPinConfig, parseClevisList, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
 import type { Logger } from '../log.js';
 
 export interface RemoteResult {
@@ -55,7 +55,7 @@ export interface EnrollReport {
   device: string;
   keyslotsBefore: number[];
   keyslotsAfter: number[];
-  tang: { slot: number; pin: string; urls: string[] };
+  tang: { slot: number; pin: string; servers: BoundTangServer[] };
   volumeKeyChanged: boolean;
   bootstrapRemoved: boolean;
   recoveryKeyFile?: string;
@@ -140,7 +140,11 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
       if (bindings.length !== 1) throw new EnrollError('bind to Tang', `expected one clevis binding, found ${bindings.length}`);
       const binding = bindings[0]!;
       await must(remote, 'bind to Tang', `clevis luks pass -d ${device} -s ${binding.slot} | cryptsetup open --test-passphrase --key-file - ${device}`);
-      return { slot: binding.slot, pin: binding.pin, urls: options.tangUrls };
+      // The signing keys the binding trusts, read back from the token clevis wrote.
+      const tokenIds = [...(await must(remote, 'bind to Tang', `cryptsetup luksDump ${device}`)).matchAll(/^ {2}(\d+): clevis$/gm)].map((m) => m[1]);
+      const servers: BoundTangServer[] = [];
+      for (const id of tokenIds) servers.push(...tangServersInToken(await must(remote, 'bind to Tang', `cryptsetup token export --token-id ${id} ${device}`)));
+      return { slot: binding.slot, pin: binding.pin, servers };
     });
 
     const recovery = randomBytes(24).toString('base64url');

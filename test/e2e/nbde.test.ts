@@ -12,7 +12,7 @@
  *      cycle it unlocks by itself.
  */
 import { execa } from 'execa';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { TANG_GUEST_ADDRESS } from '../../src/qemu/vm.js';
@@ -75,7 +75,15 @@ describe('keylessgo enroll', () => {
         '--dropbear', 'keep'], { all: true, reject: false });
       process.stderr.write(`nbde: enroll took ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
       expect(enrolled.exitCode, enrolled.all).toBe(0);
-      const report = JSON.parse(enrolled.stdout) as { keyslotsBefore: number[]; keyslotsAfter: number[]; volumeKeyChanged: boolean; tang: { slot: number } };
+      const report = JSON.parse(enrolled.stdout) as {
+        keyslotsBefore: number[];
+        keyslotsAfter: number[];
+        volumeKeyChanged: boolean;
+        tang: { slot: number; servers: Array<{ url: string; thumbprints: string[] }> };
+      };
+      // The binding trusts the new Tang's signing key (tangd-keygen names key files by thumbprint).
+      expect(report.tang.servers.map((s) => s.url)).toEqual([`http://${TANG_GUEST_ADDRESS}`]);
+      expect(await readdir(newTang.keyDir)).toContain(`${report.tang.servers[0]!.thumbprints[0]}.jwk`);
       expect(report.keyslotsBefore).toEqual([0, 1]);
       expect(report.volumeKeyChanged).toBe(true);
       // The Tang slot and the recovery slot (cryptsetup numbers them); the bootstrap one is gone (checked below).

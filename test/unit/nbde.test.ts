@@ -1,8 +1,8 @@
 import { execa } from 'execa';
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { clevisBindArgs, clevisPinConfig, parseClevisList } from '../../src/host/clevis.js';
+import { clevisBindArgs, clevisPinConfig, parseClevisList, tangServersInToken } from '../../src/host/clevis.js';
 import { jwkThumbprint, parseAdvertisement } from '../../src/host/tang.js';
 import { expectInputError, recipeWith, tempDir } from './helpers.js';
 
@@ -58,6 +58,34 @@ describe('clevis command construction', () => {
       { slot: 1, pin: 'tang', config: '{"url":"http://10.0.2.2:8080"}' },
       { slot: 3, pin: 'sss', config: '{"t":1}' },
     ]);
+  });
+});
+
+describe('clevis LUKS tokens', () => {
+  /** A token as `clevis luks bind` stores it, around a JWE that real clevis made (offline, from a saved advertisement). */
+  async function tokenFor(pin: string, config: (adv: string) => object): Promise<{ token: string; keyFiles: string[] }> {
+    const { text, keyFiles } = await tangAdvertisement();
+    const adv = join(await tempDir(), 'adv.jws');
+    await writeFile(adv, text);
+    const { stdout } = await execa('clevis', ['encrypt', pin, JSON.stringify(config(adv))], { input: 'secret' });
+    const [protectedHeader, encryptedKey, iv, ciphertext, tag] = stdout.split('.');
+    return { token: JSON.stringify({ type: 'clevis', keyslots: ['1'], jwe: { protected: protectedHeader, encrypted_key: encryptedKey, iv, ciphertext, tag } }), keyFiles };
+  }
+
+  it('reads the Tang URL and signing-key thumbprint back from a tang binding', async () => {
+    const { token, keyFiles } = await tokenFor('tang', (adv) => ({ url: 'http://tang.example', adv }));
+    const servers = tangServersInToken(token);
+    expect(servers.map((s) => s.url)).toEqual(['http://tang.example']);
+    expect(keyFiles).toContain(`${servers[0]!.thumbprints[0]}.jwk`);
+  });
+
+  it('reads every Tang server of an sss binding', async () => {
+    const { token } = await tokenFor('sss', (adv) => ({ t: 1, pins: { tang: [{ url: 'http://a.example', adv }, { url: 'http://b.example', adv }] } }));
+    expect(tangServersInToken(token).map((s) => s.url).sort()).toEqual(['http://a.example', 'http://b.example']);
+  });
+
+  it('ignores tokens that are not clevis tokens', () => {
+    expect(tangServersInToken(JSON.stringify({ type: 'systemd-tpm2', keyslots: ['2'] }))).toEqual([]);
   });
 });
 
