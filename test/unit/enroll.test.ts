@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { enroll, shellQuote, type Remote, type RemoteResult } from '../../src/nbde/enroll.js';
+import { formatEnrollReport } from '../../src/nbde/enroll-command.js';
 import { EnrollError } from '../../src/errors.js';
 import { captureLogger } from './helpers.js';
 
@@ -97,5 +98,26 @@ describe('enroll', () => {
 
   it('quotes configs for the remote shell', () => {
     expect(shellQuote(`{"url":"http://a'b"}`)).toBe(`'{"url":"http://a'\\''b"}'`);
+  });
+});
+
+describe('enroll report', () => {
+  it('lists slots, each Tang server with its signing key, the key change and the step times', () => {
+    const table = formatEnrollReport({
+      device: DEVICE,
+      keyslotsBefore: [0, 1],
+      keyslotsAfter: [1, 2],
+      tang: { slot: 1, pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: ['abcdefghijklmnopqrstuvwxyz'] }] },
+      volumeKeyChanged: true,
+      bootstrapRemoved: true,
+      dropbear: 'keep',
+      stepSeconds: { 'bind to Tang': 3.2 },
+    });
+    expect(table).toMatch(/^keyslots before +0, 1$/m);
+    expect(table).toMatch(/^ {2}http:\/\/tang\.example +signing key abcdefghijklmnopqrstuvwxyz$/m);
+    expect(table).toMatch(/^volume key changed +yes$/m);
+    expect(table).toMatch(/^recovery passphrase +added \(not written out/m);
+    expect(table).toMatch(/^dropbear \(SSH unlock fallback\) +kept, host key unchanged$/m);
+    expect(table).toMatch(/^ {2}bind to Tang +3\.2 s$/m);
   });
 });
