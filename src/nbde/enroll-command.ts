@@ -1,10 +1,9 @@
 /** Inputs, connection and report of `keylessgo enroll` (the steps are in enroll.ts). */
-import { readFile } from 'node:fs/promises';
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../pipeline/secrets.js';
 import { SignalGuard } from '../pipeline/runner.js';
-import { parseKey } from '../qemu/ssh.js';
+import { readPrivateKey } from '../qemu/ssh.js';
 import { enroll, type DropbearAction, type EnrollReport } from './enroll.js';
 import { SshRemote } from './remote.js';
 
@@ -44,11 +43,7 @@ export async function enrollCommand(options: EnrollCommandOptions): Promise<Enro
   if (options.tangUrls.length === 0) throw new InputError('give at least one --tang URL');
   if (options.threshold > options.tangUrls.length) throw new InputError(`--threshold ${options.threshold} exceeds the ${options.tangUrls.length} Tang server(s) given`);
   for (const url of options.tangUrls) if (!URL.canParse(url)) throw new InputError(`not a URL: ${url}`, '--tang');
-  const keyText = await readFile(options.keyFile, 'utf8').catch((error: Error) => {
-    throw new InputError(`cannot read private key: ${error.message}`, options.keyFile);
-  });
-  const parsed = parseKey(keyText);
-  if (parsed instanceof Error || !parsed.isPrivateKey()) throw new InputError('not an unencrypted SSH private key', options.keyFile);
+  const keyText = await readPrivateKey(options.keyFile);
   const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(bootstrapPassphrase);
 

@@ -12,7 +12,7 @@
  * (also on Ctrl-C and on the overall timeout), and the result is always written.
  */
 import { randomBytes } from 'node:crypto';
-import { access, constants, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { AnyAuthMethod } from 'ssh2';
@@ -28,7 +28,7 @@ import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING
 import { firmwareArgs, firmwareFiles, type Firmware } from './firmware.js';
 import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
-import { exec, isAuthRefusal, openSession, parseKey, readBanner, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
+import { exec, isAuthRefusal, openSession, readBanner, readPrivateKey, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
 import { pollUntil, secondsSince } from './wait.js';
 import { createOverlay, freePort, QEMU, Vm, type Accel } from './vm.js';
 
@@ -66,11 +66,7 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
     throw new InputError(`cannot read image: ${error.message}`, options.image);
   });
   const manifest = await readBootManifest(options.manifestFile ?? join(dirname(options.image), 'manifest.json'));
-  const keyText = await readFile(options.privateKeyFile, 'utf8').catch((error: Error) => {
-    throw new InputError(`cannot read private key: ${error.message}`, options.privateKeyFile);
-  });
-  const parsed = parseKey(keyText);
-  if (parsed instanceof Error || !parsed.isPrivateKey()) throw new InputError(`not an unencrypted SSH private key${parsed instanceof Error ? `: ${parsed.message}` : ''}`, options.privateKeyFile);
+  const keyText = await readPrivateKey(options.privateKeyFile);
   const passphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(passphrase);
   const missing = await missingTools([QEMU, 'qemu-img', ...firmwareFiles(options.firmware)]);

@@ -3,7 +3,9 @@
  * config or known_hosts involved). Host keys are not checked (the VM is throwaway) but
  * every connection reports the key it saw, so the caller can compare it with the manifest.
  */
+import { readFile } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
+import { InputError } from '../errors.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ssh2, { type AnyAuthMethod, type Client, type ClientErrorExtensions } from 'ssh2';
 import { sshFingerprint } from '../recipe/authorized-keys.js';
@@ -40,6 +42,16 @@ export function readBanner(port: number, timeoutMs: number): Promise<string | un
 }
 
 export const parseKey = utils.parseKey;
+
+/** Reads an unencrypted SSH private key file (what ssh2 logs in with); InputError otherwise. */
+export async function readPrivateKey(path: string): Promise<string> {
+  const keyText = await readFile(path, 'utf8').catch((error: Error) => {
+    throw new InputError(`cannot read private key: ${error.message}`, path);
+  });
+  const parsed = parseKey(keyText);
+  if (parsed instanceof Error || !parsed.isPrivateKey()) throw new InputError(`not an unencrypted SSH private key${parsed instanceof Error ? `: ${parsed.message}` : ''}`, path);
+  return keyText;
+}
 
 export function describeHostKey(blob: Buffer): HostKey {
   const parsed = parseKey(blob);
