@@ -4,8 +4,9 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { dirname, join } from 'node:path';
 import { InputError, isReported } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
-import { Logger } from './log.js';
+import { formatColumns, Logger } from './log.js';
 import { build } from './pipeline/build.js';
+import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
 import type { DropbearAction } from './nbde/enroll.js';
@@ -23,6 +24,8 @@ program
 const verboseOption = new Option('-v, --verbose', 'print every host command and its output');
 const quietOption = new Option('-q, --quiet', 'print only warnings and errors');
 
+const cacheDirOption = new Option('--cache-dir <dir>', 'stage cache (bootstrap tree, base initramfs); env KEYLESSGO_CACHE_DIR').default(defaultCacheDir());
+
 function logger(opts: { verbose?: boolean; quiet?: boolean }): Logger {
   return new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info');
 }
@@ -35,12 +38,22 @@ program
   .option('--passphrase-file <file>', 'bootstrap LUKS passphrase (or env KEYLESSGO_PASSPHRASE_FILE); one line, mode 0600')
   .option('--authorized-keys <file>', 'SSH public keys allowed to unlock (overrides the recipe)')
   .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)')
+  .addOption(cacheDirOption)
+  .option('--no-cache', 'neither use nor fill the stage cache')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; verbose?: boolean; quiet?: boolean }) => {
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; verbose?: boolean; quiet?: boolean }) => {
     const log = logger(opts);
     const started = performance.now();
-    const ctx = await build({ recipePath, outDir: opts.out, passphraseFile: opts.passphraseFile, authorizedKeysFile: opts.authorizedKeys, mirror: opts.mirror, log });
+    const ctx = await build({
+      recipePath,
+      outDir: opts.out,
+      passphraseFile: opts.passphraseFile,
+      authorizedKeysFile: opts.authorizedKeys,
+      mirror: opts.mirror,
+      cacheDir: opts.cache ? opts.cacheDir : null,
+      log,
+    });
     log.info(`built ${ctx.recipe.name} in ${((performance.now() - started) / 1000).toFixed(1)} s:`);
     for (const output of ctx.state.outputs) log.info(`  ${output.path}  ${formatSize(output.bytes)}`);
     log.info(`  ${ctx.outDir}/SHA256SUMS, ${ctx.outDir}/manifest.json`);
@@ -122,6 +135,28 @@ program
       json: opts.json ?? false,
       log: logger(opts),
     });
+  });
+
+const cache = program.command('cache').description('list or prune the stage cache');
+cache
+  .command('ls')
+  .description('list cache entries, least recently used first')
+  .addOption(cacheDirOption)
+  .action(async (opts: { cacheDir: string }) => {
+    const entries = await new StageCache(opts.cacheDir, logger({})).list();
+    const rows = entries.map((e) => [e.kind, e.key, formatSize(e.bytes), e.createdAt.slice(0, 19), e.lastUsedAt.slice(0, 19)]);
+    process.stdout.write(`${formatColumns(['kind', 'key', 'size', 'created', 'last used'], rows)}\n`);
+    process.stdout.write(`${entries.length} entries, ${formatSize(entries.reduce((sum, e) => sum + e.bytes, 0))} in ${opts.cacheDir}\n`);
+  });
+cache
+  .command('prune')
+  .description('remove cache entries (all, or those unused for some days) and leftovers of interrupted builds')
+  .addOption(cacheDirOption)
+  .option('--unused-days <days>', 'only entries not used for this many days', positiveInteger('--unused-days'))
+  .action(async (opts: { cacheDir: string; unusedDays?: number }) => {
+    const before = opts.unusedDays === undefined ? undefined : new Date(Date.now() - opts.unusedDays * 86_400_000);
+    const removed = await new StageCache(opts.cacheDir, logger({})).prune(before);
+    process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}\n`);
   });
 
 program

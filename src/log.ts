@@ -50,3 +50,9 @@ export class Logger {
     for (const line of this.redactor.redact(message).split('\n')) this.write(line);
   }
 }
+
+/** Left-aligned columns under a header row, for listings on stdout. */
+export function formatColumns(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  return [headers, ...rows].map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+}

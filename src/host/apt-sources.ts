@@ -87,3 +87,33 @@ export function sourceLines(mirror: MirrorChoice, suite: string, components: rea
   if (mirror.security) lines.push(`deb ${mirror.security} ${suite}-security ${comps}`);
   return lines;
 }
+
+/** The `dists/<suite>/InRelease` URLs of the suites sourceLines() lists. */
+export function releaseFileUrls(mirror: MirrorChoice, suite: string): string[] {
+  const url = (base: string, dist: string) => `${base.replace(/\/+$/, '')}/dists/${dist}/InRelease`;
+  return [url(mirror.archive, suite), url(mirror.archive, `${suite}-updates`), ...(mirror.security ? [url(mirror.security, `${suite}-security`)] : [])];
+}
+
+export function parseReleaseDate(text: string): string | undefined {
+  return /^Date:\s*(.+)$/m.exec(text)?.[1]?.trim();
+}
+
+/**
+ * The `Date:` of each suite's Release file: what the archive served when it was last
+ * updated. A cache key that includes these changes whenever the archive does.
+ */
+export async function archiveReleaseDates(mirror: MirrorChoice, suite: string, timeoutMs = 15_000): Promise<Record<string, string>> {
+  const dates: Record<string, string> = {};
+  for (const url of releaseFileUrls(mirror, suite)) {
+    const text = url.startsWith('file:')
+      ? await readFile(new URL(url), 'utf8')
+      : await fetch(url, { signal: AbortSignal.timeout(timeoutMs) }).then(async (response) => {
+          if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+          return response.text();
+        });
+    const date = parseReleaseDate(text);
+    if (!date) throw new Error(`${url} has no Date: field`);
+    dates[url] = date;
+  }
+  return dates;
+}

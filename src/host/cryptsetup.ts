@@ -1,34 +1,40 @@
 /**
- * cryptsetup operations that work without device-mapper: offline encryption in place,
+ * cryptsetup operations that work without device-mapper: formatting a LUKS2 header,
  * header dumps. Passphrases are passed as --key-file paths, never as arguments.
  */
 import type { Recipe } from '../recipe/schema.js';
 import type { HostRunner } from './run.js';
 
-/** Space reserved at the end of the filesystem for the LUKS2 header that encryption moves in. */
-export const LUKS_RESERVED_BYTES = 32 * 1024 * 1024;
+/**
+ * Where the encrypted data starts in the root partition: LUKS2's default 16 MiB of header
+ * and keyslot area, fixed so the filesystem can be sized before the header exists.
+ */
+export const LUKS_DATA_OFFSET_BYTES = 16 * 1024 * 1024;
 
-export interface EncryptInPlace {
+export interface LuksFormat {
   device: string;
   uuid: string;
   keyFile: string;
+  volumeKeyFile: string;
   luks: Recipe['luks'];
 }
 
-/** Arguments for `cryptsetup reencrypt --encrypt` of a filesystem that leaves LUKS_RESERVED_BYTES free. */
-export function encryptInPlaceArgs({ device, uuid, keyFile, luks }: EncryptInPlace): string[] {
+/**
+ * Arguments for `cryptsetup luksFormat` with a volume key we chose, so that the data area can
+ * be filled without opening the volume (there may be no device-mapper on the build host).
+ */
+export function luksFormatArgs({ device, uuid, keyFile, volumeKeyFile, luks }: LuksFormat): string[] {
   const pbkdf = luks.pbkdf;
   const cost =
     pbkdf.type === 'pbkdf2'
       ? ['--pbkdf-force-iterations', String(Math.max(pbkdf.iterations, 1000))]
       : ['--pbkdf-memory', String(pbkdf.memoryKiB), '--pbkdf-force-iterations', String(pbkdf.iterations), '--pbkdf-parallel', String(pbkdf.parallel)];
   return [
-    'reencrypt',
-    '--encrypt',
+    'luksFormat',
     '--type',
     'luks2',
-    '--reduce-device-size',
-    `${LUKS_RESERVED_BYTES / 1024 / 1024}M`,
+    '--offset',
+    String(LUKS_DATA_OFFSET_BYTES / 512),
     '--uuid',
     uuid,
     '--cipher',
@@ -37,6 +43,8 @@ export function encryptInPlaceArgs({ device, uuid, keyFile, luks }: EncryptInPla
     String(luks.keySize),
     '--sector-size',
     String(luks.sectorSize),
+    '--volume-key-file',
+    volumeKeyFile,
     '--pbkdf',
     pbkdf.type,
     ...cost,

@@ -15,6 +15,7 @@ import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-key
 import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
 import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
 import { STAGES } from '../stages/index.js';
+import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from './cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
 import { BASE_OVERLAY, renderOverlays } from './overlay.js';
@@ -27,6 +28,8 @@ export interface BuildOptions {
   passphraseFile?: string;
   authorizedKeysFile?: string;
   mirror?: string;
+  /** Stage cache directory; null disables the cache. */
+  cacheDir?: string | null;
   log: Logger;
 }
 
@@ -159,7 +162,8 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       overlayFiles,
       kernelCmdline: kernelCmdline(recipe),
       toolVersion: await toolVersion(),
-      state: { outputs: [], stageSeconds: {} },
+      cache: options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log),
+      state: { cacheKeys: {}, outputs: [], stageSeconds: {} },
     };
     await runStages(ctx, STAGES, guard);
     return ctx;

@@ -6,6 +6,7 @@ import type { MirrorChoice } from '../host/apt-sources.js';
 import type { LoopDevice } from '../host/loop.js';
 import type { HostRunner } from '../host/run.js';
 import type { Logger } from '../log.js';
+import type { CacheKind, StageCache } from './cache.js';
 import type { CleanupStack } from './cleanup.js';
 import type { SecretStore } from './secrets.js';
 import type { AuthorizedKey } from '../recipe/authorized-keys.js';
@@ -63,6 +64,8 @@ export interface BuildContext {
   /** Kernel command line written to grub.cfg (root=, ip= and the recipe's parameters). */
   readonly kernelCmdline: string;
   readonly toolVersion: string;
+  /** Stage cache; undefined with --no-cache. */
+  readonly cache?: StageCache;
   /** Results stages hand to later stages and to the manifest. */
   readonly state: {
     kernelVersion?: string;
@@ -72,10 +75,16 @@ export interface BuildContext {
     keyslots?: number[];
     tang?: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> };
     initramfsChecks?: Record<string, boolean>;
+    /** The per-build archive appended to the initramfs: the base's size, where the archive starts, its size, its files. */
+    initramfsAppended?: { baseBytes: number; offset: number; bytes: number; paths: string[] };
     rootfsBytes?: number;
+    /** Bytes of the root filesystem in use, hence encrypted and written (the rest is a hole). */
+    rootEncryptedBytes?: number;
     layout?: PartitionLayout;
     rawPartial?: string;
     loop?: LoopDevice;
+    /** Cache keys of the stage results this build used or stored. */
+    cacheKeys: Partial<Record<CacheKind, string>>;
     outputs: OutputFile[];
     stageSeconds: Record<string, number>;
   };

@@ -45,9 +45,12 @@ export class SecretStore {
 
   private readonly files: string[] = [];
 
-  /** Writes a secret to a 0600 file and registers it for redaction; returns the path. */
-  async put(name: string, value: string, redactor: Redactor): Promise<string> {
-    redactor.add(value);
+  /**
+   * Writes a secret to a 0600 file and registers it for redaction (binary secrets in the hex
+   * form tools print them in); returns the path.
+   */
+  async put(name: string, value: string | Buffer, redactor: Redactor): Promise<string> {
+    redactor.add(typeof value === 'string' ? value : value.toString('hex'));
     const path = join(this.dir, name);
     await writeFile(path, value, { mode: 0o600, flag: 'wx' });
     this.files.push(path);

@@ -85,7 +85,10 @@ export const recipeSchema = z
       .default({}),
     luks: z
       .object({
-        cipher: z.string().regex(/^[a-z0-9]+-[a-z0-9]+(-[a-z0-9:]+)?$/, 'expected a cipher spec such as aes-xts-plain64').default('aes-xts-plain64'),
+        // keylessgo writes the ciphertext itself (no device-mapper at build time), in AES-XTS.
+        cipher: z
+          .literal('aes-xts-plain64', { errorMap: () => ({ message: 'only aes-xts-plain64 is supported (keylessgo encrypts the root itself, without device-mapper)' }) })
+          .default('aes-xts-plain64'),
         keySize: z.union([z.literal(256), z.literal(512)]).default(512),
         sectorSize: z.union([z.literal(512), z.literal(4096)]).default(4096),
         pbkdf: z

@@ -1,16 +1,20 @@
 /**
  * bootstrap: a Debian root tree with the kernel, cryptsetup, dropbear and GRUB.
  *
- * Host commands: mmdebstrap (default) or debootstrap, chroot (package list).
+ * Host commands: mmdebstrap (default) or debootstrap, chroot (package list), cp (cache).
+ * With a cache, the tree is copied from an entry keyed by everything it depends on
+ * (including the archive's Release dates, so an updated archive is a miss, never stale).
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
  * installation and run once, after configuration, by the initramfs stage.
  */
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
 import type { Recipe } from '../recipe/schema.js';
-import { sourceLines } from '../host/apt-sources.js';
+import { formatSize } from '../recipe/size.js';
+import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
 export const BASE_PACKAGES = [
@@ -70,18 +74,93 @@ export function debootstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'r
   ];
 }
 
+/** Everything the bootstrapped tree depends on; the archive's Release dates make a changed archive a new key. */
+async function bootstrapCacheInputs(ctx: BuildContext): Promise<Record<string, unknown> | undefined> {
+  const { recipe } = ctx;
+  try {
+    const tool = recipe.bootstrap.tool;
+    return {
+      format: 1,
+      suite: recipe.suite,
+      architecture: recipe.architecture,
+      variant: recipe.bootstrap.variant,
+      components: recipe.bootstrap.components,
+      packages: packageList(recipe).sort(),
+      tool,
+      toolVersion: (await ctx.host.run(tool, ['--version'])).trim(),
+      archive: ctx.mirror.archive,
+      security: ctx.mirror.security ?? null,
+      releases: await archiveReleaseDates(ctx.mirror, recipe.suite),
+    };
+  } catch (error) {
+    ctx.log.warn(`not using the bootstrap cache: cannot tell whether it is current (${error instanceof Error ? error.message : String(error)})`);
+    return undefined;
+  }
+}
+
+/** Host keys that package scripts generate: each image makes its own, and the cache must hold no secrets. */
+const GENERATED_HOST_KEYS: Array<[dir: string, pattern: RegExp]> = [
+  ['etc/ssh', /^ssh_host_/],
+  ['etc/dropbear', /_host_key$/],
+  ['etc/dropbear/initramfs', /_host_key$/],
+];
+
+async function removeGeneratedHostKeys(rootfs: string): Promise<void> {
+  for (const [dir, pattern] of GENERATED_HOST_KEYS) {
+    const names = await readdir(join(rootfs, dir)).catch(() => [] as string[]);
+    for (const name of names.filter((n) => pattern.test(n))) await rm(join(rootfs, dir, name));
+  }
+}
+
+async function installTree(ctx: BuildContext): Promise<void> {
+  if (ctx.recipe.bootstrap.tool === 'mmdebstrap') {
+    await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx), { stream: true });
+  } else {
+    await ctx.host.run('debootstrap', debootstrapArgs(ctx), { stream: true });
+  }
+  await removeGeneratedHostKeys(ctx.rootfs);
+}
+
+/** Copies a root tree with owners, modes, links, device nodes and extended attributes. */
+async function copyTree(ctx: BuildContext, from: string, to: string): Promise<void> {
+  await ctx.host.run('cp', ['-a', '--reflink=auto', from, to]);
+}
+
+/** Installs the tree, or copies it from the cache when the same inputs were bootstrapped before. */
+async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
+  const inputs = await bootstrapCacheInputs(ctx);
+  if (!inputs) return installTree(ctx);
+  const key = cacheKey(inputs);
+  const lock = ctx.cleanup.add('release the bootstrap cache lock', await cache.lock('bootstrap', key, ctx.signal));
+  try {
+    const hit = await cache.lookup('bootstrap', key);
+    if (hit) {
+      ctx.log.info(`      cache hit: bootstrap ${key} from ${hit.createdAt}`);
+      await copyTree(ctx, join(hit.dir, 'rootfs'), ctx.rootfs);
+    } else {
+      ctx.log.info(`      cache miss: bootstrap ${key}`);
+      await installTree(ctx);
+      const entry = await cache.store('bootstrap', key, inputs, async (dir) => {
+        await copyTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
+        return {};
+      });
+      ctx.log.info(`      cached as bootstrap ${key} (${formatSize(entry.bytes)})`);
+    }
+    ctx.state.cacheKeys.bootstrap = key;
+  } finally {
+    await lock.release();
+  }
+}
+
 export const bootstrapStage: Stage = {
   name: 'bootstrap',
-  summary: 'install the Debian root tree',
-  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot'],
+  summary: 'install the Debian root tree (or take it from the cache)',
+  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp'],
   async run(ctx) {
     const { recipe } = ctx;
     ctx.log.info(`      ${recipe.suite}/${recipe.architecture} from ${ctx.mirror.archive} (${ctx.mirror.origin}), ${packageList(recipe).length} packages requested`);
-    if (recipe.bootstrap.tool === 'mmdebstrap') {
-      await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx), { stream: true });
-    } else {
-      await ctx.host.run('debootstrap', debootstrapArgs(ctx), { stream: true });
-    }
+    if (ctx.cache) await cachedTree(ctx, ctx.cache);
+    else await installTree(ctx);
     const listing = await ctx.host.run('chroot', [ctx.rootfs, 'dpkg-query', '-W', '-f', '${Package}\t${Version}\n']);
     ctx.state.packages = listing
       .split('\n')

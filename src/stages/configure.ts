@@ -4,7 +4,7 @@
  *
  * Host commands: chroot (passwd, systemctl, hook scripts).
  */
-import { chmod, copyFile, readdir, rm, symlink, truncate } from 'node:fs/promises';
+import { chmod, copyFile, rm, symlink, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { withChroot } from '../host/chroot.js';
 import { writeOverlayFiles } from '../pipeline/overlay.js';
@@ -29,10 +29,7 @@ export const configureStage: Stage = {
       await symlink(target, join(rootfs, 'boot', link));
     }
 
-    // Every clone must get its own SSH host keys and machine id at first boot.
-    for (const name of await readdir(join(rootfs, 'etc/ssh'))) {
-      if (name.startsWith('ssh_host_')) await rm(join(rootfs, 'etc/ssh', name));
-    }
+    // Every clone must get its own machine id at first boot (SSH host keys: removed by bootstrap).
     await truncate(join(rootfs, 'etc/machine-id'), 0).catch(() => undefined);
     await rm(join(rootfs, 'var/lib/dbus/machine-id'), { force: true });
 

@@ -1,34 +1,51 @@
 /**
- * encrypt: the root ext4 is made from the root tree directly on the root partition, then
- * encrypted in place offline. Nothing is ever opened through device-mapper, so this works
- * on hosts and CI containers without dm-crypt, and the plaintext root is never mounted.
+ * encrypt: the root ext4 is made from the root tree into a sparse plaintext image, a LUKS2
+ * header with a fresh volume key is written to the root partition, and only the blocks the
+ * filesystem uses are encrypted into the data area. Nothing is opened through device-mapper
+ * (so this works on hosts and CI containers without dm-crypt), the plaintext never touches
+ * the disk image, and free space stays a hole: raw and qcow2 images are as small as the data.
  *
- * Host commands: mkfs.ext4, cryptsetup (reencrypt --encrypt, luksDump).
+ * Host commands: mkfs.ext4, dumpe2fs, cryptsetup (luksFormat, luksDump).
  */
-import { encryptInPlaceArgs, LUKS_RESERVED_BYTES, luksDump } from '../host/cryptsetup.js';
+import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { LUKS_DATA_OFFSET_BYTES, luksDump, luksFormatArgs } from '../host/cryptsetup.js';
+import { EXT4_BLOCK_BYTES, ext4UsedRanges, mkfsExt4Args } from '../host/ext4.js';
+import { encryptRanges } from '../luks/encrypt-ranges.js';
 import type { Stage } from '../pipeline/stage.js';
+import { formatSize } from '../recipe/size.js';
 import { partitionByRole } from './partition.js';
-
-const EXT4_BLOCK = 4096;
 
 export const encryptStage: Stage = {
   name: 'encrypt',
-  summary: 'root ext4 and offline LUKS2 encryption',
-  hostTools: () => ['mkfs.ext4', 'cryptsetup'],
+  summary: 'root ext4, LUKS2 header, encryption of the used blocks',
+  hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'cryptsetup'],
   async run(ctx) {
-    const loop = ctx.state.loop!;
+    const { luks } = ctx.recipe;
     const root = partitionByRole(ctx.state.layout!, 'root');
-    const device = loop.partition(root.number);
-    const blocks = Math.floor((root.sizeBytes - LUKS_RESERVED_BYTES) / EXT4_BLOCK);
-    // lazy_itable_init=0: on a loop device mkfs leaves inode tables unzeroed, and the machine
-    // would zero them through dm-crypt in the background at first boot.
-    await ctx.host.run('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', String(EXT4_BLOCK), '-E', 'lazy_itable_init=0', '-L', 'root', '-U', ctx.ids.rootFsUuid, '-d', ctx.rootfs, device, String(blocks)]);
-    await ctx.host.run('cryptsetup', encryptInPlaceArgs({ device, uuid: ctx.ids.luksUuid, keyFile: ctx.passphraseFile, luks: ctx.recipe.luks }));
-    const summary = await luksDump(ctx.host, device);
-    if (summary.version !== 2 || summary.uuid !== ctx.ids.luksUuid || summary.keyslots.join(',') !== '0') {
-      throw new Error(`unexpected LUKS header after encryption: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}]`);
+    const device = ctx.state.loop!.partition(root.number);
+    const plaintext = join(ctx.workDir, 'root.ext4');
+    ctx.cleanup.add(`remove ${plaintext}`, () => rm(plaintext, { force: true }));
+    const blocks = Math.floor((root.sizeBytes - LUKS_DATA_OFFSET_BYTES) / EXT4_BLOCK_BYTES);
+    await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree: ctx.rootfs, label: 'root', uuid: ctx.ids.rootFsUuid, blocks }));
+
+    const volumeKey = randomBytes(luks.keySize / 8);
+    try {
+      const volumeKeyFile = await ctx.secrets.put('volume-key', volumeKey, ctx.log.redactor);
+      await ctx.host.run('cryptsetup', luksFormatArgs({ device, uuid: ctx.ids.luksUuid, keyFile: ctx.passphraseFile, volumeKeyFile, luks }));
+      const summary = await luksDump(ctx.host, device);
+      if (summary.version !== 2 || summary.uuid !== ctx.ids.luksUuid || summary.keyslots.join(',') !== '0' || summary.dataOffsetBytes !== LUKS_DATA_OFFSET_BYTES) {
+        throw new Error(`unexpected LUKS header: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}], data offset ${summary.dataOffsetBytes}`);
+      }
+      ctx.state.keyslots = summary.keyslots;
+      const ranges = await ext4UsedRanges(ctx.host, plaintext);
+      const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
+      ctx.state.rootEncryptedBytes = written;
+      ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); ${formatSize(written)} of ${formatSize(blocks * EXT4_BLOCK_BYTES)} in use, encrypted`);
+    } finally {
+      volumeKey.fill(0);
     }
-    ctx.state.keyslots = summary.keyslots;
-    ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); slots 1+ free for enrollment`);
+    await rm(plaintext, { force: true });
   },
 };

@@ -42,7 +42,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       mapperName: 'cryptroot',
     },
     nbde: { clevis: recipe.nbde.clevis, threshold: recipe.nbde.threshold, binding: ctx.state.tang ?? null },
-    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes },
+    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes, rootEncryptedBytes: ctx.state.rootEncryptedBytes },
     partitions: ctx.state.layout!.partitions,
     partitionTable,
     dropbear: {
@@ -50,7 +50,8 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       authorizedKeys: ctx.authorizedKeys.map((k) => ({ type: k.type, fingerprint: k.fingerprint, comment: k.comment })),
       port: recipe.initramfs.dropbear.port,
     },
-    initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network },
+    initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
+    cache: ctx.state.cacheKeys,
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path) })),
     stageSeconds: ctx.state.stageSeconds,

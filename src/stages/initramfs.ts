@@ -1,20 +1,30 @@
 /**
- * initramfs: per-build dropbear host keys, one update-initramfs run, and a check that
- * the result holds everything a remote unlock needs.
+ * initramfs: one update-initramfs run for what the package set and configuration decide
+ * (cached), then this build's own files appended as a small second archive: dropbear host
+ * keys made now, the authorized_keys, and the crypttab entry with this build's LUKS UUID.
+ * The kernel unpacks the archives in order and the later files win, so a rebuild that only
+ * changes keys, passphrase or UUIDs reuses the base initramfs, and the cached base never
+ * holds a secret (it is built with no host keys and no authorized_keys in the tree).
  *
- * Host commands: chroot (dropbearkey, dpkg-divert, update-initramfs, lsinitramfs).
+ * Host commands: chroot (dropbearkey, dpkg-divert, update-initramfs, unmkinitramfs).
  */
-import { readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rename, rm, stat } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { withChroot, type ChrootSession } from '../host/chroot.js';
-import { sshFingerprint } from '../recipe/authorized-keys.js';
+import { alignmentPadding, newcArchive, type NewcFile } from '../initramfs/newc.js';
+import { cacheKey } from '../pipeline/cache.js';
+import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
+import { sshFingerprint } from '../recipe/authorized-keys.js';
 import { DIVERTED_UPDATE_INITRAMFS } from './bootstrap.js';
 
-const DROPBEAR_DIR = '/etc/dropbear/initramfs';
+const DROPBEAR_DIR = 'etc/dropbear/initramfs';
+const AUTHORIZED_KEYS = `${DROPBEAR_DIR}/authorized_keys`;
 const HOST_KEY_TYPES = ['ed25519', 'ecdsa', 'rsa'] as const;
+const LUKS_UUID_PLACEHOLDER = '@KEYLESSGO_LUKS_UUID@';
 
-/** What must be inside the initramfs, as patterns over `lsinitramfs` paths. */
+/** What must be inside the initramfs, as patterns over its paths (base and appended archive). */
 export const REQUIRED_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   cryptsetup: /^(usr\/)?s?bin\/cryptsetup$/m,
   dropbear: /^(usr\/)?s?bin\/dropbear$/m,
@@ -37,13 +47,116 @@ export function checkInitramfsListing(listing: string, withClevis = false): Reco
   return Object.fromEntries(Object.entries(required).map(([name, pattern]) => [name, pattern.test(listing)]));
 }
 
-async function regenerateHostKeys(chroot: ChrootSession, rootfs: string): Promise<Array<{ type: string; fingerprint: string }>> {
-  for (const name of await readdir(join(rootfs, DROPBEAR_DIR))) {
-    if (name.endsWith('_host_key')) await rm(join(rootfs, DROPBEAR_DIR, name));
+/** The base initramfs and what the appended archive needs to know about it. */
+export interface BaseInitramfs {
+  /** Paths in the base archive, one per line. */
+  listing: string;
+  /** root's home in the initramfs (dropbear-initramfs picks a random root-XXXXXXXXXX). */
+  rootHome: string;
+  /** cryptroot/crypttab as the cryptroot hook wrote it, the LUKS UUID replaced by a placeholder. */
+  crypttabTemplate: string;
+}
+
+/**
+ * Tree paths the initramfs is built from, besides the packages (the bootstrap key) and hooks:
+ * initramfs-tools configuration and scripts, dropbear and cryptsetup configuration, module
+ * and udev rules, fstab and crypttab (whose UUIDs change every build and are normalised).
+ */
+export const INITRAMFS_INPUT_PATHS = [
+  'etc/initramfs-tools',
+  DROPBEAR_DIR,
+  'etc/crypttab',
+  'etc/fstab',
+  'etc/cryptsetup-initramfs',
+  'etc/modprobe.d',
+  'etc/modules',
+  'etc/udev',
+  'usr/share/initramfs-tools',
+];
+const NORMALISED_FILES = new Set(['etc/crypttab', 'etc/fstab']);
+const PER_BUILD_FILES = /(^|\/)(authorized_keys|dropbear_[a-z0-9]+_host_key)$/;
+
+/** SHA-256 over paths, modes, link targets and contents of the initramfs inputs in a tree. */
+export async function initramfsInputDigest(rootfs: string): Promise<string> {
+  const hash = createHash('sha256');
+  const visit = async (path: string): Promise<void> => {
+    const rel = relative(rootfs, path);
+    if (PER_BUILD_FILES.test(rel)) return;
+    const info = await stat(path).catch(() => undefined);
+    const linkTarget = await readlink(path).catch(() => undefined);
+    if (!info && linkTarget === undefined) return;
+    hash.update(`${rel}\0${info?.mode ?? 0}\0`);
+    if (linkTarget !== undefined) hash.update(`->${linkTarget}\0`);
+    else if (info!.isDirectory()) for (const name of (await readdir(path)).sort()) await visit(join(path, name));
+    else if (info!.isFile()) hash.update(NORMALISED_FILES.has(rel) ? (await readFile(path, 'utf8')).replace(/UUID=[0-9A-Fa-f-]+/g, 'UUID=*') : await readFile(path));
+  };
+  for (const path of INITRAMFS_INPUT_PATHS) await visit(join(rootfs, path));
+  return hash.digest('hex');
+}
+
+async function listTree(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true, recursive: true });
+  return entries.map((e) => relative(dir, join(e.parentPath, e.name))).sort();
+}
+
+/** Runs update-initramfs with no per-build files in the tree and reads back what the appended archive needs. */
+async function buildBase(ctx: BuildContext, chroot: ChrootSession, initrd: string): Promise<BaseInitramfs> {
+  const aside = join(ctx.workDir, 'authorized_keys.aside');
+  await rename(join(ctx.rootfs, AUTHORIZED_KEYS), aside);
+  try {
+    await rm(join(ctx.rootfs, initrd), { force: true });
+    await chroot.run('update-initramfs', ['-c', '-k', ctx.state.kernelVersion!], { stream: true });
+  } finally {
+    await rename(aside, join(ctx.rootfs, AUTHORIZED_KEYS));
   }
+  const unpacked = await mkdtemp(join(ctx.rootfs, 'tmp/keylessgo-initramfs-'));
+  try {
+    await chroot.run('unmkinitramfs', [`/${initrd}`, `/${relative(ctx.rootfs, unpacked)}`]);
+    // unmkinitramfs puts the main archive in main/ only when early archives precede it.
+    const main = (await stat(join(unpacked, 'main')).catch(() => undefined))?.isDirectory() ? join(unpacked, 'main') : unpacked;
+    const paths = await listTree(main);
+    const rootHome = paths.find((p) => /^root-[^/]+$/.test(p));
+    if (!rootHome) throw new Error('the initramfs has no root-* home: is dropbear-initramfs installed?');
+    const crypttab = await readFile(join(main, 'cryptroot/crypttab'), 'utf8').catch(() => '');
+    if (!crypttab.includes(`UUID=${ctx.ids.luksUuid}`)) throw new Error(`the initramfs crypttab does not name the root volume (UUID=${ctx.ids.luksUuid}):\n${crypttab}`);
+    return { listing: paths.join('\n'), rootHome, crypttabTemplate: crypttab.replaceAll(ctx.ids.luksUuid, LUKS_UUID_PLACEHOLDER) };
+  } finally {
+    await rm(unpacked, { recursive: true, force: true });
+  }
+}
+
+/** The base initramfs from the cache, or built and stored; without a cache key it is just built. */
+async function baseInitramfs(ctx: BuildContext, chroot: ChrootSession, initrd: string): Promise<BaseInitramfs> {
+  const bootstrapKey = ctx.state.cacheKeys.bootstrap;
+  if (!ctx.cache || !bootstrapKey) return buildBase(ctx, chroot, initrd);
+  const hooks = await Promise.all(ctx.loaded.hookFiles.map(async (f) => createHash('sha256').update(await readFile(f)).digest('hex')));
+  const inputs = { format: 1, bootstrap: bootstrapKey, kernel: ctx.state.kernelVersion, tree: await initramfsInputDigest(ctx.rootfs), hooks };
+  const key = cacheKey(inputs);
+  const lock = ctx.cleanup.add('release the initramfs cache lock', await ctx.cache.lock('initramfs', key, ctx.signal));
+  try {
+    const hit = await ctx.cache.lookup('initramfs', key);
+    ctx.state.cacheKeys.initramfs = key;
+    if (hit) {
+      ctx.log.info(`      cache hit: initramfs ${key} from ${hit.createdAt}`);
+      await copyFile(join(hit.dir, 'initrd.img'), join(ctx.rootfs, initrd));
+      return hit.data as unknown as BaseInitramfs;
+    }
+    ctx.log.info(`      cache miss: initramfs ${key}`);
+    const base = await buildBase(ctx, chroot, initrd);
+    await ctx.cache.store('initramfs', key, inputs, async (dir) => {
+      await copyFile(join(ctx.rootfs, initrd), join(dir, 'initrd.img'));
+      return { ...base };
+    });
+    return base;
+  } finally {
+    await lock.release();
+  }
+}
+
+async function generateHostKeys(chroot: ChrootSession): Promise<Array<{ type: string; fingerprint: string }>> {
   const keys: Array<{ type: string; fingerprint: string }> = [];
   for (const type of HOST_KEY_TYPES) {
-    const file = `${DROPBEAR_DIR}/dropbear_${type}_host_key`;
+    const file = `/${DROPBEAR_DIR}/dropbear_${type}_host_key`;
     await chroot.run('dropbearkey', ['-t', type, ...(type === 'rsa' ? ['-s', '3072'] : []), '-f', file]);
     const publicPart = await chroot.run('dropbearkey', ['-y', '-f', file]);
     const line = publicPart.split('\n').find((l) => /^(ssh-|ecdsa-)/.test(l));
@@ -54,26 +167,42 @@ async function regenerateHostKeys(chroot: ChrootSession, rootfs: string): Promis
   return keys;
 }
 
+/** This build's files for the initramfs, read from the tree. */
+async function perBuildFiles(ctx: BuildContext, base: BaseInitramfs): Promise<NewcFile[]> {
+  const files: NewcFile[] = HOST_KEY_TYPES.map((type) => ({ path: `etc/dropbear/dropbear_${type}_host_key`, mode: 0o600, data: Buffer.alloc(0) }));
+  for (const file of files) file.data = await readFile(join(ctx.rootfs, DROPBEAR_DIR, file.path.split('/').at(-1)!));
+  files.push({ path: `${base.rootHome}/.ssh/authorized_keys`, mode: 0o600, data: await readFile(join(ctx.rootfs, AUTHORIZED_KEYS)) });
+  files.push({ path: 'cryptroot/crypttab', mode: 0o644, data: Buffer.from(base.crypttabTemplate.replaceAll(LUKS_UUID_PLACEHOLDER, ctx.ids.luksUuid)) });
+  return files;
+}
+
 export const initramfsStage: Stage = {
   name: 'initramfs',
-  summary: 'dropbear host keys and the unlock initramfs',
+  summary: 'the unlock initramfs (or its cached base) plus this build\'s keys',
   hostTools: () => ['chroot', 'mount', 'umount'],
   async run(ctx) {
-    const version = ctx.state.kernelVersion!;
-    await withChroot(ctx.host, ctx.cleanup, ctx.rootfs, async (chroot) => {
-      ctx.state.dropbearHostKeys = await regenerateHostKeys(chroot, ctx.rootfs);
+    const initrd = `boot/initrd.img-${ctx.state.kernelVersion!}`;
+    const base = await withChroot(ctx.host, ctx.cleanup, ctx.rootfs, async (chroot) => {
       const diverted = await chroot.run('dpkg-divert', ['--list', DIVERTED_UPDATE_INITRAMFS]);
       if (diverted.trim()) {
         await rm(join(ctx.rootfs, DIVERTED_UPDATE_INITRAMFS), { force: true });
         await chroot.run('dpkg-divert', ['--quiet', '--local', '--rename', '--remove', DIVERTED_UPDATE_INITRAMFS]);
       }
-      await rm(join(ctx.rootfs, `boot/initrd.img-${version}`), { force: true });
-      await chroot.run('update-initramfs', ['-c', '-k', version], { stream: true });
-      const listing = await chroot.run('lsinitramfs', [`/boot/initrd.img-${version}`]);
-      ctx.state.initramfsChecks = checkInitramfsListing(listing, ctx.recipe.nbde.clevis);
+      const result = await baseInitramfs(ctx, chroot, initrd);
+      ctx.state.dropbearHostKeys = await generateHostKeys(chroot);
+      return result;
     });
-    const missing = Object.entries(ctx.state.initramfsChecks!).filter(([, ok]) => !ok).map(([name]) => name);
+
+    const files = await perBuildFiles(ctx, base);
+    const { size } = await stat(join(ctx.rootfs, initrd));
+    const padding = alignmentPadding(size);
+    const archive = newcArchive(files);
+    await appendFile(join(ctx.rootfs, initrd), Buffer.concat([padding, archive]));
+    ctx.state.initramfsAppended = { baseBytes: size, offset: size + padding.length, bytes: archive.length, paths: files.map((f) => f.path) };
+
+    ctx.state.initramfsChecks = checkInitramfsListing([base.listing, ...files.map((f) => f.path)].join('\n'), ctx.recipe.nbde.clevis);
+    const missing = Object.entries(ctx.state.initramfsChecks).filter(([, ok]) => !ok).map(([name]) => name);
     if (missing.length > 0) throw new Error(`the initramfs lacks: ${missing.join(', ')}`);
-    ctx.log.info(`      dropbear host key ${ctx.state.dropbearHostKeys!.find((k) => k.type === 'ssh-ed25519')?.fingerprint}`);
+    ctx.log.info(`      dropbear host key ${ctx.state.dropbearHostKeys!.find((k) => k.type === 'ssh-ed25519')?.fingerprint}; ${files.length} per-build files appended`);
   },
 };

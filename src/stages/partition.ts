@@ -13,7 +13,7 @@
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { LUKS_RESERVED_BYTES } from '../host/cryptsetup.js';
+import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
 import { attachLoop } from '../host/loop.js';
 import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
@@ -98,7 +98,7 @@ async function treeBytes(ctx: BuildContext, dir: string): Promise<number> {
 export function checkRootFits(ctx: Pick<BuildContext, 'recipe' | 'loaded'>, rootUsed: number): void {
   const layout = partitionLayout(ctx.recipe.disk);
   const root = partitionByRole(layout, 'root');
-  const rootNeeded = ext4BytesNeeded(rootUsed) + LUKS_RESERVED_BYTES;
+  const rootNeeded = ext4BytesNeeded(rootUsed) + LUKS_DATA_OFFSET_BYTES;
   if (rootNeeded > root.sizeBytes) {
     throw new InputError(
       `disk.size ${formatSize(layout.diskBytes)} leaves ${formatSize(root.sizeBytes)} for the root partition, but the root tree (${formatSize(rootUsed)}) needs ${formatSize(rootNeeded)}; raise disk.size to at least ${formatSize(layout.diskBytes + rootNeeded - root.sizeBytes)}`,

@@ -3,7 +3,7 @@
  * sfdisk, cryptsetup, an AES-XTS decryption with the volume key, debugfs, cpio, qemu-img.
  */
 import { execa } from 'execa';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
@@ -23,7 +23,8 @@ const image = inject('image');
 
 interface Manifest {
   luks: { uuid: string; cipher: string; sectorSize: number };
-  filesystems: { rootUuid: string; bootUuid: string; espVolumeId: string };
+  filesystems: { rootUuid: string; bootUuid: string; espVolumeId: string; rootEncryptedBytes: number };
+  initramfs: { appended: { baseBytes: number; offset: number; bytes: number; paths: string[] } };
   kernel: { version: string; cmdline: string };
   partitions: PartitionRange[];
   dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
@@ -122,6 +123,16 @@ describe('LUKS2 root', () => {
     expect(keyFiles).toContain(`${manifest.nbde.binding!.servers[0]!.thumbprints[0]}.jwk`);
   });
 
+  it('is sparse: only the blocks the root filesystem uses were encrypted and written', async () => {
+    const MiB = 1024 * 1024;
+    const { blocks } = await stat(image.raw);
+    const written = manifest.filesystems.rootEncryptedBytes;
+    expect(written).toBeGreaterThan(200 * MiB);
+    // Allocated: the encrypted used blocks, the 16 MiB LUKS2 header and what /boot and the ESP hold.
+    expect(blocks * 512).toBeLessThan(written + 16 * MiB + 150 * MiB);
+    expect(blocks * 512).toBeGreaterThan(written);
+  });
+
   it('decrypts with the bootstrap passphrase to the root ext4 with the manifest UUID', async () => {
     const { stdout } = await execa('dumpe2fs', ['-h', rootPlain], { stderr: 'ignore' });
     expect(stdout).toMatch(new RegExp(`Filesystem UUID:\\s+${manifest.filesystems.rootUuid}`));
@@ -164,18 +175,25 @@ describe('/boot and the initramfs', () => {
 
   it('the initramfs holds cryptsetup, dropbear, its config, the forced-command key and the crypttab entry', async () => {
     const initrd = await dumpExt4File(bootPart, `/initrd.img-${manifest.kernel.version}`, join(scratch, 'initrd.img'));
-    const listing = await listInitramfs(initrd);
+    const layout = manifest.initramfs.appended;
+    const { base, appended } = await listInitramfs(initrd, layout);
     for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m, /^usr\/bin\/clevis$/m, /^usr\/bin\/curl$/m]) {
-      expect(listing).toMatch(entry);
+      expect(base).toMatch(entry);
     }
-    const keysPath = /^root-[^/]+\/\.ssh\/authorized_keys$/m.exec(listing)?.[0];
+    // The base (cached across builds) holds no host key and no authorized key; this build's are appended.
+    expect(base).not.toMatch(/_host_key$/m);
+    expect(appended.split('\n').sort()).toEqual([...layout.paths].sort());
+    expect(appended).toMatch(/^etc\/dropbear\/dropbear_ed25519_host_key$/m);
+    const keysPath = /^root-[^/]+\/\.ssh\/authorized_keys$/m.exec(appended)?.[0];
     expect(keysPath).toBeDefined();
     const extractDir = await mkdtemp(join(scratch, 'initrd-'));
-    const keys = await readInitramfsMember(initrd, keysPath!, extractDir);
+    const baseDir = await mkdtemp(join(scratch, 'initrd-base-'));
+    expect(await readInitramfsMember(initrd, keysPath!, baseDir, layout, 'base')).toBe('');
+    const keys = await readInitramfsMember(initrd, keysPath!, extractDir, layout, 'appended');
     const publicKey = (await readFile(image.publicKey, 'utf8')).trim().split(' ')[1]!;
     expect(keys).toMatch(new RegExp(`^no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command="cryptroot-unlock" ssh-ed25519 ${publicKey.replace(/[+/]/g, '\\$&')}`, 'm'));
-    expect(await readInitramfsMember(initrd, 'cryptroot/crypttab', extractDir)).toContain(`UUID=${manifest.luks.uuid}`);
-    expect(await readInitramfsMember(initrd, 'etc/dropbear/dropbear.conf', extractDir)).toMatch(/^DROPBEAR_OPTIONS="-s -j -k -p 22 -I 180"$/m);
+    expect(await readInitramfsMember(initrd, 'cryptroot/crypttab', extractDir, layout, 'appended')).toContain(`UUID=${manifest.luks.uuid}`);
+    expect(await readInitramfsMember(initrd, 'etc/dropbear/dropbear.conf', extractDir, layout, 'base')).toMatch(/^DROPBEAR_OPTIONS="-s -j -k -p 22 -I 180"$/m);
   });
 
   it('/boot holds nothing from /etc, /root or /home', async () => {

@@ -98,15 +98,26 @@ export async function dumpExt4File(image: string, path: string, to: string): Pro
   return to;
 }
 
-/** Paths inside a zstd/gzip-compressed newc initramfs (no early microcode archive in our images). */
-export async function listInitramfs(initrd: string): Promise<string> {
-  const { stdout } = await execa('sh', ['-c', 'zstd -dc "$1" | cpio -t --quiet', 'sh', initrd]);
-  return stdout;
+/** Where the build appended its per-build archive to the initramfs (from the manifest). */
+export interface InitramfsLayout {
+  baseBytes: number;
+  offset: number;
 }
 
-/** Extracts one member of the initramfs archive into `dir` and returns its contents. */
-export async function readInitramfsMember(initrd: string, member: string, dir: string): Promise<string> {
-  await execa('sh', ['-c', 'zstd -dc "$1" | cpio -id --quiet "$2"', 'sh', initrd, member], { cwd: dir });
+/**
+ * Paths in the two archives of an initramfs: the zstd-compressed base (no early microcode
+ * archive in our images) and the uncompressed per-build archive appended after it.
+ */
+export async function listInitramfs(initrd: string, layout: InitramfsLayout): Promise<{ base: string; appended: string }> {
+  const base = await execa('sh', ['-c', 'head -c "$2" "$1" | zstd -dc | cpio -t --quiet', 'sh', initrd, String(layout.baseBytes)]);
+  const appended = await execa('sh', ['-c', 'tail -c +"$2" "$1" | cpio -t --quiet', 'sh', initrd, String(layout.offset + 1)]);
+  return { base: base.stdout, appended: appended.stdout };
+}
+
+/** Extracts one member of the base or the appended archive into `dir` and returns its contents. */
+export async function readInitramfsMember(initrd: string, member: string, dir: string, layout: InitramfsLayout, from: 'base' | 'appended'): Promise<string> {
+  const script = from === 'base' ? 'head -c "$3" "$1" | zstd -dc | cpio -id --quiet "$2"' : 'tail -c +"$4" "$1" | cpio -id --quiet "$2"';
+  await execa('sh', ['-c', script, 'sh', initrd, member, String(layout.baseBytes), String(layout.offset + 1)], { cwd: dir });
   return readFile(join(dir, member), 'utf8');
 }
 

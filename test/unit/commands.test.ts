@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameter } from '../../src/pipeline/build.js';
 import { injectedFailure } from '../../src/pipeline/runner.js';
-import { encryptInPlaceArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
+import { luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { formatCommand } from '../../src/host/run.js';
 import { BASE_PACKAGES, CLEVIS_PACKAGES, debootstrapArgs, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
 import { qemuImgConvertArgs } from '../../src/stages/export.js';
@@ -15,21 +15,23 @@ const valueOf = (args: readonly string[], flag: string) => {
   return index >= 0 ? args[index + 1] : undefined;
 };
 
-describe('cryptsetup encryptInPlaceArgs', () => {
+describe('cryptsetup luksFormatArgs', () => {
   const KEY_FILE = '/tmp/keylessgo-secrets-x/bootstrap-passphrase';
+  const VOLUME_KEY_FILE = '/tmp/keylessgo-secrets-x/volume-key';
   const UUID = '11111111-2222-4333-8444-555555555555';
-  const args = (yaml = '') => encryptInPlaceArgs({ device: '/dev/loop7p4', uuid: UUID, keyFile: KEY_FILE, luks: recipeWith(yaml).luks });
+  const args = (yaml = '') => luksFormatArgs({ device: '/dev/loop7p4', uuid: UUID, keyFile: KEY_FILE, volumeKeyFile: VOLUME_KEY_FILE, luks: recipeWith(yaml).luks });
 
-  it('encrypts the device in place as LUKS2 with the recipe cipher, fixed UUID and key slot 0', () => {
+  it('formats LUKS2 with the recipe cipher, our volume key, fixed UUID, data offset 16 MiB and key slot 0', () => {
     const argv = args();
-    expect(argv.slice(0, 4)).toEqual(['reencrypt', '--encrypt', '--type', 'luks2']);
+    expect(argv.slice(0, 3)).toEqual(['luksFormat', '--type', 'luks2']);
     expect(argv.at(-1)).toBe('/dev/loop7p4');
-    expect(Object.fromEntries(['--reduce-device-size', '--uuid', '--cipher', '--key-size', '--sector-size', '--key-slot'].map((f) => [f, valueOf(argv, f)]))).toEqual({
-      '--reduce-device-size': '32M',
+    expect(Object.fromEntries(['--offset', '--uuid', '--cipher', '--key-size', '--sector-size', '--volume-key-file', '--key-slot'].map((f) => [f, valueOf(argv, f)]))).toEqual({
+      '--offset': '32768',
       '--uuid': UUID,
       '--cipher': 'aes-xts-plain64',
       '--key-size': '512',
       '--sector-size': '4096',
+      '--volume-key-file': VOLUME_KEY_FILE,
       '--key-slot': '0',
     });
     expect(argv).toContain('--batch-mode');
@@ -39,6 +41,7 @@ describe('cryptsetup encryptInPlaceArgs', () => {
     const argv = args();
     expect(valueOf(argv, '--key-file')).toBe(KEY_FILE);
     expect(argv.filter((a) => a.startsWith('--key-file') || a === '-')).toEqual(['--key-file']);
+    expect(argv.join(' ')).not.toMatch(/[0-9a-f]{64}/);
   });
 
   it('fixes the Argon2 cost instead of benchmarking the build host', () => {

@@ -1,0 +1,115 @@
+/**
+ * Sparse encryption of the root against an independent oracle: `cryptsetup reencrypt
+ * --encrypt` of the same plaintext with the same volume key must produce the same ciphertext
+ * for every block the filesystem uses, and our output must leave free space as holes.
+ * Real mkfs.ext4 and cryptsetup on small files (no device-mapper needed).
+ */
+import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { LUKS_DATA_OFFSET_BYTES, luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
+import { EXT4_BLOCK_BYTES, mkfsExt4Args, usedRangesFromDumpe2fs, type ByteRange } from '../../src/host/ext4.js';
+import { encryptRanges, nodeCipherName } from '../../src/luks/encrypt-ranges.js';
+import { recipeWith, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+
+describe('usedRangesFromDumpe2fs', () => {
+  const dump = (free: string[]) => ['Block count:              100', 'Block size:               4096', ...free.map((f) => `  Free blocks: ${f}`)].join('\n');
+
+  it('returns the complement of the free lists as merged byte ranges', () => {
+    expect(usedRangesFromDumpe2fs(dump(['10-19, 30', '50-59', '']))).toEqual([
+      { start: 0, length: 10 * 4096 },
+      { start: 20 * 4096, length: 10 * 4096 },
+      { start: 31 * 4096, length: 19 * 4096 },
+      { start: 60 * 4096, length: 40 * 4096 },
+    ]);
+  });
+
+  it('merges used blocks across group boundaries and handles a full or empty filesystem', () => {
+    expect(usedRangesFromDumpe2fs(dump(['', '']))).toEqual([{ start: 0, length: 100 * 4096 }]);
+    expect(usedRangesFromDumpe2fs(dump(['0-49', '50-99']))).toEqual([]);
+  });
+
+  it('refuses output without the superblock fields', () => {
+    expect(() => usedRangesFromDumpe2fs('  Free blocks: 1-2')).toThrow(/block count/);
+  });
+});
+
+describe('nodeCipherName', () => {
+  it('maps LUKS key sizes to AES-XTS variants and refuses others', () => {
+    expect(nodeCipherName('aes-xts-plain64', 512)).toBe('aes-256-xts');
+    expect(nodeCipherName('aes-xts-plain64', 256)).toBe('aes-128-xts');
+    expect(() => nodeCipherName('serpent-xts-plain64', 512)).toThrow(/unsupported cipher/);
+  });
+});
+
+async function readRange(file: string, start: number, length: number): Promise<Buffer> {
+  const handle = await open(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, start);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}
+
+describe('encryptRanges against cryptsetup reencrypt', () => {
+  it.each([4096, 512])('writes the same ciphertext as cryptsetup for every used block (%d-byte sectors) and nothing else', async (sectorSize) => {
+    const work = await tempDir();
+    const tree = join(work, 'tree');
+    await mkdir(join(tree, 'etc'), { recursive: true });
+    await writeFile(join(tree, 'etc/random.bin'), randomBytes(3 * MiB + 123));
+    await writeFile(join(tree, 'etc/text'), 'plaintext marker\n'.repeat(1000));
+    const plaintext = join(work, 'root.ext4');
+    const fsBytes = 48 * MiB;
+    await execa('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: '11111111-2222-4333-8444-555555555555', blocks: fsBytes / EXT4_BLOCK_BYTES }));
+    const ranges: ByteRange[] = usedRangesFromDumpe2fs((await execa('dumpe2fs', [plaintext])).stdout);
+    const usedBytes = ranges.reduce((sum, r) => sum + r.length, 0);
+    expect(usedBytes).toBeGreaterThan(3 * MiB);
+    expect(usedBytes).toBeLessThan(fsBytes / 2);
+
+    const volumeKey = randomBytes(64);
+    const volumeKeyFile = join(work, 'volume-key');
+    const passphraseFile = join(work, 'passphrase');
+    await writeFile(volumeKeyFile, volumeKey, { mode: 0o600 });
+    await writeFile(passphraseFile, randomBytes(12).toString('base64url'), { mode: 0o600 });
+    const luks = recipeWith(`luks: {sectorSize: ${sectorSize}, pbkdf: {type: pbkdf2, iterations: 1000}}\n`).luks;
+
+    // Ours: header, then only the used blocks.
+    const ours = join(work, 'ours.img');
+    await writeFile(ours, '');
+    await truncate(ours, LUKS_DATA_OFFSET_BYTES + fsBytes);
+    await execa('cryptsetup', luksFormatArgs({ device: ours, uuid: '22222222-2222-4333-8444-555555555555', keyFile: passphraseFile, volumeKeyFile, luks }));
+    const written = await encryptRanges({ plaintext, target: ours, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize });
+    expect(written).toBe(usedBytes);
+    const dump = parseLuksDump((await execa('cryptsetup', ['luksDump', ours])).stdout);
+    expect(dump).toMatchObject({ version: 2, keyslots: [0], dataOffsetBytes: LUKS_DATA_OFFSET_BYTES });
+
+    // Oracle: cryptsetup encrypts a copy of the whole plaintext with the same volume key.
+    const reduce = 16 * MiB;
+    const oracle = join(work, 'oracle.img');
+    await writeFile(oracle, await readRange(plaintext, 0, fsBytes));
+    await truncate(oracle, fsBytes + reduce);
+    await execa('cryptsetup', [
+      'reencrypt', '--encrypt', '--batch-mode', '--type', 'luks2', '--reduce-device-size', '16M', '--cipher', luks.cipher, '--key-size', String(luks.keySize),
+      '--sector-size', String(sectorSize), '--volume-key-file', volumeKeyFile, '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', passphraseFile, oracle,
+    ]);
+    const oracleOffset = parseLuksDump((await execa('cryptsetup', ['luksDump', oracle])).stdout).dataOffsetBytes;
+
+    for (const range of ranges) {
+      const mine = await readRange(ours, LUKS_DATA_OFFSET_BYTES + range.start, range.length);
+      const theirs = await readRange(oracle, oracleOffset + range.start, range.length);
+      expect(mine.equals(theirs), `ciphertext of bytes ${range.start}+${range.length}`).toBe(true);
+    }
+    // Free space was never written: the file's allocation is the header plus the used blocks.
+    const allocated = (await stat(ours)).blocks * 512;
+    expect(allocated).toBeLessThan(LUKS_DATA_OFFSET_BYTES + usedBytes + MiB);
+    // And the plaintext marker is nowhere in our output.
+    const whole = await readRange(ours, 0, LUKS_DATA_OFFSET_BYTES + fsBytes);
+    expect(whole.includes('plaintext marker')).toBe(false);
+  });
+});
