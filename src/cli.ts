@@ -2,9 +2,9 @@
 /** keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/. */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { dirname, join } from 'node:path';
-import { InputError, isReported } from './errors.js';
+import { InputError, reportFailure } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
-import { Logger } from './log.js';
+import { formatSeconds, LOG_FORMATS, Logger, type LogFormat } from './log.js';
 import { build } from './pipeline/build.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
@@ -22,9 +22,20 @@ program
 
 const verboseOption = new Option('-v, --verbose', 'print every host command and its output');
 const quietOption = new Option('-q, --quiet', 'print only warnings and errors');
+const logFormatOption = new Option('--log-format <format>', 'stderr: progress lines for people, or one JSON event per line').choices(LOG_FORMATS).default('human');
 
-function logger(opts: { verbose?: boolean; quiet?: boolean }): Logger {
-  return new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info');
+interface LogOptions {
+  verbose?: boolean;
+  quiet?: boolean;
+  logFormat: LogFormat;
+}
+
+/** The running command's logger: an error it throws is reported through it, redacted and in its format. */
+let log = new Logger();
+
+function commandLogger(opts: LogOptions): Logger {
+  log = new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info', { format: opts.logFormat });
+  return log;
 }
 
 program
@@ -37,13 +48,20 @@ program
   .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; verbose?: boolean; quiet?: boolean }) => {
-    const log = logger(opts);
+  .addOption(logFormatOption)
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string } & LogOptions) => {
+    const log = commandLogger(opts);
     const started = performance.now();
     const ctx = await build({ recipePath, outDir: opts.out, passphraseFile: opts.passphraseFile, authorizedKeysFile: opts.authorizedKeys, mirror: opts.mirror, log });
-    log.info(`built ${ctx.recipe.name} in ${((performance.now() - started) / 1000).toFixed(1)} s:`);
-    for (const output of ctx.state.outputs) log.info(`  ${output.path}  ${formatSize(output.bytes)}`);
-    log.info(`  ${ctx.outDir}/SHA256SUMS, ${ctx.outDir}/manifest.json`);
+    const seconds = (performance.now() - started) / 1000;
+    const checksums = join(ctx.outDir, 'SHA256SUMS');
+    const manifest = join(ctx.outDir, 'manifest.json');
+    const summary = [
+      `built ${ctx.recipe.name} in ${formatSeconds(seconds)}:`,
+      ...ctx.state.outputs.map((output) => `  ${output.path}  ${formatSize(output.bytes)}`),
+      `  ${checksums}, ${manifest}`,
+    ];
+    log.result(summary.join('\n'), { recipe: ctx.recipe.name, outputs: ctx.state.outputs, checksums, manifest, stageSeconds: ctx.state.stageSeconds }, seconds);
   });
 
 function positiveInteger(name: string) {
@@ -70,23 +88,27 @@ program
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
+  .addOption(logFormatOption)
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean } & LogOptions) => {
+    const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    const outDir = opts.out ?? join(dirname(image), `boot-test-${opts.firmware}`);
     const result = await bootTest({
       image,
       privateKeyFile: opts.key,
       passphraseFile,
       manifestFile: opts.manifest,
-      outDir: opts.out ?? join(dirname(image), `boot-test-${opts.firmware}`),
+      outDir,
       firmware: opts.firmware,
       accel: opts.accel,
       memoryMiB: opts.memory,
       cpus: opts.cpus,
       timeoutSeconds: opts.timeout,
       negativeChecks: opts.negativeChecks ?? false,
-      log: logger(opts),
+      log,
     });
+    log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);
     process.stdout.write(formatTable(result));
     process.exitCode = result.passed ? 0 : 1;
   });
@@ -106,7 +128,9 @@ program
   .option('--json', 'print the report as JSON')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean; verbose?: boolean; quiet?: boolean }) => {
+  .addOption(logFormatOption)
+  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
+    const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
     await enrollCommand({
@@ -120,7 +144,7 @@ program
       hostKeyFingerprint: opts.hostKeyFingerprint,
       dropbear: opts.dropbear,
       json: opts.json ?? false,
-      log: logger(opts),
+      log,
     });
   });
 
@@ -145,11 +169,7 @@ try {
   if (error instanceof CommanderError) {
     // Commander has printed its message; help and version exit 0, usage errors 2.
     process.exitCode = error.exitCode === 0 ? 0 : 2;
-  } else if (isReported(error)) {
-    process.stderr.write(`error: ${error.message}\n`);
-    process.exitCode = error.exitCode;
   } else {
-    process.stderr.write(`internal error (please report): ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-    process.exitCode = 70;
+    process.exitCode = reportFailure(log, error);
   }
 }
