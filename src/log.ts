@@ -164,9 +164,10 @@ export class Logger {
   private emit(event: Omit<LogEvent, 'time'>, human: string): void {
     if (!this.shows(event.level)) return;
     if (this.format === 'json') {
+      const { level, event: name, ...details } = event;
       // Messages logged inside a stage carry its name; the human format shows that by position.
-      const stage = this.stage && event.stage === undefined ? { stage: this.stage.name } : {};
-      const full: LogEvent = { time: this.clock().toISOString(), ...event, ...stage, message: event.message.trim() };
+      const stage = this.stage && details.stage === undefined ? { stage: this.stage.name } : {};
+      const full: LogEvent = { time: this.clock().toISOString(), level, event: name, ...stage, ...details, message: details.message.trim() };
       this.output.line(JSON.stringify(this.redactor.redactValue(full)));
       return;
     }
