@@ -2,9 +2,9 @@
 /** keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/. */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { dirname, join } from 'node:path';
-import { InputError, isReported } from './errors.js';
+import { InputError, reportFailure } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
-import { formatColumns, Logger } from './log.js';
+import { formatColumns, formatSeconds, LOG_FORMATS, Logger, type LogFormat } from './log.js';
 import { build } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { bootTest } from './qemu/boot-test.js';
@@ -23,11 +23,22 @@ program
 
 const verboseOption = new Option('-v, --verbose', 'print every host command and its output');
 const quietOption = new Option('-q, --quiet', 'print only warnings and errors');
+const logFormatOption = new Option('--log-format <format>', 'stderr: progress lines for people, or one JSON event per line').choices(LOG_FORMATS).default('human');
 
 const cacheDirOption = new Option('--cache-dir <dir>', 'stage cache (bootstrap tree, base initramfs); env KEYLESSGO_CACHE_DIR').default(defaultCacheDir());
 
-function logger(opts: { verbose?: boolean; quiet?: boolean }): Logger {
-  return new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info');
+interface LogOptions {
+  verbose?: boolean;
+  quiet?: boolean;
+  logFormat: LogFormat;
+}
+
+/** The running command's logger: an error it throws is reported through it, redacted and in its format. */
+let log = new Logger();
+
+function commandLogger(opts: LogOptions): Logger {
+  log = new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info', { format: opts.logFormat });
+  return log;
 }
 
 program
@@ -42,8 +53,9 @@ program
   .option('--no-cache', 'neither use nor fill the stage cache')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; verbose?: boolean; quiet?: boolean }) => {
-    const log = logger(opts);
+  .addOption(logFormatOption)
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean } & LogOptions) => {
+    const log = commandLogger(opts);
     const started = performance.now();
     const ctx = await build({
       recipePath,
@@ -54,9 +66,15 @@ program
       cacheDir: opts.cache ? opts.cacheDir : null,
       log,
     });
-    log.info(`built ${ctx.recipe.name} in ${((performance.now() - started) / 1000).toFixed(1)} s:`);
-    for (const output of ctx.state.outputs) log.info(`  ${output.path}  ${formatSize(output.bytes)}`);
-    log.info(`  ${ctx.outDir}/SHA256SUMS, ${ctx.outDir}/manifest.json`);
+    const seconds = (performance.now() - started) / 1000;
+    const checksums = join(ctx.outDir, 'SHA256SUMS');
+    const manifest = join(ctx.outDir, 'manifest.json');
+    const summary = [
+      `built ${ctx.recipe.name} in ${formatSeconds(seconds)}:`,
+      ...ctx.state.outputs.map((output) => `  ${output.path}  ${formatSize(output.bytes)}`),
+      `  ${checksums}, ${manifest}`,
+    ];
+    log.result(summary.join('\n'), { recipe: ctx.recipe.name, outputs: ctx.state.outputs, checksums, manifest, stageSeconds: ctx.state.stageSeconds, cache: ctx.state.cacheKeys }, seconds);
   });
 
 function positiveInteger(name: string) {
@@ -83,23 +101,27 @@ program
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
+  .addOption(logFormatOption)
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean } & LogOptions) => {
+    const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    const outDir = opts.out ?? join(dirname(image), `boot-test-${opts.firmware}`);
     const result = await bootTest({
       image,
       privateKeyFile: opts.key,
       passphraseFile,
       manifestFile: opts.manifest,
-      outDir: opts.out ?? join(dirname(image), `boot-test-${opts.firmware}`),
+      outDir,
       firmware: opts.firmware,
       accel: opts.accel,
       memoryMiB: opts.memory,
       cpus: opts.cpus,
       timeoutSeconds: opts.timeout,
       negativeChecks: opts.negativeChecks ?? false,
-      log: logger(opts),
+      log,
     });
+    log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);
     process.stdout.write(formatTable(result));
     process.exitCode = result.passed ? 0 : 1;
   });
@@ -119,7 +141,9 @@ program
   .option('--json', 'print the report as JSON')
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean; verbose?: boolean; quiet?: boolean }) => {
+  .addOption(logFormatOption)
+  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
+    const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
     await enrollCommand({
@@ -133,7 +157,7 @@ program
       hostKeyFingerprint: opts.hostKeyFingerprint,
       dropbear: opts.dropbear,
       json: opts.json ?? false,
-      log: logger(opts),
+      log,
     });
   });
 
@@ -143,7 +167,7 @@ cache
   .description('list cache entries, least recently used first')
   .addOption(cacheDirOption)
   .action(async (opts: { cacheDir: string }) => {
-    const entries = await new StageCache(opts.cacheDir, logger({})).list();
+    const entries = await new StageCache(opts.cacheDir, new Logger()).list();
     const rows = entries.map((e) => [e.kind, e.key, formatSize(e.bytes), e.createdAt.slice(0, 19), e.lastUsedAt.slice(0, 19)]);
     process.stdout.write(`${formatColumns(['kind', 'key', 'size', 'created', 'last used'], rows)}\n`);
     process.stdout.write(`${entries.length} entries, ${formatSize(entries.reduce((sum, e) => sum + e.bytes, 0))} in ${opts.cacheDir}\n`);
@@ -155,7 +179,7 @@ cache
   .option('--unused-days <days>', 'only entries not used for this many days', positiveInteger('--unused-days'))
   .action(async (opts: { cacheDir: string; unusedDays?: number }) => {
     const before = opts.unusedDays === undefined ? undefined : new Date(Date.now() - opts.unusedDays * 86_400_000);
-    const removed = await new StageCache(opts.cacheDir, logger({})).prune(before);
+    const removed = await new StageCache(opts.cacheDir, new Logger()).prune(before);
     process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}\n`);
   });
 
@@ -180,11 +204,7 @@ try {
   if (error instanceof CommanderError) {
     // Commander has printed its message; help and version exit 0, usage errors 2.
     process.exitCode = error.exitCode === 0 ? 0 : 2;
-  } else if (isReported(error)) {
-    process.stderr.write(`error: ${error.message}\n`);
-    process.exitCode = error.exitCode;
   } else {
-    process.stderr.write(`internal error (please report): ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-    process.exitCode = 70;
+    process.exitCode = reportFailure(log, error);
   }
 }

@@ -2,6 +2,7 @@
  * Errors keylessgo reports to the user. Anything else reaching the CLI is a bug and is
  * shown with its stack trace.
  */
+import type { Logger } from './log.js';
 
 /** Bad input (recipe, flags, key or passphrase files): exit code 2, nothing touched. */
 export class InputError extends Error {
@@ -58,4 +59,17 @@ export function isReported(error: unknown): error is ReportedError {
     error instanceof EnrollError ||
     error instanceof InterruptedError
   );
+}
+
+/**
+ * Reports an error that ended a command and returns the exit code. Through the logger, so the
+ * message is redacted and in the chosen format; a failed stage is named in its own field.
+ */
+export function reportFailure(log: Logger, error: unknown): number {
+  if (isReported(error)) {
+    log.error(error.message, error instanceof StageError ? error.stage : undefined);
+    return error.exitCode;
+  }
+  log.error(`internal error (please report): ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  return 70;
 }

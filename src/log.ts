@@ -1,8 +1,37 @@
 /**
  * Line-oriented logger. Every line passes through the redactor so that a secret which
  * slipped into a tool's output never reaches the terminal or a CI log.
+ *
+ * Two formats: `human` (progress lines, plus an elapsed-time ticker on a terminal) and `json`
+ * (one event object per line, for CI systems to parse). Callers say what happened (a stage
+ * started, a warning, the result); the logger decides how it looks.
  */
 export type LogLevel = 'quiet' | 'info' | 'verbose';
+
+export const LOG_FORMATS = ['human', 'json'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+/** How important one event is; `quiet` shows only warn and error, `info` adds info. */
+export type Severity = 'verbose' | 'info' | 'warn' | 'error';
+export type StageOutcome = 'done' | 'failed';
+
+/** One line of the json format. */
+export interface LogEvent {
+  time: string;
+  level: Severity;
+  event: 'stage-start' | 'stage-end' | 'message' | 'warning' | 'error' | 'result';
+  /** The stage the event belongs to, if one was running (or, for an error, the one that failed). */
+  stage?: string;
+  /** 1-based position of the stage, with `total`: `[index/total]` in the human format. */
+  index?: number;
+  total?: number;
+  /** Duration of the stage (stage-end) or of the whole command (result). */
+  seconds?: number;
+  outcome?: StageOutcome;
+  message: string;
+  /** What the command produced (result events only). */
+  result?: unknown;
+}
 
 const REDACTED = '[redacted]';
 
@@ -21,33 +50,148 @@ export class Redactor {
     for (const secret of [...this.secrets].sort((a, b) => b.length - a.length)) result = result.split(secret).join(REDACTED);
     return result;
   }
+
+  /**
+   * Redacts every string inside a JSON-like value. Done before serialising: once JSON.stringify
+   * has escaped a secret's quotes or backslashes, the escaped text no longer matches the secret.
+   */
+  redactValue(value: unknown): unknown {
+    if (typeof value === 'string') return this.redact(value);
+    if (Array.isArray(value)) return value.map((item) => this.redactValue(item));
+    if (value !== null && typeof value === 'object') {
+      return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, this.redactValue(item)]));
+    }
+    return value;
+  }
+}
+
+/** Where finished lines go. `status` exists only on a terminal: a transient line the next one overwrites. */
+export interface LogOutput {
+  line(text: string): void;
+  status?: { show(text: string): void; clear(): void };
+}
+
+/** A stream's output; only a TTY gets the status line, so CI logs never see carriage returns. */
+export function streamOutput(stream: NodeJS.WriteStream = process.stderr): LogOutput {
+  const output: LogOutput = { line: (text) => stream.write(`${text}\n`) };
+  if (stream.isTTY) output.status = { show: (text) => stream.write(`\r\x1b[K${text}`), clear: () => stream.write('\r\x1b[K') };
+  return output;
+}
+
+export interface LoggerOptions {
+  format?: LogFormat;
+  redactor?: Redactor;
+  /** Default: stderr. */
+  output?: LogOutput;
+  /** Default: the system clock (tests may fix it). */
+  clock?: () => Date;
+}
+
+export function formatSeconds(seconds: number): string {
+  return `${seconds.toFixed(1)} s`;
+}
+
+interface RunningStage {
+  name: string;
+  index: number;
+  total: number;
+  ticker?: NodeJS.Timeout;
 }
 
 export class Logger {
+  readonly format: LogFormat;
+  readonly redactor: Redactor;
+  private readonly output: LogOutput;
+  private readonly clock: () => Date;
+  private stage?: RunningStage;
+  private statusShown = false;
+
   constructor(
     readonly level: LogLevel = 'info',
-    readonly redactor = new Redactor(),
-    private readonly write: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
-  ) {}
+    options: LoggerOptions = {},
+  ) {
+    this.format = options.format ?? 'human';
+    this.redactor = options.redactor ?? new Redactor();
+    this.output = options.output ?? streamOutput();
+    this.clock = options.clock ?? (() => new Date());
+  }
 
   info(message: string): void {
-    if (this.level !== 'quiet') this.emit(message);
+    this.emit({ level: 'info', event: 'message', message }, message);
   }
 
   verbose(message: string): void {
-    if (this.level === 'verbose') this.emit(message);
+    this.emit({ level: 'verbose', event: 'message', message }, message);
   }
 
   warn(message: string): void {
-    this.emit(`warning: ${message}`);
+    this.emit({ level: 'warn', event: 'warning', message }, `warning: ${message}`);
   }
 
-  error(message: string): void {
-    this.emit(`error: ${message}`);
+  /** `stage` names the stage that failed when the error is reported after it ended. */
+  error(message: string, stage?: string): void {
+    this.emit({ level: 'error', event: 'error', message, ...(stage === undefined ? {} : { stage }) }, `error: ${message}`);
   }
 
-  private emit(message: string): void {
-    for (const line of this.redactor.redact(message).split('\n')) this.write(line);
+  /** A stage begins; events until stageEnd belong to it. `index` is 1-based. */
+  stageStart(name: string, summary: string, index: number, total: number): void {
+    this.stage = { name, index, total };
+    this.emit({ level: 'info', event: 'stage-start', stage: name, index, total, message: summary }, `[${index}/${total}] ${name}: ${summary}`);
+    this.startTicker(this.stage);
+  }
+
+  stageEnd(seconds: number, outcome: StageOutcome): void {
+    const stage = this.stage;
+    this.stage = undefined;
+    if (stage?.ticker) clearInterval(stage.ticker);
+    this.clearStatus();
+    const message = `${outcome === 'done' ? 'done in' : 'failed after'} ${formatSeconds(seconds)}`;
+    const position = stage ? { stage: stage.name, index: stage.index, total: stage.total } : {};
+    this.emit({ level: 'info', event: 'stage-end', ...position, seconds: Math.round(seconds * 10) / 10, outcome, message }, `      ${message}`);
+  }
+
+  /** The command's outcome: `message` for people, `result` (json format only) for machines. */
+  result(message: string, result: unknown, seconds?: number): void {
+    this.emit({ level: 'info', event: 'result', ...(seconds === undefined ? {} : { seconds: Math.round(seconds * 10) / 10 }), message, result }, message);
+  }
+
+  private shows(level: Severity): boolean {
+    if (level === 'verbose') return this.level === 'verbose';
+    if (level === 'info') return this.level !== 'quiet';
+    return true;
+  }
+
+  private emit(event: Omit<LogEvent, 'time'>, human: string): void {
+    if (!this.shows(event.level)) return;
+    if (this.format === 'json') {
+      const { level, event: name, ...details } = event;
+      // Messages logged inside a stage carry its name; the human format shows that by position.
+      const stage = this.stage && details.stage === undefined ? { stage: this.stage.name } : {};
+      const full: LogEvent = { time: this.clock().toISOString(), level, event: name, ...stage, ...details, message: details.message.trim() };
+      this.output.line(JSON.stringify(this.redactor.redactValue(full)));
+      return;
+    }
+    this.clearStatus();
+    for (const line of this.redactor.redact(human).split('\n')) this.output.line(line);
+  }
+
+  /** Elapsed time of the running stage, once a second, on a terminal at the info level only. */
+  private startTicker(stage: RunningStage): void {
+    const status = this.output.status;
+    if (!status || this.format !== 'human' || this.level !== 'info') return;
+    const started = Date.now();
+    stage.ticker = setInterval(() => {
+      status.show(this.redactor.redact(`  ${stage.name} ${Math.round((Date.now() - started) / 1000)} s`));
+      this.statusShown = true;
+    }, 1000);
+    // The runner always ends the stage; unref keeps a forgotten ticker from holding the process.
+    stage.ticker.unref();
+  }
+
+  private clearStatus(): void {
+    if (!this.statusShown) return;
+    this.output.status?.clear();
+    this.statusShown = false;
   }
 }
 

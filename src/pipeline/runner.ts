@@ -46,45 +46,29 @@ export class SignalGuard {
   }
 }
 
-function formatSeconds(seconds: number): string {
-  return `${seconds.toFixed(1)} s`;
-}
-
-/** Shows elapsed time of the running stage on a terminal; silent in non-TTY logs. */
-function startTicker(log: Logger, label: string): () => void {
-  if (!process.stderr.isTTY || log.level !== 'info') return () => undefined;
-  const started = Date.now();
-  const timer = setInterval(() => process.stderr.write(`\r  ${label} ${Math.round((Date.now() - started) / 1000)} s `), 1000);
-  return () => {
-    clearInterval(timer);
-    process.stderr.write('\r\x1b[K');
-  };
-}
-
 export async function runStages(ctx: BuildContext, stages: readonly Stage[], guard: SignalGuard): Promise<void> {
   const total = stages.length;
   try {
     for (const [index, stage] of stages.entries()) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
-      ctx.log.info(`[${index + 1}/${total}] ${stage.name}: ${stage.summary}`);
+      ctx.log.stageStart(stage.name, stage.summary, index + 1, total);
       const started = performance.now();
-      const stopTicker = startTicker(ctx.log, stage.name);
+      const elapsed = () => (performance.now() - started) / 1000;
       try {
         if (injectedFailure(stage.name, 'start')) throw new Error('injected failure (KEYLESSGO_FAIL_AT)');
         await stage.run(ctx);
         if (ctx.signal.aborted) throw ctx.signal.reason;
         if (injectedFailure(stage.name, 'end')) throw new Error('injected failure (KEYLESSGO_FAIL_AT)');
       } catch (error) {
+        ctx.log.stageEnd(elapsed(), 'failed');
         if (ctx.signal.aborted) throw ctx.signal.reason;
         // Input found wrong only now (e.g. the tree does not fit the disk) stays an input error.
         if (error instanceof InputError) throw error;
         throw new StageError(stage.name, error);
-      } finally {
-        stopTicker();
       }
-      const seconds = (performance.now() - started) / 1000;
+      const seconds = elapsed();
       ctx.state.stageSeconds[stage.name] = Math.round(seconds * 10) / 10;
-      ctx.log.info(`      done in ${formatSeconds(seconds)}`);
+      ctx.log.stageEnd(seconds, 'done');
     }
   } finally {
     guard.enterCleanup();

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { InputError } from '../../src/errors.js';
-import { Logger, Redactor, type LogLevel } from '../../src/log.js';
+import { Logger, Redactor, type LogFormat, type LogLevel } from '../../src/log.js';
 import { loadRecipe, parseRecipeText } from '../../src/recipe/load.js';
 import type { Recipe } from '../../src/recipe/schema.js';
 import type { BuildIds } from '../../src/pipeline/context.js';
@@ -53,9 +53,9 @@ export async function tempDir(): Promise<string> {
 }
 
 /** A logger whose lines land in `lines` instead of stderr. */
-export function captureLogger(level: LogLevel = 'info', redactor = new Redactor()): { log: Logger; lines: string[] } {
+export function captureLogger(level: LogLevel = 'info', redactor = new Redactor(), format: LogFormat = 'human'): { log: Logger; lines: string[] } {
   const lines: string[] = [];
-  return { log: new Logger(level, redactor, (line) => lines.push(line)), lines };
+  return { log: new Logger(level, { format, redactor, output: { line: (text) => lines.push(text) } }), lines };
 }
 
 /**
