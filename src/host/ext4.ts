@@ -13,13 +13,14 @@ export interface Ext4FromTree {
   tree: string;
   label: string;
   uuid: string;
-  blocks: number;
+  /** Filesystem size in blocks; the whole device when absent. */
+  blocks?: number;
 }
 
 export function mkfsExt4Args({ image, tree, label, uuid, blocks }: Ext4FromTree): string[] {
   // lazy_itable_init=0: otherwise the machine zeroes the inode tables through dm-crypt in the
   // background at first boot.
-  return ['-q', '-F', '-t', 'ext4', '-b', String(EXT4_BLOCK_BYTES), '-E', 'lazy_itable_init=0', '-L', label, '-U', uuid, '-d', tree, image, String(blocks)];
+  return ['-q', '-F', '-t', 'ext4', '-b', String(EXT4_BLOCK_BYTES), '-E', 'lazy_itable_init=0', '-L', label, '-U', uuid, '-d', tree, image, ...(blocks === undefined ? [] : [String(blocks)])];
 }
 
 /** A byte range of the filesystem image. */
@@ -59,4 +60,16 @@ export function usedRangesFromDumpe2fs(text: string): ByteRange[] {
 
 export async function ext4UsedRanges(host: HostRunner, image: string): Promise<ByteRange[]> {
   return usedRangesFromDumpe2fs(await host.run('dumpe2fs', [image]));
+}
+
+/** Bytes in use (all blocks minus free blocks), from `dumpe2fs -h`. */
+export function usedBytesFromSuperblock(text: string): number {
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(text)?.[1]);
+  const [count, free, size] = [field('Block count'), field('Free blocks'), field('Block size')];
+  if (![count, free, size].every(Number.isInteger)) throw new Error('dumpe2fs -h printed no block counts');
+  return (count - free) * size;
+}
+
+export async function ext4UsedBytes(host: HostRunner, image: string): Promise<number> {
+  return usedBytesFromSuperblock(await host.run('dumpe2fs', ['-h', image]));
 }

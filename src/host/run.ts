@@ -37,15 +37,21 @@ export class HostRunner {
   constructor(
     private readonly log: Logger,
     private readonly signal?: AbortSignal,
+    /** Seconds spent in each host command, summed: the floor `make bench` compares a build against. */
+    readonly toolSeconds: Record<string, number> = {},
   ) {}
 
   /** The same runner without the build's cancel signal: undo actions must run after Ctrl-C. */
   get forCleanup(): HostRunner {
-    return this.signal ? new HostRunner(this.log) : this;
+    return this.signal ? new HostRunner(this.log, undefined, this.toolSeconds) : this;
   }
+
+  /** Called before each command (the build's fault injection); throwing stops the command. */
+  beforeCommand?: (display: string) => void;
 
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
     const display = formatCommand(file, args);
+    this.beforeCommand?.(display);
     this.log.verbose(`$ ${display}`);
     const child = execa(file, args, {
       input: options.input,
@@ -63,7 +69,11 @@ export class HostRunner {
         for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
       });
     }
+    const started = performance.now();
     const result = await child;
+    // A chroot'ed command is counted under its own name.
+    const tool = file === 'chroot' && args[1] ? `chroot ${args[1]}` : file;
+    this.toolSeconds[tool] = (this.toolSeconds[tool] ?? 0) + (performance.now() - started) / 1000;
     if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
     if (result.failed) {
       const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');

@@ -78,8 +78,8 @@ export interface BuildContext {
     /** The per-build archive appended to the initramfs: the base's size, where the archive starts, its size, its files. */
     initramfsAppended?: { baseBytes: number; offset: number; bytes: number; paths: string[] };
     rootfsBytes?: number;
-    /** Bytes of the root filesystem in use, hence encrypted and written (the rest is a hole). */
-    rootEncryptedBytes?: number;
+    /** Bytes each filesystem uses (root: encrypted and written; the rest of each partition is a hole). */
+    usedBytes?: { root?: number; boot?: number; esp?: number };
     layout?: PartitionLayout;
     rawPartial?: string;
     loop?: LoopDevice;

@@ -9,8 +9,13 @@ import type { CleanupStack } from './cleanup.js';
 import type { BuildContext } from './context.js';
 import type { Stage } from './stage.js';
 
-/** Test hook: `KEYLESSGO_FAIL_AT=<stage>[:start|end]` makes that stage fail on purpose. */
-export function injectedFailure(stage: string, point: 'start' | 'end', env = process.env): boolean {
+export type FaultPoint = 'start' | 'middle' | 'end';
+
+/**
+ * Test hook: `KEYLESSGO_FAIL_AT=<stage>[:start|middle|end]` makes that stage fail on purpose:
+ * before it runs, at its second host command (resources of the first are held), or after it.
+ */
+export function injectedFailure(stage: string, point: FaultPoint, env = process.env): boolean {
   const spec = env.KEYLESSGO_FAIL_AT;
   if (!spec) return false;
   const [name, at = 'start'] = spec.split(':');
@@ -56,6 +61,12 @@ export async function runStages(ctx: BuildContext, stages: readonly Stage[], gua
       const elapsed = () => (performance.now() - started) / 1000;
       try {
         if (injectedFailure(stage.name, 'start')) throw new Error('injected failure (KEYLESSGO_FAIL_AT)');
+        let commands = 0;
+        ctx.host.beforeCommand = injectedFailure(stage.name, 'middle')
+          ? () => {
+              if (++commands === 2) throw new Error('injected failure (KEYLESSGO_FAIL_AT)');
+            }
+          : undefined;
         await stage.run(ctx);
         if (ctx.signal.aborted) throw ctx.signal.reason;
         if (injectedFailure(stage.name, 'end')) throw new Error('injected failure (KEYLESSGO_FAIL_AT)');

@@ -4,11 +4,12 @@
  * the BIOS core.img goes into the BIOS boot partition and boot.img into the MBR, patched
  * as grub-bios-setup would. The ESP is written with mtools (no vfat mount needed).
  *
- * Host commands: mkfs.ext4, mkfs.vfat, mmd, mcopy, chroot (grub-mkimage), cp.
+ * Host commands: mkfs.ext4, dumpe2fs, mkfs.vfat, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
  */
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BuildContext } from '../pipeline/context.js';
+import { ext4UsedBytes, mkfsExt4Args } from '../host/ext4.js';
 import type { Stage } from '../pipeline/stage.js';
 import { bootTreeDir, partitionByRole } from './partition.js';
 
@@ -60,7 +61,7 @@ async function makeGrubImage(ctx: BuildContext, target: keyof typeof GRUB_TARGET
 export const bootloaderStage: Stage = {
   name: 'bootloader',
   summary: '/boot, ESP and GRUB for UEFI and BIOS',
-  hostTools: () => ['mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'chroot', 'cp'],
+  hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'mdir', 'chroot', 'cp'],
   async run(ctx) {
     const loop = ctx.state.loop!;
     const layout = ctx.state.layout!;
@@ -77,7 +78,7 @@ export const bootloaderStage: Stage = {
       await ctx.host.run('cp', ['-a', join(ctx.rootfs, 'usr/lib/grub', format), join(bootTree, 'grub', format)]);
     }
     const boot = partitionByRole(layout, 'boot');
-    await ctx.host.run('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-E', 'lazy_itable_init=0', '-L', 'boot', '-U', ctx.ids.bootFsUuid, '-d', bootTree, loop.partition(boot.number)]);
+    await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: loop.partition(boot.number), tree: bootTree, label: 'boot', uuid: ctx.ids.bootFsUuid }));
 
     const esp = loop.partition(partitionByRole(layout, 'esp').number);
     await ctx.host.run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'ESP', '-i', ctx.ids.espVolumeId, esp]);
@@ -86,6 +87,13 @@ export const bootloaderStage: Stage = {
     await writeFile(efiFile, efiImage);
     await ctx.host.run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
     await ctx.host.run('mcopy', ['-i', esp, efiFile, '::/EFI/BOOT/BOOTX64.EFI']);
+
+    const espFree = Number(/([\d ]+) bytes free/.exec(await ctx.host.run('mdir', ['-i', esp, '::/']))?.[1]?.replaceAll(' ', ''));
+    ctx.state.usedBytes = {
+      ...ctx.state.usedBytes,
+      boot: await ext4UsedBytes(ctx.host, loop.partition(boot.number)),
+      esp: partitionByRole(layout, 'esp').sizeBytes - espFree,
+    };
 
     const bios = partitionByRole(layout, 'bios');
     const bootImg = await readFile(join(ctx.rootfs, 'usr/lib/grub/i386-pc/boot.img'));

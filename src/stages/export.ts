@@ -2,22 +2,14 @@
  * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json. Every
  * output is written under a *.partial name and renamed only when the whole set is done.
  *
- * Host commands: qemu-img, sfdisk (-J for the manifest's partition table).
+ * Host commands: qemu-img, sfdisk (-J for the manifest's partition table), sha256sum.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
 import { packageList } from './bootstrap.js';
 import { formatSize } from '../recipe/size.js';
-
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
 
 export function qemuImgConvertArgs(raw: string, qcow2: string, compress: boolean): string[] {
   return ['convert', '-f', 'raw', '-O', 'qcow2', ...(compress ? ['-c'] : []), '-o', 'compat=1.1', raw, qcow2];
@@ -42,7 +34,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       mapperName: 'cryptroot',
     },
     nbde: { clevis: recipe.nbde.clevis, threshold: recipe.nbde.threshold, binding: ctx.state.tang ?? null },
-    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes, rootEncryptedBytes: ctx.state.rootEncryptedBytes },
+    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes, usedBytes: ctx.state.usedBytes },
     partitions: ctx.state.layout!.partitions,
     partitionTable,
     dropbear: {
@@ -55,31 +47,37 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path) })),
     stageSeconds: ctx.state.stageSeconds,
+    hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.toolSeconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
   };
 }
 
 export const exportStage: Stage = {
   name: 'export',
   summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
-  hostTools: (recipe) => (recipe.output.formats.includes('qcow2') ? ['qemu-img', 'sfdisk'] : ['sfdisk']),
+  hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk', 'sha256sum'],
   async run(ctx) {
     const { recipe, outDir } = ctx;
     await ctx.state.loop!.handle.release();
     const rawPartial = ctx.state.rawPartial!;
     const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', rawPartial])) as unknown;
 
+    // The raw image is hashed while qemu-img reads it for the qcow2: two cores, one pass through the page cache.
     const pending: Array<{ partial: string; final: string; format: OutputFile['format'] }> = [];
+    const jobs: Array<Promise<void>> = [];
+    if (recipe.output.formats.includes('raw')) pending.push({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' });
     if (recipe.output.formats.includes('qcow2')) {
       const partial = join(outDir, `${recipe.name}.qcow2.partial`);
       ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
-      await ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, partial, recipe.output.compress));
+      jobs.push(ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, partial, recipe.output.compress)).then(() => undefined));
       pending.push({ partial, final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' });
     }
-    if (recipe.output.formats.includes('raw')) pending.push({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' });
-
+    const sha256 = async (path: string) => (await ctx.host.run('sha256sum', [path])).split(' ')[0]!;
+    const hashes = new Map<string, string>();
+    if (recipe.output.formats.includes('raw')) jobs.push(sha256(rawPartial).then((hash) => void hashes.set(rawPartial, hash)));
+    await Promise.all(jobs);
     for (const file of pending) {
       const { size } = await stat(file.partial);
-      ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256: await sha256File(file.partial) });
+      ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256: hashes.get(file.partial) ?? (await sha256(file.partial)) });
     }
     const sums = ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`).join('');
     const sumsPartial = join(outDir, 'SHA256SUMS.partial');

@@ -42,10 +42,37 @@ export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'priv
   return { privateKey, publicKey: `${privateKey}.pub`, passphraseFile, passphrase };
 }
 
+/** Builds `recipe` through the CLI with fresh secrets into `dir`, using the run's private stage cache. */
+async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, shared: Pick<ImageFixture, 'canary' | 'tang'>): Promise<ImageFixture> {
+  const secrets = await makeSecrets(dir);
+  const recipeFile = join(dir, `${recipe.name}.yaml`);
+  await writeFile(recipeFile, stringify(recipe));
+  const outDir = join(dir, 'out');
+  await mkdir(outDir);
+  const started = performance.now();
+  const args = [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey, '--cache-dir', cacheDir];
+  const result = await execa('node', args, { all: true, reject: false });
+  const buildSeconds = (performance.now() - started) / 1000;
+  const buildLog = join(dir, 'build.log');
+  await writeFile(buildLog, result.all ?? '');
+  if (result.exitCode !== 0) throw new Error(`build of ${recipe.name} failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
+  return {
+    dir,
+    recipeFile,
+    outDir,
+    raw: join(outDir, `${recipe.name}.raw`),
+    qcow2: join(outDir, `${recipe.name}.qcow2`),
+    manifestFile: join(outDir, 'manifest.json'),
+    buildLog,
+    buildSeconds,
+    ...shared,
+    ...secrets,
+  };
+}
+
 export async function buildFixture(): Promise<ImageFixture> {
   const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
   await chmod(dir, 0o700);
-  const secrets = await makeSecrets(dir);
   const canary = `keylessgo-canary-${randomBytes(12).toString('hex')}`;
   const hook = join(dir, 'canary-hook.sh');
   await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\n`);
@@ -56,32 +83,31 @@ export async function buildFixture(): Promise<ImageFixture> {
   recipe.disk = { ...recipe.disk, size: '2GiB' };
   recipe.hooks = [hook];
   recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
-  const recipeFile = join(dir, 'e2e-bookworm.yaml');
-  await writeFile(recipeFile, stringify(recipe));
-
-  const outDir = join(dir, 'out');
-  await mkdir(outDir);
-  const started = performance.now();
-  const result = await execa('node', [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey], { all: true, reject: false });
-  const buildSeconds = (performance.now() - started) / 1000;
-  const buildLog = join(dir, 'build.log');
-  await writeFile(buildLog, result.all ?? '');
-  if (result.exitCode !== 0) throw new Error(`fixture build failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
-  const fixture: ImageFixture = {
-    dir,
-    recipeFile,
-    outDir,
-    raw: join(outDir, 'e2e-bookworm.raw'),
-    qcow2: join(outDir, 'e2e-bookworm.qcow2'),
-    manifestFile: join(outDir, 'manifest.json'),
-    buildLog,
-    buildSeconds,
-    canary,
-    tang,
-    ...secrets,
-  };
+  const fixture = await buildImage(dir, recipe, cacheDirOf(dir), { canary, tang });
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;
+}
+
+/** The stage cache of one test run (so CI's first build is cold and nothing leaks between runs). */
+export function cacheDirOf(fixtureDir: string): string {
+  return join(fixtureDir, 'cache');
+}
+
+/**
+ * A rebuild of the fixture's recipe after changes that leave the package set alone: new
+ * key and passphrase (new secrets), an extra kernel parameter and an overlay file. It must
+ * take the bootstrap tree and the base initramfs from the cache.
+ */
+export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture> {
+  const dir = join(fixture.dir, 'rebuild');
+  await mkdir(join(dir, 'overlay/etc'), { recursive: true });
+  await writeFile(join(dir, 'overlay/etc/keylessgo-rebuild'), 'rebuilt from the cache\n');
+  const recipe = parse(await readFile(fixture.recipeFile, 'utf8')) as Record<string, any>;
+  recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.rebuild=1'] };
+  recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
+  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), fixture);
+  await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
+  return rebuild;
 }
 
 const FIXTURE_JSON = 'fixture.json';

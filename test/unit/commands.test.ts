@@ -1,7 +1,7 @@
 /** Command lines and parsers of host tools: built and read here, never run. */
 import { describe, expect, it } from 'vitest';
 import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameter } from '../../src/pipeline/build.js';
-import { injectedFailure } from '../../src/pipeline/runner.js';
+import { injectedFailure, type FaultPoint } from '../../src/pipeline/runner.js';
 import { luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { formatCommand } from '../../src/host/run.js';
 import { BASE_PACKAGES, CLEVIS_PACKAGES, debootstrapArgs, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
@@ -275,7 +275,7 @@ describe('initramfs checkInitramfsListing', () => {
 });
 
 describe('runner injectedFailure', () => {
-  it.each<[string | undefined, string, 'start' | 'end', boolean]>([
+  it.each<[string | undefined, string, FaultPoint, boolean]>([
     [undefined, 'encrypt', 'start', false],
     ['', 'encrypt', 'start', false],
     ['encrypt', 'encrypt', 'start', true],
@@ -285,6 +285,7 @@ describe('runner injectedFailure', () => {
     ['encrypt:end', 'encrypt', 'start', false],
     ['encrypt', 'export', 'start', false],
     ['encrypt:middle', 'encrypt', 'start', false],
+    ['encrypt:middle', 'encrypt', 'middle', true],
   ])('KEYLESSGO_FAIL_AT=%j fails stage %s at %s: %s', (spec, stage, point, expected) => {
     expect(injectedFailure(stage, point, spec === undefined ? {} : { KEYLESSGO_FAIL_AT: spec })).toBe(expected);
   });

@@ -5,6 +5,7 @@ import { CleanupStack } from '../../src/pipeline/cleanup.js';
 import type { BuildContext } from '../../src/pipeline/context.js';
 import { runStages, SignalGuard } from '../../src/pipeline/runner.js';
 import type { Stage } from '../../src/pipeline/stage.js';
+import { HostRunner } from '../../src/host/run.js';
 import { captureLogger } from './helpers.js';
 
 /** A stage that logs one line and, if `failure` is given, then throws it. */
@@ -31,7 +32,7 @@ async function run(stages: Stage[], format: LogFormat): Promise<{ lines: string[
   const { log, lines } = captureLogger('info', undefined, format);
   const guard = new SignalGuard(log);
   guards.push(guard);
-  const ctx = { log, signal: guard.controller.signal, cleanup: new CleanupStack(log), state: { outputs: [], stageSeconds: {} } } as unknown as BuildContext;
+  const ctx = { log, host: new HostRunner(log), signal: guard.controller.signal, cleanup: new CleanupStack(log), state: { outputs: [], stageSeconds: {} } } as unknown as BuildContext;
   let exitCode = 0;
   await runStages(ctx, stages, guard).catch((error: unknown) => (exitCode = reportFailure(log, error)));
   return { lines, exitCode, ctx };
@@ -100,5 +101,31 @@ describe('runStages with the human format', () => {
       '      failed after N s',
       'error: stage broken failed: disk full',
     ]);
+  });
+});
+
+describe('fault injection in the middle of a stage', () => {
+  afterEach(() => {
+    delete process.env.KEYLESSGO_FAIL_AT;
+  });
+
+  it('fails the stage at its second host command, after the first has run', async () => {
+    const ran: string[] = [];
+    const twoCommands: Stage = {
+      name: 'two',
+      summary: 'runs two commands',
+      hostTools: () => ['true'],
+      run: async (ctx) => {
+        for (const label of ['first', 'second']) {
+          await ctx.host.run('true', [label]);
+          ran.push(label);
+        }
+      },
+    };
+    process.env.KEYLESSGO_FAIL_AT = 'two:middle';
+    const { exitCode, lines } = await run([twoCommands], 'human');
+    expect(exitCode).toBe(1);
+    expect(ran).toEqual(['first']);
+    expect(lines.join('\n')).toMatch(/stage two failed.*injected failure/s);
   });
 });

@@ -10,7 +10,7 @@ import { mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LUKS_DATA_OFFSET_BYTES, luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
-import { EXT4_BLOCK_BYTES, mkfsExt4Args, usedRangesFromDumpe2fs, type ByteRange } from '../../src/host/ext4.js';
+import { EXT4_BLOCK_BYTES, mkfsExt4Args, usedBytesFromSuperblock, usedRangesFromDumpe2fs, type ByteRange } from '../../src/host/ext4.js';
 import { encryptRanges, nodeCipherName } from '../../src/luks/encrypt-ranges.js';
 import { recipeWith, tempDir } from './helpers.js';
 
@@ -35,6 +35,13 @@ describe('usedRangesFromDumpe2fs', () => {
 
   it('refuses output without the superblock fields', () => {
     expect(() => usedRangesFromDumpe2fs('  Free blocks: 1-2')).toThrow(/block count/);
+  });
+});
+
+describe('usedBytesFromSuperblock', () => {
+  it('is the block count minus the free blocks, in bytes', () => {
+    expect(usedBytesFromSuperblock('Block count:              98304\nFree blocks:              71109\nBlock size:               4096\n')).toBe((98304 - 71109) * 4096);
+    expect(() => usedBytesFromSuperblock('Block count: 1\n')).toThrow(/block counts/);
   });
 });
 
@@ -69,6 +76,7 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     await execa('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: '11111111-2222-4333-8444-555555555555', blocks: fsBytes / EXT4_BLOCK_BYTES }));
     const ranges: ByteRange[] = usedRangesFromDumpe2fs((await execa('dumpe2fs', [plaintext])).stdout);
     const usedBytes = ranges.reduce((sum, r) => sum + r.length, 0);
+    expect(usedBytes).toBe(usedBytesFromSuperblock((await execa('dumpe2fs', ['-h', plaintext])).stdout));
     expect(usedBytes).toBeGreaterThan(3 * MiB);
     expect(usedBytes).toBeLessThan(fsBytes / 2);
 
