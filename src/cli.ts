@@ -8,6 +8,9 @@ import { Logger } from './log.js';
 import { build } from './pipeline/build.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
+import { formatInspectReport } from './inspect/format.js';
+import { inspectImage } from './inspect/inspect.js';
+import { HostRunner } from './host/run.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
@@ -122,6 +125,18 @@ program
       json: opts.json ?? false,
       log: logger(opts),
     });
+  });
+
+program
+  .command('inspect')
+  .description('report what an image holds (partitions, LUKS header, Tang binding, initramfs, kernel command line) without its passphrase; never writes to it')
+  .argument('<image>', 'disk image (raw, qcow2 or any format qemu-img reads); a manifest.json beside it is compared too')
+  .option('--json', 'print the report as JSON')
+  .addOption(verboseOption)
+  .addOption(quietOption)
+  .action(async (image: string, opts: { json?: boolean; verbose?: boolean; quiet?: boolean }) => {
+    const report = await inspectImage(new HostRunner(logger(opts)), image);
+    process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatInspectReport(report));
   });
 
 program

@@ -45,6 +45,15 @@ export class HostRunner {
   }
 
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
+    return String(await this.exec(file, args, options, 'utf8'));
+  }
+
+  /** Like run, for output that is not text (e.g. a decompressed archive). */
+  async runBinary(file: string, args: readonly string[], options: RunOptions = {}): Promise<Buffer> {
+    return Buffer.from(await this.exec(file, args, options, 'buffer'));
+  }
+
+  private async exec(file: string, args: readonly string[], options: RunOptions, encoding: 'utf8' | 'buffer'): Promise<string | Uint8Array> {
     const display = formatCommand(file, args);
     this.log.verbose(`$ ${display}`);
     const child = execa(file, args, {
@@ -53,10 +62,10 @@ export class HostRunner {
       env: { LC_ALL: 'C.UTF-8', ...options.env },
       cancelSignal: options.signal ?? this.signal,
       reject: false,
-      stripFinalNewline: true,
+      stripFinalNewline: encoding === 'utf8',
       all: true,
       maxBuffer: 256 * 1024 * 1024,
-      encoding: 'utf8',
+      encoding,
     });
     if (options.stream && child.all) {
       child.all.on('data', (chunk: Buffer) => {
@@ -66,9 +75,10 @@ export class HostRunner {
     const result = await child;
     if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
     if (result.failed) {
-      const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');
+      const text = (output: unknown) => (output instanceof Uint8Array ? Buffer.from(output).toString('utf8') : String(output ?? ''));
+      const tail = (text(result.stderr) || text(result.all) || String(result.message)).split('\n').slice(-15).join('\n');
       throw new CommandError(display, result.exitCode, this.log.redactor.redact(tail));
     }
-    return String(result.stdout);
+    return result.stdout ?? '';
   }
 }
