@@ -45,15 +45,15 @@ export class HostRunner {
   }
 
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
-    return String(await this.exec(file, args, options, 'utf8'));
+    return String(await this.exec(file, args, options, false));
   }
 
   /** Like run, for output that is not text (e.g. a decompressed archive). */
   async runBinary(file: string, args: readonly string[], options: RunOptions = {}): Promise<Buffer> {
-    return Buffer.from(await this.exec(file, args, options, 'buffer'));
+    return Buffer.from(await this.exec(file, args, options, true));
   }
 
-  private async exec(file: string, args: readonly string[], options: RunOptions, encoding: 'utf8' | 'buffer'): Promise<string | Uint8Array> {
+  private async exec(file: string, args: readonly string[], options: RunOptions, binary: boolean): Promise<string | Buffer> {
     const display = formatCommand(file, args);
     this.log.verbose(`$ ${display}`);
     const child = execa(file, args, {
@@ -62,11 +62,15 @@ export class HostRunner {
       env: { LC_ALL: 'C.UTF-8', ...options.env },
       cancelSignal: options.signal ?? this.signal,
       reject: false,
-      stripFinalNewline: encoding === 'utf8',
-      all: true,
+      stripFinalNewline: !binary,
+      all: !binary,
+      // execa's own buffering of large binary output takes seconds per 100 MiB: chunks are collected below.
+      buffer: { stdout: !binary },
       maxBuffer: 256 * 1024 * 1024,
-      encoding,
+      encoding: binary ? 'buffer' : 'utf8',
     });
+    const chunks: Buffer[] = [];
+    if (binary) child.stdout?.on('data', (chunk: Buffer) => chunks.push(chunk));
     if (options.stream && child.all) {
       child.all.on('data', (chunk: Buffer) => {
         for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
@@ -79,6 +83,6 @@ export class HostRunner {
       const tail = (text(result.stderr) || text(result.all) || String(result.message)).split('\n').slice(-15).join('\n');
       throw new CommandError(display, result.exitCode, this.log.redactor.redact(tail));
     }
-    return result.stdout ?? '';
+    return binary ? Buffer.concat(chunks) : String(result.stdout);
   }
 }

@@ -2,6 +2,7 @@
  * ext4 file systems read with debugfs, without mounting: a raw image is opened in place
  * (debugfs' `?offset=` io option), other formats through an extracted copy.
  */
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { HostRunner } from '../host/run.js';
 import type { DiskImage } from './image.js';
@@ -33,15 +34,18 @@ function quoted(path: string): string {
 }
 
 export class Ext4Reader {
+  private copies = 0;
+
   constructor(
     private readonly host: HostRunner,
     /** What debugfs opens: a file, or `file?offset=N`. */
     private readonly spec: string,
+    private readonly scratchDir: string,
   ) {}
 
   static async open(host: HostRunner, image: DiskImage, offset: number, sizeBytes: number, scratchDir: string): Promise<Ext4Reader> {
-    if (image.format === 'raw') return new Ext4Reader(host, `${image.path}?offset=${offset}`);
-    return new Ext4Reader(host, await image.extract(offset, sizeBytes, join(scratchDir, `fs-${offset}`)));
+    if (image.format === 'raw') return new Ext4Reader(host, `${image.path}?offset=${offset}`, scratchDir);
+    return new Ext4Reader(host, await image.extract(offset, sizeBytes, join(scratchDir, `fs-${offset}`)), scratchDir);
   }
 
   private debugfs(request: string): Promise<string> {
@@ -58,7 +62,16 @@ export class Ext4Reader {
     return /^Fast link dest: "(.*)"$/m.exec(await this.debugfs(`stat ${quoted(path)}`))?.[1];
   }
 
+  /** A file's contents (through a scratch file: debugfs writes large files faster than a pipe is read). */
   async read(path: string): Promise<Buffer> {
-    return this.host.runBinary('debugfs', ['-R', `cat ${quoted(path)}`, this.spec]);
+    const copy = join(this.scratchDir, `file-${this.copies++}`);
+    await this.debugfs(`dump ${quoted(path)} ${quoted(copy)}`);
+    try {
+      return await readFile(copy);
+    } catch {
+      throw new Error(`cannot read ${path} from the file system`);
+    } finally {
+      await rm(copy, { force: true });
+    }
   }
 }

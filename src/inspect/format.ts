@@ -16,7 +16,7 @@ function columns(rows: string[][]): string[] {
 }
 
 function describeKeyslot(k: Keyslot): string {
-  const cost = k.kdf === 'pbkdf2' ? `${k.hash}, ${k.iterations} iterations` : `time ${k.timeCost}, memory ${k.memoryKiB} KiB, ${k.parallel} threads`;
+  const cost = k.kdf === 'pbkdf2' ? `${k.hash}, ${k.iterations} iterations` : `time ${k.timeCost}, memory ${k.memoryKiB} KiB, ${k.parallel} ${k.parallel === 1 ? 'thread' : 'threads'}`;
   return `${k.type}, ${k.kdf} (${cost})`;
 }
 
@@ -74,7 +74,7 @@ export function formatInspectReport(report: InspectReport): string {
       section(`Initramfs (${initramfs.files.join(' ')}: ${initramfs.entryCount} entries; ${initramfs.segments.join(', ')})`, [
         ...Object.entries(initramfs.contains).map(([name, present]): Row => [name, yesNo(present)]),
         ...initramfs.authorizedKeys.map((k): Row => ['authorized key', `${k.type} ${k.fingerprint} ${k.comment}${k.options ? ` [${k.options}]` : ''}`.trimEnd()]),
-        ...initramfs.dropbearHostKeys.map((k): Row => ['dropbear host key', `${k.type} ${k.fingerprint}`]),
+        ...initramfs.dropbearHostKeys.map((k): Row => ['host key', `${k.type} ${k.fingerprint}`]),
         ['dropbear options', initramfs.dropbearOptions ?? '-'],
         ...initramfs.crypttab.map((line): Row => ['crypttab', line]),
         ...initramfs.network.map((line): Row => ['network config', line]),
@@ -83,16 +83,15 @@ export function formatInspectReport(report: InspectReport): string {
   }
 
   if (report.manifest) {
-    const { summary, mismatches, file } = report.manifest;
+    const { summary, compared, mismatches, file } = report.manifest;
     const recipe = summary.recipe;
     parts.push(
       section(`Manifest (${file})`, [
         ['recipe', `${recipe?.name ?? '?'} (${recipe?.suite ?? '?'} ${recipe?.architecture ?? '?'})`],
         ['built', `${summary.builtAt ?? '?'} by ${summary.tool?.name ?? '?'} ${summary.tool?.version ?? ''}`.trimEnd()],
         ['kernel', summary.kernel?.version ?? '?'],
-        ...(mismatches.length === 0
-          ? [['compared', 'partitions, LUKS header, Tang binding, cmdline and initramfs keys match the image'] as Row]
-          : mismatches.map((m): Row => [`MISMATCH ${m.field}`, `manifest ${m.manifest}, image ${m.image}`])),
+        ['compared', `${compared.length} fields with the image, ${mismatches.length === 0 ? 'all match' : `${mismatches.length} differ`}`],
+        ...mismatches.map((m): Row => [`MISMATCH ${m.field}`, `manifest ${m.manifest}, image ${m.image}`]),
       ]),
     );
   }

@@ -24,6 +24,16 @@ export function blockSizeFor(offset: number, length: number): number {
   return size;
 }
 
+/**
+ * `qemu-img dd` arguments copying `length` bytes at `offset`. Its count includes the skipped
+ * blocks (it counts from the start of the input), unlike dd(1).
+ */
+export function qemuImgDdArgs(format: string, path: string, offset: number, length: number, to: string): string[] {
+  const block = blockSizeFor(offset, length);
+  // Explicit -f: the format was probed once; qemu-img must not guess it again.
+  return ['dd', '-f', format, '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${(offset + length) / block}`, `if=${path}`, `of=${to}`];
+}
+
 async function copyRange(path: string, offset: number, length: number, to: string): Promise<string> {
   const source = await open(path, 'r');
   const target = await open(to, 'wx', 0o600);
@@ -72,10 +82,7 @@ export async function openDiskImage(host: HostRunner, path: string, scratchDir: 
   }
   let reads = 0;
   const extract = async (offset: number, length: number, to: string) => {
-    const size = Math.min(length, Math.max(0, virtualBytes - offset));
-    const block = blockSizeFor(offset, size);
-    // Explicit -f: the format was probed once; qemu-img must not re-guess it per read.
-    await host.run('qemu-img', ['dd', '-f', format, '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${size / block}`, `if=${path}`, `of=${to}`]);
+    await host.run('qemu-img', qemuImgDdArgs(format, path, offset, Math.min(length, Math.max(0, virtualBytes - offset)), to));
     return to;
   };
   return {

@@ -14,7 +14,7 @@ import { Ext4Reader, isExtSuperblock } from './ext4.js';
 import { openDiskImage, type DiskImage } from './image.js';
 import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
 import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary } from './luks.js';
-import { compareWithManifest, readManifest, summariseManifest, type Manifest, type Mismatch } from './manifest.js';
+import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
 import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
 
 export type PartitionContents = 'luks' | 'ext' | 'other';
@@ -32,7 +32,7 @@ export interface InspectReport {
   luks: Array<LuksSummary & { partition: number }>;
   boot: (GrubEntry & { partition: number; grubCfg: string }) | null;
   initramfs: InitramfsReport | null;
-  manifest: { file: string; summary: Manifest; mismatches: Mismatch[] } | null;
+  manifest: ({ file: string; summary: Manifest } & Comparison) | null;
   /** What could not be read or looked wrong, in words. */
   notes: string[];
 }
@@ -119,7 +119,11 @@ export async function inspectImage(host: HostRunner, imagePath: string): Promise
     const notes: string[] = [];
     const luks: InspectReport['luks'] = [];
     for (const p of partitionTable.partitions.filter((p) => p.contents === 'luks')) {
-      luks.push({ partition: p.number, ...(await readLuks(host, image, p.startBytes, p.sizeBytes, scratchDir)) });
+      try {
+        luks.push({ partition: p.number, ...(await readLuks(host, image, p.startBytes, p.sizeBytes, scratchDir)) });
+      } catch (error) {
+        notes.push(`partition ${p.number}: the LUKS header could not be read: ${(error as Error).message}`);
+      }
     }
     if (luks.length === 0) notes.push('no LUKS header found in any partition');
     const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes);
@@ -132,7 +136,7 @@ export async function inspectImage(host: HostRunner, imagePath: string): Promise
       ? {
           file: manifestFile,
           summary: summariseManifest(summary),
-          mismatches: compareWithManifest(summary, {
+          ...compareWithManifest(summary, {
             imageName: basename(imagePath),
             imageBytes: (await stat(imagePath)).size,
             partitions: partitionTable.partitions,

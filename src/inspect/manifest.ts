@@ -54,11 +54,20 @@ export interface ImageFacts {
 
 const list = (values: readonly unknown[]) => values.map(String).sort().join(', ');
 
-/** Fields where manifest and image disagree; fields the image could not tell are skipped. */
-export function compareWithManifest(manifest: Manifest, facts: ImageFacts): Mismatch[] {
+export interface Comparison {
+  /** Fields both the manifest and the image tell. */
+  compared: string[];
+  mismatches: Mismatch[];
+}
+
+/** Compares the fields both sides tell; what the image could not tell (no LUKS, no initramfs) is skipped. */
+export function compareWithManifest(manifest: Manifest, facts: ImageFacts): Comparison {
+  const compared: string[] = [];
   const mismatches: Mismatch[] = [];
   const check = (field: string, expected: string | undefined, actual: string | undefined) => {
-    if (expected !== undefined && actual !== undefined && expected !== actual) mismatches.push({ field, manifest: expected, image: actual });
+    if (expected === undefined || actual === undefined) return;
+    compared.push(field);
+    if (expected !== actual) mismatches.push({ field, manifest: expected, image: actual });
   };
   for (const p of manifest.partitions ?? []) {
     const found = facts.partitions.find((q) => q.label === p.label);
@@ -85,5 +94,5 @@ export function compareWithManifest(manifest: Manifest, facts: ImageFacts): Mism
   }
   const output = manifest.outputs?.find((o) => o.path === facts.imageName);
   check(`outputs ${facts.imageName} bytes`, output?.bytes.toString(), output && facts.imageBytes.toString());
-  return mismatches;
+  return { compared, mismatches };
 }
