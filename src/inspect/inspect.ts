@@ -125,7 +125,7 @@ export async function inspectImage(host: HostRunner, imagePath: string): Promise
         notes.push(`partition ${p.number}: the LUKS header could not be read: ${(error as Error).message}`);
       }
     }
-    if (luks.length === 0) notes.push('no LUKS header found in any partition');
+    if (!partitionTable.partitions.some((p) => p.contents === 'luks')) notes.push('no LUKS header found in any partition');
     const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes);
     if (initramfs) notes.push(...crypttabNotes(initramfs, luks));
 
