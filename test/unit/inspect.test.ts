@@ -173,7 +173,8 @@ describe('manifest comparison', () => {
   });
 });
 
-describe('inspectImage on a small synthetic disk', () => {
+// cryptsetup, mkfs and qemu-img for each disk: seconds on a loaded 2-core host.
+describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
   /** GPT with keylessgo-boot (ext4: grub.cfg, initrd.img -> initrd.img-test) and keylessgo-root (LUKS2, clevis token). */
   async function syntheticDisk(dir: string) {
     const hostKey = dropbearEd25519();
