@@ -45,15 +45,6 @@ export class HostRunner {
   }
 
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
-    return String(await this.exec(file, args, options, false));
-  }
-
-  /** Like run, for output that is not text (e.g. a decompressed archive). */
-  async runBinary(file: string, args: readonly string[], options: RunOptions = {}): Promise<Buffer> {
-    return Buffer.from(await this.exec(file, args, options, true));
-  }
-
-  private async exec(file: string, args: readonly string[], options: RunOptions, binary: boolean): Promise<string | Buffer> {
     const display = formatCommand(file, args);
     this.log.verbose(`$ ${display}`);
     const child = execa(file, args, {
@@ -62,15 +53,11 @@ export class HostRunner {
       env: { LC_ALL: 'C.UTF-8', ...options.env },
       cancelSignal: options.signal ?? this.signal,
       reject: false,
-      stripFinalNewline: !binary,
-      all: !binary,
-      // execa's own buffering of large binary output takes seconds per 100 MiB: chunks are collected below.
-      buffer: { stdout: !binary },
+      stripFinalNewline: true,
+      all: true,
       maxBuffer: 256 * 1024 * 1024,
-      encoding: binary ? 'buffer' : 'utf8',
+      encoding: 'utf8',
     });
-    const chunks: Buffer[] = [];
-    if (binary) child.stdout?.on('data', (chunk: Buffer) => chunks.push(chunk));
     if (options.stream && child.all) {
       child.all.on('data', (chunk: Buffer) => {
         for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
@@ -79,10 +66,9 @@ export class HostRunner {
     const result = await child;
     if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
     if (result.failed) {
-      const text = (output: unknown) => (output instanceof Uint8Array ? Buffer.from(output).toString('utf8') : String(output ?? ''));
-      const tail = (text(result.stderr) || text(result.all) || String(result.message)).split('\n').slice(-15).join('\n');
+      const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');
       throw new CommandError(display, result.exitCode, this.log.redactor.redact(tail));
     }
-    return binary ? Buffer.concat(chunks) : String(result.stdout);
+    return String(result.stdout);
   }
 }

@@ -3,6 +3,8 @@
  * (an uncompressed early microcode archive is usual before the compressed main one). Later
  * entries of the same path replace earlier ones, as they do in the kernel's rootfs.
  */
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 
 export interface CpioEntry {
@@ -101,18 +103,33 @@ export async function unpackInitramfs(images: readonly Buffer[], decompress: Dec
   return { files, segments };
 }
 
-/** gzip in-process; the others through their command-line tools (given). */
-export function decompressorWith(runTool: (file: string, args: string[], input: Buffer) => Promise<Buffer>): Decompressor {
-  const tools: Record<Exclude<Compression, 'gzip'>, [string, string[]]> = {
-    zstd: ['zstd', ['-dcq']],
-    xz: ['xz', ['-dc']],
-    lzma: ['xz', ['-dc', '--format=lzma']],
-    bzip2: ['bzip2', ['-dc']],
-    lz4: ['lz4', ['-dc']],
-  };
+const TOOLS: Record<Exclude<Compression, 'gzip'>, { suffix: string; command: (input: string, output: string) => [string, string[]] }> = {
+  zstd: { suffix: 'zst', command: (input, output) => ['zstd', ['-dq', '-o', output, input]] },
+  lz4: { suffix: 'lz4', command: (input, output) => ['lz4', ['-dq', input, output]] },
+  // xz and bzip2 write beside the input, without its suffix.
+  xz: { suffix: 'xz', command: (input) => ['xz', ['-dkq', input]] },
+  lzma: { suffix: 'lzma', command: (input) => ['xz', ['--format=lzma', '-dkq', input]] },
+  bzip2: { suffix: 'bz2', command: (input) => ['bzip2', ['-dkq', input]] },
+};
+
+/**
+ * gzip in-process, the others with their command-line tools, file to file in `scratchDir`:
+ * reading 100+ MiB from a child's stdout takes Node several times longer than from a file.
+ */
+export function fileDecompressor(run: (file: string, args: string[]) => Promise<unknown>, scratchDir: string): Decompressor {
+  let segments = 0;
   return async (compression, data) => {
     if (compression === 'gzip') return gunzipSync(data);
-    const [file, args] = tools[compression];
-    return runTool(file, args, data);
+    const { suffix, command } = TOOLS[compression];
+    const output = join(scratchDir, `segment-${segments++}`);
+    const input = `${output}.${suffix}`;
+    await writeFile(input, data, { mode: 0o600 });
+    try {
+      await run(...command(input, output));
+      return await readFile(output);
+    } finally {
+      await rm(input, { force: true });
+      await rm(output, { force: true });
+    }
   };
 }

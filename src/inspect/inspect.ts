@@ -9,7 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
 import { bootPath, findBootFiles, guessInitrd, parseGrubCfg, resolveLinks, type GrubEntry } from './boot.js';
-import { decompressorWith, unpackInitramfs } from './cpio.js';
+import { fileDecompressor, unpackInitramfs } from './cpio.js';
 import { Ext4Reader, isExtSuperblock } from './ext4.js';
 import { openDiskImage, type DiskImage } from './image.js';
 import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
@@ -83,7 +83,7 @@ async function inspectBoot(host: HostRunner, image: DiskImage, partitions: Inspe
     try {
       const resolved = await Promise.all(initrdPaths.map((path) => resolveLinks(fs, path)));
       const images = await Promise.all(resolved.map((path) => fs.read(path)));
-      const initramfs = await unpackInitramfs(images, decompressorWith((file, args, input) => host.runBinary(file, args, { input })));
+      const initramfs = await unpackInitramfs(images, fileDecompressor((file, args) => host.run(file, args), scratchDir));
       return { boot, initramfs: summariseInitramfs(initramfs, resolved) };
     } catch (error) {
       notes.push(`initramfs ${initrdPaths.join(' ')} could not be read: ${(error as Error).message}`);

@@ -12,7 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { HostRunner } from '../../src/host/run.js';
 import { jwkThumbprint } from '../../src/host/tang.js';
 import { bootPath, parseGrubCfg } from '../../src/inspect/boot.js';
-import { decompressorWith, S_IFLNK, S_IFREG, unpackInitramfs } from '../../src/inspect/cpio.js';
+import { fileDecompressor, S_IFLNK, S_IFREG, unpackInitramfs } from '../../src/inspect/cpio.js';
 import { dropbearHostKey } from '../../src/inspect/dropbear.js';
 import { formatInspectReport } from '../../src/inspect/format.js';
 import { blockSizeFor, qemuImgDdArgs } from '../../src/inspect/image.js';
@@ -24,7 +24,6 @@ import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, ed25519Line, expectInputError, tempDir } from './helpers.js';
 
 const host = new HostRunner(captureLogger('quiet').log);
-const decompress = decompressorWith((file, args, input) => host.runBinary(file, args, { input }));
 
 /** A newc cpio archive of regular files and symlinks, with its trailer. */
 function newc(entries: Array<{ path: string; data: string | Buffer; mode?: number }>): Buffer {
@@ -39,7 +38,11 @@ function newc(entries: Array<{ path: string; data: string | Buffer; mode?: numbe
 }
 
 async function zstd(data: Buffer): Promise<Buffer> {
-  return host.runBinary('zstd', ['-cq'], { input: data });
+  return Buffer.from((await execa('zstd', ['-cq'], { input: data, encoding: 'buffer' })).stdout);
+}
+
+async function unpack(images: Buffer[]) {
+  return unpackInitramfs(images, fileDecompressor((file, args) => host.run(file, args), await tempDir()));
 }
 
 /** A dropbear-format ed25519 host key (string type, string seed||public) and its public line for ssh-keygen. */
@@ -90,7 +93,7 @@ describe('initramfs unpacking', () => {
     const early = newc([{ path: 'kernel/x86/microcode/GenuineIntel.bin', data: 'ucode' }, { path: 'etc/motd', data: 'early' }]);
     const main = newc([{ path: './etc/motd', data: 'main' }, { path: 'usr/sbin/cryptsetup', data: 'ELF' }, { path: 'sbin', data: 'usr/sbin', mode: S_IFLNK | 0o777 }]);
     const image = Buffer.concat([early, Buffer.alloc(512), await zstd(main)]);
-    const initramfs = await unpackInitramfs([image], decompress);
+    const initramfs = await unpack([image]);
     expect(initramfs.files.get('etc/motd')?.data.toString()).toBe('main');
     expect([...initramfs.files.keys()].sort()).toEqual(['etc/motd', 'kernel/x86/microcode/GenuineIntel.bin', 'sbin', 'usr/sbin/cryptsetup']);
     expect(initramfs.segments).toEqual([`cpio at 0 (2 entries)`, `zstd at ${early.length + 512}`, 'compressed cpio at 0 (3 entries)']);
@@ -99,14 +102,27 @@ describe('initramfs unpacking', () => {
   it('handles gzip, several archives inside one compressed stream, and several initrd files in load order', async () => {
     const inner = Buffer.concat([newc([{ path: 'a', data: '1' }]), newc([{ path: 'a', data: '2' }, { path: 'b', data: 'x' }])]);
     const second = newc([{ path: 'b', data: 'y' }]);
-    const initramfs = await unpackInitramfs([gzipSync(inner), second], decompress);
+    const initramfs = await unpack([gzipSync(inner), second]);
     expect(initramfs.files.get('a')?.data.toString()).toBe('2');
     expect(initramfs.files.get('b')?.data.toString()).toBe('y');
   });
 
+  it.each([
+    ['xz', ['-cq']],
+    ['lzma', ['--format=lzma', '-cq']],
+    ['bzip2', ['-cq']],
+    ['lz4', ['-lcq']],
+  ])('decompresses a %s segment with its tool', async (compression, args) => {
+    const archive = newc([{ path: 'usr/bin/curl', data: 'ELF' }]);
+    const compressed = Buffer.from((await execa(compression === 'lzma' ? 'xz' : compression, args, { input: archive, encoding: 'buffer' })).stdout);
+    const initramfs = await unpack([compressed]);
+    expect(initramfs.segments[0]).toBe(`${compression} at 0`);
+    expect(initramfs.files.get('usr/bin/curl')?.data.toString()).toBe('ELF');
+  });
+
   it('refuses data that is neither cpio nor a known compression', async () => {
-    await expect(unpackInitramfs([Buffer.from('not an initramfs')], decompress)).rejects.toThrow(/unrecognised initramfs data at byte 0/);
-    await expect(unpackInitramfs([newc([{ path: 'a', data: 'x' }]).subarray(0, 100)], decompress)).rejects.toThrow(/truncated/);
+    await expect(unpack([Buffer.from('not an initramfs')])).rejects.toThrow(/unrecognised initramfs data at byte 0/);
+    await expect(unpack([newc([{ path: 'a', data: 'x' }]).subarray(0, 100)])).rejects.toThrow(/truncated/);
   });
 });
 
