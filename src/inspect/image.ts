@@ -5,6 +5,7 @@
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
+import { qemuImgDdArgs } from '../host/qemu-img.js';
 import type { HostRunner } from '../host/run.js';
 
 export interface DiskImage {
@@ -15,23 +16,6 @@ export interface DiskImage {
   extract(offset: number, length: number, to: string): Promise<string>;
   /** Reads `length` bytes at `offset` (short at the end of the disk). */
   read(offset: number, length: number): Promise<Buffer>;
-}
-
-/** The largest block size up to 1 MiB dividing both numbers: qemu-img dd counts in blocks. */
-export function blockSizeFor(offset: number, length: number): number {
-  let size = 1024 * 1024;
-  while (size > 1 && (offset % size !== 0 || length % size !== 0)) size /= 2;
-  return size;
-}
-
-/**
- * `qemu-img dd` arguments copying `length` bytes at `offset`. Its count includes the skipped
- * blocks (it counts from the start of the input), unlike dd(1).
- */
-export function qemuImgDdArgs(format: string, path: string, offset: number, length: number, to: string): string[] {
-  const block = blockSizeFor(offset, length);
-  // Explicit -f: the format was probed once; qemu-img must not guess it again.
-  return ['dd', '-f', format, '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${(offset + length) / block}`, `if=${path}`, `of=${to}`];
 }
 
 async function copyRange(path: string, offset: number, length: number, to: string): Promise<string> {

@@ -9,13 +9,13 @@ import { mkdir, open, readFile, symlink, truncate, writeFile } from 'node:fs/pro
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { blockSizeFor, qemuImgDdArgs } from '../../src/host/qemu-img.js';
 import { HostRunner } from '../../src/host/run.js';
 import { jwkThumbprint } from '../../src/host/tang.js';
 import { bootPath, parseGrubCfg } from '../../src/inspect/boot.js';
 import { fileDecompressor, S_IFLNK, S_IFREG, unpackInitramfs } from '../../src/inspect/cpio.js';
 import { dropbearHostKey } from '../../src/inspect/dropbear.js';
 import { formatInspectReport } from '../../src/inspect/format.js';
-import { blockSizeFor, qemuImgDdArgs } from '../../src/inspect/image.js';
 import { inspectImage } from '../../src/inspect/inspect.js';
 import { compareWithManifest } from '../../src/inspect/manifest.js';
 import { parsePartitionTable, TABLE_BYTES } from '../../src/inspect/partitions.js';
