@@ -4,8 +4,8 @@
  */
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { HostRunner } from '../host/run.js';
 import type { DiskImage } from './image.js';
+import type { ToolRunner } from './tools.js';
 
 const EXT_MAGIC_OFFSET = 1024 + 56;
 
@@ -37,13 +37,13 @@ export class Ext4Reader {
   private copies = 0;
 
   constructor(
-    private readonly host: HostRunner,
+    private readonly host: ToolRunner,
     /** What debugfs opens: a file, or `file?offset=N`. */
     private readonly spec: string,
     private readonly scratchDir: string,
   ) {}
 
-  static async open(host: HostRunner, image: DiskImage, offset: number, sizeBytes: number, scratchDir: string): Promise<Ext4Reader> {
+  static async open(host: ToolRunner, image: DiskImage, offset: number, sizeBytes: number, scratchDir: string): Promise<Ext4Reader> {
     if (image.format === 'raw') return new Ext4Reader(host, `${image.path}?offset=${offset}`, scratchDir);
     return new Ext4Reader(host, await image.extract(offset, sizeBytes, join(scratchDir, `fs-${offset}`)), scratchDir);
   }

@@ -6,7 +6,7 @@ import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { qemuImgDdArgs } from '../host/qemu-img.js';
-import type { HostRunner } from '../host/run.js';
+import type { ToolRunner } from './tools.js';
 
 export interface DiskImage {
   path: string;
@@ -36,7 +36,7 @@ async function copyRange(path: string, offset: number, length: number, to: strin
   return to;
 }
 
-export async function openDiskImage(host: HostRunner, path: string, scratchDir: string): Promise<DiskImage> {
+export async function openDiskImage(host: ToolRunner, path: string, scratchDir: string): Promise<DiskImage> {
   const info = await stat(path).catch((error: NodeJS.ErrnoException) => {
     throw new InputError(error.code === 'ENOENT' ? 'no such file' : `cannot read: ${error.message}`, path);
   });

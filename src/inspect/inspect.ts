@@ -16,6 +16,7 @@ import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
 import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary } from './luks.js';
 import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
 import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
+import { inspectTools, type ToolRunner } from './tools.js';
 
 export type PartitionContents = 'luks' | 'ext' | 'other';
 
@@ -58,7 +59,7 @@ interface BootSection {
   initramfs: InitramfsReport | null;
 }
 
-async function inspectBoot(host: HostRunner, image: DiskImage, partitions: InspectedPartition[], scratchDir: string, notes: string[]): Promise<BootSection> {
+async function inspectBoot(host: ToolRunner, image: DiskImage, partitions: InspectedPartition[], scratchDir: string, notes: string[]): Promise<BootSection> {
   // keylessgo's /boot first; otherwise every ext file system is a candidate.
   const candidates = partitions.filter((p) => p.contents === 'ext').sort((a, b) => Number(b.label === 'keylessgo-boot') - Number(a.label === 'keylessgo-boot'));
   for (const partition of candidates) {
@@ -108,7 +109,8 @@ function crypttabNotes(initramfs: InitramfsReport, luks: readonly LuksSummary[])
   });
 }
 
-export async function inspectImage(host: HostRunner, imagePath: string): Promise<InspectReport> {
+export async function inspectImage(hostRunner: HostRunner, imagePath: string): Promise<InspectReport> {
+  const host = await inspectTools(hostRunner);
   const scratchDir = await mkdtemp(join(tmpdir(), 'keylessgo-inspect-'));
   try {
     const image = await openDiskImage(host, imagePath, scratchDir);

@@ -5,8 +5,8 @@
  */
 import { join } from 'node:path';
 import { clevisPinInToken, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
-import type { HostRunner } from '../host/run.js';
 import type { DiskImage } from './image.js';
+import type { ToolRunner } from './tools.js';
 
 export const LUKS_MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
 /** The LUKS2 binary header; LUKS1's fields of interest also lie within it. */
@@ -114,7 +114,7 @@ export function summariseLuks2(header: LuksBinaryHeader, metadataJson: string): 
 const DEFAULT_METADATA_BYTES = 16 * 1024 * 1024;
 
 /** Reads the LUKS header of the partition at `offset` (already known to start with LUKS_MAGIC). */
-export async function readLuks(host: HostRunner, image: DiskImage, offset: number, partitionBytes: number, scratchDir: string): Promise<LuksSummary> {
+export async function readLuks(host: ToolRunner, image: DiskImage, offset: number, partitionBytes: number, scratchDir: string): Promise<LuksSummary> {
   const header = parseLuksBinaryHeader(await image.read(offset, BINARY_HEADER_BYTES))!;
   if (header.version !== 2) return { version: header.version, uuid: header.uuid, label: '', cipher: header.cipher ?? '', keySizeBits: header.keySizeBits ?? 0, keyslots: [], tokens: [] };
   const primary = await image.read(offset, header.headerBytes!);
