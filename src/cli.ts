@@ -9,6 +9,9 @@ import { build } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
+import { formatInspectReport } from './inspect/format.js';
+import { inspectImage } from './inspect/inspect.js';
+import { HostRunner } from './host/run.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
@@ -181,6 +184,18 @@ cache
     const before = opts.unusedDays === undefined ? undefined : new Date(Date.now() - opts.unusedDays * 86_400_000);
     const removed = await new StageCache(opts.cacheDir, new Logger()).prune(before);
     process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}\n`);
+  });
+
+program
+  .command('inspect')
+  .description('report what an image holds (partitions, LUKS header, Tang binding, initramfs, kernel command line) without its passphrase; never writes to it')
+  .argument('<image>', 'disk image (raw, qcow2 or any format qemu-img reads); a manifest.json beside it is compared too')
+  .option('--json', 'print the report as JSON')
+  .addOption(verboseOption)
+  .addOption(quietOption)
+  .action(async (image: string, opts: { json?: boolean; verbose?: boolean; quiet?: boolean }) => {
+    const report = await inspectImage(new HostRunner(logger(opts)), image);
+    process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatInspectReport(report));
   });
 
 program

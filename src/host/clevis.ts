@@ -58,9 +58,19 @@ function serversInHeader(header: ClevisHeader): BoundTangServer[] {
   return [];
 }
 
+function clevisHeaderInToken(tokenJson: string): ClevisHeader | undefined {
+  const token = JSON.parse(tokenJson) as { type?: string; jwe?: { protected?: string } };
+  if (token.type !== 'clevis' || !token.jwe?.protected) return undefined;
+  return decodeProtected(token.jwe.protected);
+}
+
 /** Reads a clevis LUKS2 token (`cryptsetup token export`) down to its Tang servers. */
 export function tangServersInToken(tokenJson: string): BoundTangServer[] {
-  const token = JSON.parse(tokenJson) as { type?: string; jwe?: { protected?: string } };
-  if (token.type !== 'clevis' || !token.jwe?.protected) return [];
-  return serversInHeader(decodeProtected(token.jwe.protected));
+  const header = clevisHeaderInToken(tokenJson);
+  return header ? serversInHeader(header) : [];
+}
+
+/** The clevis pin (tang, sss, tpm2, ...) of a clevis LUKS2 token; undefined for other tokens. */
+export function clevisPinInToken(tokenJson: string): string | undefined {
+  return clevisHeaderInToken(tokenJson)?.clevis?.pin;
 }

@@ -7,6 +7,7 @@
 import { execa } from 'execa';
 import { access, constants, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { qemuImgDdArgs } from '../host/qemu-img.js';
 import type { HostRunner } from '../host/run.js';
 import { bootPartition, type BootManifest } from './manifest.js';
 import { accelArgs, QEMU, type Accel } from './vm.js';
@@ -22,7 +23,6 @@ export interface AccelDecision {
 // Under working KVM the kernel panics within a few seconds; this leaves room for a loaded host.
 const PROBE_TIMEOUT_MS = 20_000;
 const PANIC_MARKER = 'Kernel panic - not syncing';
-const MiB = 1024 * 1024;
 
 /** Copies /vmlinuz-<version> out of the image's /boot file system (read-only: qemu-img dd + debugfs). */
 export async function extractKernel(host: HostRunner, image: string, manifest: BootManifest, workDir: string): Promise<string> {
@@ -30,7 +30,7 @@ export async function extractKernel(host: HostRunner, image: string, manifest: B
   const bootFs = join(workDir, 'boot-fs.raw');
   const kernel = join(workDir, 'vmlinuz');
   try {
-    await host.run('qemu-img', ['dd', '-O', 'raw', 'bs=1M', `skip=${boot.startBytes / MiB}`, `count=${boot.sizeBytes / MiB}`, `if=${image}`, `of=${bootFs}`]);
+    await host.run('qemu-img', qemuImgDdArgs(undefined, image, boot.startBytes, boot.sizeBytes, bootFs));
     await host.run('debugfs', ['-R', `dump /vmlinuz-${manifest.kernel.version} ${kernel}`, bootFs]);
   } finally {
     await rm(bootFs, { force: true });

@@ -31,7 +31,7 @@ const KEY_FIELDS: Record<string, number> = {
 };
 
 /** Splits an SSH key blob into its length-prefixed fields; undefined if the lengths don't add up. */
-function blobFields(blob: Buffer): Buffer[] | undefined {
+export function blobFields(blob: Buffer): Buffer[] | undefined {
   const fields: Buffer[] = [];
   for (let offset = 0; offset < blob.length; ) {
     if (offset + 4 > blob.length) return undefined;
@@ -48,6 +48,29 @@ function isWellFormedKey(type: string, blob: Buffer): boolean {
   const fields = blobFields(blob);
   if (!fields || fields.length !== KEY_FIELDS[type] || fields[0]!.toString('latin1') !== type) return false;
   return type !== 'ssh-ed25519' || fields[1]!.length === 32;
+}
+
+/** Splits at whitespace outside double quotes (authorized_keys options may quote spaces). */
+function splitOutsideQuotes(line: string): string[] {
+  return line.match(/(?:[^\s"]+|"(?:[^"\\]|\\.)*")+/g) ?? [];
+}
+
+export interface AuthorizedKeyWithOptions extends AuthorizedKey {
+  /** The options before the key type, as written (e.g. no-port-forwarding,command="..."). */
+  options: string;
+}
+
+/** Reads an installed authorized_keys file, options included; lines that are no valid key are skipped. */
+export function parseInstalledAuthorizedKeys(text: string): AuthorizedKeyWithOptions[] {
+  return text.split('\n').flatMap((raw): AuthorizedKeyWithOptions[] => {
+    const tokens = splitOutsideQuotes(raw.trim());
+    const typeIndex = tokens.findIndex((token) => token in KEY_FIELDS);
+    if (raw.trim().startsWith('#') || typeIndex < 0) return [];
+    const [type, base64 = '', ...comment] = tokens.slice(typeIndex);
+    const blob = Buffer.from(base64, 'base64');
+    if (!isWellFormedKey(type!, blob)) return [];
+    return [{ options: tokens.slice(0, typeIndex).join(' '), type: type!, base64, comment: comment.join(' '), fingerprint: sshFingerprint(blob) }];
+  });
 }
 
 export function parseAuthorizedKeys(text: string, source: string): AuthorizedKey[] {

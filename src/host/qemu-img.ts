@@ -1,0 +1,18 @@
+/** qemu-img invocations shared by the boot test and inspect. */
+
+/** The largest block size up to 1 MiB dividing both numbers: qemu-img dd counts in blocks. */
+export function blockSizeFor(offset: number, length: number): number {
+  let size = 1024 * 1024;
+  while (size > 1 && (offset % size !== 0 || length % size !== 0)) size /= 2;
+  return size;
+}
+
+/**
+ * `qemu-img dd` arguments copying `length` bytes at `offset`. Its count includes the skipped
+ * blocks (it counts from the start of the input), unlike dd(1).
+ */
+export function qemuImgDdArgs(format: string | undefined, path: string, offset: number, length: number, to: string): string[] {
+  const block = blockSizeFor(offset, length);
+  // With a known format, -f keeps qemu-img from guessing it again.
+  return ['dd', ...(format ? ['-f', format] : []), '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${(offset + length) / block}`, `if=${path}`, `of=${to}`];
+}

@@ -1,0 +1,135 @@
+/**
+ * An initramfs as the kernel unpacks it: newc cpio archives, concatenated, some compressed
+ * (an uncompressed early microcode archive is usual before the compressed main one). Later
+ * entries of the same path replace earlier ones, as they do in the kernel's rootfs.
+ */
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+
+export interface CpioEntry {
+  path: string;
+  mode: number;
+  /** File contents, or a symlink's target. */
+  data: Buffer;
+}
+
+const NEWC_MAGICS = ['070701', '070702'];
+const HEADER_BYTES = 110;
+const TRAILER = 'TRAILER!!!';
+const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+export const S_IFLNK = 0o120000;
+
+export function fileType(mode: number): number {
+  return mode & S_IFMT;
+}
+
+const align4 = (offset: number) => (offset + 3) & ~3;
+
+/** Parses one newc archive starting at `offset`; returns its entries and the offset after its trailer. */
+export function parseNewcArchive(buffer: Buffer, offset: number): { entries: CpioEntry[]; end: number } {
+  const entries: CpioEntry[] = [];
+  for (;;) {
+    if (offset + HEADER_BYTES > buffer.length) throw new Error(`cpio archive truncated at byte ${offset}`);
+    const magic = buffer.toString('latin1', offset, offset + 6);
+    if (!NEWC_MAGICS.includes(magic)) throw new Error(`bad cpio header at byte ${offset}`);
+    const field = (index: number) => parseInt(buffer.toString('latin1', offset + 6 + index * 8, offset + 14 + index * 8), 16);
+    const mode = field(1);
+    const fileSize = field(6);
+    const nameSize = field(11);
+    const nameStart = offset + HEADER_BYTES;
+    const name = buffer.toString('utf8', nameStart, nameStart + nameSize - 1);
+    const dataStart = align4(nameStart + nameSize);
+    const dataEnd = dataStart + fileSize;
+    if (dataEnd > buffer.length) throw new Error(`cpio member ${name} truncated`);
+    offset = align4(dataEnd);
+    if (name === TRAILER) return { entries, end: offset };
+    entries.push({ path: name.replace(/^(\.?\/)+/, ''), mode, data: buffer.subarray(dataStart, dataEnd) });
+  }
+}
+
+export type Compression = 'gzip' | 'zstd' | 'xz' | 'lzma' | 'bzip2' | 'lz4';
+
+const COMPRESSION_MAGICS: Array<[Compression, Buffer]> = [
+  ['gzip', Buffer.from([0x1f, 0x8b])],
+  ['zstd', Buffer.from([0x28, 0xb5, 0x2f, 0xfd])],
+  ['xz', Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])],
+  ['lzma', Buffer.from([0x5d, 0x00, 0x00])],
+  ['bzip2', Buffer.from('BZh')],
+  ['lz4', Buffer.from([0x02, 0x21, 0x4c, 0x18])],
+];
+
+export function detectCompression(buffer: Buffer, offset = 0): Compression | undefined {
+  return COMPRESSION_MAGICS.find(([, magic]) => buffer.subarray(offset, offset + magic.length).equals(magic))?.[0];
+}
+
+/** Decompresses a whole stream (to its end: the command-line tools do not report what they consumed). */
+export type Decompressor = (compression: Compression, data: Buffer) => Promise<Buffer>;
+
+export interface Initramfs {
+  /** Final contents by path: later archives override earlier ones. */
+  files: Map<string, CpioEntry>;
+  /** One line per segment found, e.g. "cpio at 0 (12 entries)", "zstd at 28672". */
+  segments: string[];
+}
+
+/** Unpacks initrd images in load order (a bootloader may load several, e.g. microcode first). */
+export async function unpackInitramfs(images: readonly Buffer[], decompress: Decompressor): Promise<Initramfs> {
+  const files = new Map<string, CpioEntry>();
+  const segments: string[] = [];
+  const walk = async (data: Buffer, depth: number): Promise<void> => {
+    let offset = 0;
+    while (offset < data.length) {
+      if (data[offset] === 0) {
+        offset += 1;
+        continue;
+      }
+      if (NEWC_MAGICS.includes(data.toString('latin1', offset, offset + 6))) {
+        const archive = parseNewcArchive(data, offset);
+        segments.push(`${depth ? 'compressed ' : ''}cpio at ${offset} (${archive.entries.length} entries)`);
+        for (const entry of archive.entries) files.set(entry.path, entry);
+        offset = archive.end;
+        continue;
+      }
+      const compression = detectCompression(data, offset);
+      if (!compression || depth > 0) throw new Error(`unrecognised initramfs data at byte ${offset}`);
+      segments.push(`${compression} at ${offset}`);
+      await walk(await decompress(compression, data.subarray(offset)), depth + 1);
+      return;
+    }
+  };
+  for (const image of images) await walk(image, 0);
+  return { files, segments };
+}
+
+const TOOLS: Record<Exclude<Compression, 'gzip'>, { suffix: string; command: (input: string, output: string) => [string, string[]] }> = {
+  zstd: { suffix: 'zst', command: (input, output) => ['zstd', ['-dq', '-o', output, input]] },
+  lz4: { suffix: 'lz4', command: (input, output) => ['lz4', ['-dq', input, output]] },
+  // xz and bzip2 write beside the input, without its suffix.
+  xz: { suffix: 'xz', command: (input) => ['xz', ['-dkq', input]] },
+  lzma: { suffix: 'lzma', command: (input) => ['xz', ['--format=lzma', '-dkq', input]] },
+  bzip2: { suffix: 'bz2', command: (input) => ['bzip2', ['-dkq', input]] },
+};
+
+/**
+ * gzip in-process, the others with their command-line tools, file to file in `scratchDir`:
+ * reading 100+ MiB from a child's stdout takes Node several times longer than from a file.
+ */
+export function fileDecompressor(run: (file: string, args: string[]) => Promise<unknown>, scratchDir: string): Decompressor {
+  let segments = 0;
+  return async (compression, data) => {
+    if (compression === 'gzip') return gunzipSync(data);
+    const { suffix, command } = TOOLS[compression];
+    const output = join(scratchDir, `segment-${segments++}`);
+    const input = `${output}.${suffix}`;
+    await writeFile(input, data, { mode: 0o600 });
+    try {
+      await run(...command(input, output));
+      return await readFile(output);
+    } finally {
+      await rm(input, { force: true });
+      await rm(output, { force: true });
+    }
+  };
+}

@@ -1,0 +1,155 @@
+/**
+ * `keylessgo inspect`: what an image holds, read without the passphrase and without
+ * writing to it. Sections the image does not have (no LUKS, no /boot, no initramfs) are
+ * reported as absent with a note, so images from other tools can be inspected too.
+ */
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { InputError } from '../errors.js';
+import type { HostRunner } from '../host/run.js';
+import { bootPath, findBootFiles, guessInitrd, parseGrubCfg, resolveLinks, type GrubEntry } from './boot.js';
+import { fileDecompressor, unpackInitramfs } from './cpio.js';
+import { Ext4Reader, isExtSuperblock } from './ext4.js';
+import { openDiskImage, type DiskImage } from './image.js';
+import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
+import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary } from './luks.js';
+import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
+import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
+import { inspectTools, type ToolRunner } from './tools.js';
+
+export type PartitionContents = 'luks' | 'ext' | 'other';
+
+export interface InspectedPartition extends Partition {
+  typeName: string;
+  contents: PartitionContents;
+}
+
+export interface InspectReport {
+  image: string;
+  format: string;
+  virtualBytes: number;
+  partitionTable: { scheme: string; partitions: InspectedPartition[] };
+  luks: Array<LuksSummary & { partition: number }>;
+  boot: (GrubEntry & { partition: number; grubCfg: string }) | null;
+  initramfs: InitramfsReport | null;
+  manifest: ({ file: string; summary: Manifest } & Comparison) | null;
+  /** What could not be read or looked wrong, in words. */
+  notes: string[];
+}
+
+// debugfs needs a file for images that are not raw; larger file systems are not copied out.
+const MAX_EXTRACTED_FS_BYTES = 4 * 1024 ** 3;
+
+async function probePartitions(image: DiskImage): Promise<{ scheme: string; partitions: InspectedPartition[] }> {
+  const table = parsePartitionTable(await image.read(0, TABLE_BYTES));
+  // No partition table: the whole image may be one LUKS container or file system.
+  const partitions = table.partitions.length > 0 ? table.partitions : [{ number: 0, label: '', type: '', startBytes: 0, sizeBytes: image.virtualBytes }];
+  const inspected: InspectedPartition[] = [];
+  for (const partition of partitions) {
+    const start = await image.read(partition.startBytes, BINARY_HEADER_BYTES);
+    const contents: PartitionContents = parseLuksBinaryHeader(start) ? 'luks' : isExtSuperblock(start) ? 'ext' : 'other';
+    inspected.push({ ...partition, typeName: partitionTypeName(partition.type), contents });
+  }
+  return { scheme: table.scheme, partitions: inspected };
+}
+
+interface BootSection {
+  boot: InspectReport['boot'];
+  initramfs: InitramfsReport | null;
+}
+
+async function inspectBoot(host: ToolRunner, image: DiskImage, partitions: InspectedPartition[], scratchDir: string, notes: string[]): Promise<BootSection> {
+  // keylessgo's /boot first; otherwise every ext file system is a candidate.
+  const candidates = partitions.filter((p) => p.contents === 'ext').sort((a, b) => Number(b.label === 'keylessgo-boot') - Number(a.label === 'keylessgo-boot'));
+  for (const partition of candidates) {
+    if (image.format !== 'raw' && partition.sizeBytes > MAX_EXTRACTED_FS_BYTES) {
+      notes.push(`partition ${partition.number}: ext file system not searched for /boot (larger than ${MAX_EXTRACTED_FS_BYTES / 1024 ** 3} GiB in a ${image.format} image)`);
+      continue;
+    }
+    const fs = await Ext4Reader.open(host, image, partition.startBytes, partition.sizeBytes, scratchDir);
+    const files = await findBootFiles(fs);
+    if (!files) continue;
+    const grubCfg = `${files.prefix}/grub/grub.cfg`;
+    const hasGrubCfg = (await fs.list(`${files.prefix}/grub`)).some((entry) => entry.name === 'grub.cfg');
+    const entry = hasGrubCfg ? parseGrubCfg((await fs.read(grubCfg)).toString('utf8')) : undefined;
+    if (!entry) notes.push(hasGrubCfg ? `${grubCfg} has no linux entry` : `no ${grubCfg} on partition ${partition.number}`);
+    const guessed = guessInitrd(files);
+    const initrdPaths = entry?.initrds.length ? entry.initrds.map((path) => bootPath(files.prefix, path)) : guessed ? [guessed] : [];
+    const boot = entry ? { partition: partition.number, grubCfg, ...entry } : null;
+    if (initrdPaths.length === 0) {
+      notes.push(`no initramfs found on partition ${partition.number}`);
+      return { boot, initramfs: null };
+    }
+    try {
+      const resolved = await Promise.all(initrdPaths.map((path) => resolveLinks(fs, path)));
+      const images = await Promise.all(resolved.map((path) => fs.read(path)));
+      const initramfs = await unpackInitramfs(images, fileDecompressor((file, args) => host.run(file, args), scratchDir));
+      return { boot, initramfs: summariseInitramfs(initramfs, resolved) };
+    } catch (error) {
+      notes.push(`initramfs ${initrdPaths.join(' ')} could not be read: ${(error as Error).message}`);
+      return { boot, initramfs: null };
+    }
+  }
+  notes.push('no /boot found (no ext file system with grub/ or an initrd)');
+  return { boot: null, initramfs: null };
+}
+
+/** The LUKS header the manifest describes: keylessgo's root partition, else the first one found. */
+function rootLuks(report: Pick<InspectReport, 'luks' | 'partitionTable'>): LuksSummary | undefined {
+  const root = report.partitionTable.partitions.find((p) => p.label === 'keylessgo-root');
+  return report.luks.find((l) => l.partition === root?.number) ?? report.luks[0];
+}
+
+/** The initramfs crypttab should name a LUKS container that is in the image. */
+function crypttabNotes(initramfs: InitramfsReport, luks: readonly LuksSummary[]): string[] {
+  return initramfs.crypttab.flatMap((line) => {
+    const uuid = /\bUUID=([0-9a-fA-F-]+)/.exec(line)?.[1];
+    return uuid && !luks.some((l) => l.uuid === uuid) ? [`initramfs crypttab names UUID=${uuid}, which is not a LUKS header in this image`] : [];
+  });
+}
+
+export async function inspectImage(hostRunner: HostRunner, imagePath: string): Promise<InspectReport> {
+  const host = await inspectTools(hostRunner);
+  const scratchDir = await mkdtemp(join(tmpdir(), 'keylessgo-inspect-'));
+  try {
+    const image = await openDiskImage(host, imagePath, scratchDir);
+    const partitionTable = await probePartitions(image);
+    if (partitionTable.scheme === 'none' && partitionTable.partitions[0]!.contents === 'other') {
+      throw new InputError('not a disk image: no partition table, LUKS header or ext file system found', imagePath);
+    }
+    const notes: string[] = [];
+    const luks: InspectReport['luks'] = [];
+    for (const p of partitionTable.partitions.filter((p) => p.contents === 'luks')) {
+      try {
+        luks.push({ partition: p.number, ...(await readLuks(host, image, p.startBytes, p.sizeBytes, scratchDir)) });
+      } catch (error) {
+        notes.push(`partition ${p.number}: the LUKS header could not be read: ${(error as Error).message}`);
+      }
+    }
+    if (!partitionTable.partitions.some((p) => p.contents === 'luks')) notes.push('no LUKS header found in any partition');
+    const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes);
+    if (initramfs) notes.push(...crypttabNotes(initramfs, luks));
+
+    const manifestFile = join(dirname(imagePath), 'manifest.json');
+    const { manifest: summary, error } = await readManifest(manifestFile);
+    if (error) notes.push(`${manifestFile}: ${error}`);
+    const manifest = summary
+      ? {
+          file: manifestFile,
+          summary: summariseManifest(summary),
+          ...compareWithManifest(summary, {
+            imageName: basename(imagePath),
+            imageBytes: (await stat(imagePath)).size,
+            partitions: partitionTable.partitions,
+            luks: rootLuks({ luks, partitionTable }),
+            cmdline: boot?.cmdline,
+            initramfs: initramfs ?? undefined,
+          }),
+        }
+      : null;
+    return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, boot, initramfs, manifest, notes };
+  } finally {
+    await rm(scratchDir, { recursive: true, force: true });
+  }
+}

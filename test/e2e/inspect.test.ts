@@ -1,0 +1,143 @@
+/**
+ * `keylessgo inspect` on the shared image (bound to the test Tang), through the real CLI:
+ * its JSON against the manifest and against facts known independently (the test key's
+ * ssh-keygen fingerprint, the Tang key's file name), the human table, the qcow2 twin, and
+ * exit 2 on a file that is no disk image.
+ */
+import { execa } from 'execa';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { InspectReport } from '../../src/inspect/inspect.js';
+import { CLI } from './fixture.js';
+
+const image = inject('image');
+
+interface Manifest {
+  luks: { uuid: string };
+  kernel: { version: string; cmdline: string };
+  partitions: Array<{ label: string; startBytes: number; sizeBytes: number }>;
+  dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
+  nbde: { binding: { slot: number; servers: Array<{ url: string; thumbprints: string[] }> } };
+}
+
+let manifest: Manifest;
+let report: InspectReport;
+let human: string;
+let scratch: string;
+const seconds: Record<string, number> = {};
+
+async function inspect(...args: string[]) {
+  const started = performance.now();
+  const result = await execa('node', [CLI, 'inspect', ...args], { reject: false });
+  seconds[args.join(' ')] = (performance.now() - started) / 1000;
+  return result;
+}
+
+beforeAll(async () => {
+  manifest = JSON.parse(await readFile(image.manifestFile, 'utf8')) as Manifest;
+  scratch = await mkdtemp(join(image.dir, 'inspect-cli-'));
+  const result = await inspect(image.raw, '--json');
+  expect(result.exitCode, result.stderr).toBe(0);
+  report = JSON.parse(result.stdout) as InspectReport;
+  const table = await inspect(image.raw);
+  expect(table.exitCode, table.stderr).toBe(0);
+  human = table.stdout;
+});
+
+afterAll(async () => {
+  await rm(scratch, { recursive: true, force: true });
+  process.stderr.write(`inspect run times: ${JSON.stringify(seconds)}\n`);
+});
+
+describe('keylessgo inspect --json on the built image', () => {
+  it('lists the GPT partitions with their labels, and finds LUKS and ext4 where they are', () => {
+    expect(report.partitionTable.scheme).toBe('gpt');
+    expect(report.partitionTable.partitions.map((p) => ({ label: p.label, startBytes: p.startBytes, sizeBytes: p.sizeBytes }))).toEqual(
+      manifest.partitions.map(({ label, startBytes, sizeBytes }) => ({ label, startBytes, sizeBytes })),
+    );
+    expect(report.partitionTable.partitions.map((p) => p.contents)).toEqual(['other', 'other', 'ext', 'luks']);
+  });
+
+  it('reads the LUKS2 header: manifest UUID, keyslots 0 and 1, and the clevis token bound to the test Tang', async () => {
+    expect(report.luks).toHaveLength(1);
+    const luks = report.luks[0]!;
+    expect(luks).toMatchObject({ partition: 4, version: 2, uuid: manifest.luks.uuid, cipher: 'aes-xts-plain64', keySizeBits: 512, sectorSize: 4096 });
+    expect(luks.keyslots.map((k) => k.slot)).toEqual([0, 1]);
+    expect(luks.keyslots[0]).toMatchObject({ kdf: 'argon2id', memoryKiB: 65536, timeCost: 4 });
+    const [token] = luks.tokens;
+    expect(token).toMatchObject({ type: 'clevis', clevisPin: 'tang', keyslots: [1], tang: [{ url: image.tang.guestUrl }] });
+    // tangd-keygen names each key file by its thumbprint: an oracle independent of inspect's JWK code.
+    const keyFiles = await readdir(image.tang.keyDir);
+    expect(keyFiles).toContain(`${token!.tang![0]!.thumbprints[0]}.jwk`);
+    expect(token!.tang).toEqual(manifest.nbde.binding.servers);
+  });
+
+  it('reads the kernel command line from grub.cfg on /boot', () => {
+    expect(report.boot).toMatchObject({ partition: 3, grubCfg: '/grub/grub.cfg', kernel: '/vmlinuz', cmdline: manifest.kernel.cmdline, initrds: ['/initrd.img'] });
+  });
+
+  it('looks inside the initramfs: unlock tools, the forced-command key, dropbear host keys, crypttab', async () => {
+    const initramfs = report.initramfs!;
+    expect(initramfs.files).toEqual([`/initrd.img-${manifest.kernel.version}`]);
+    expect(Object.entries(initramfs.contains).filter(([, present]) => !present)).toEqual([]);
+    expect(Object.keys(initramfs.contains)).toEqual(expect.arrayContaining(['cryptsetup', 'dropbear', 'clevis', 'curl', 'cryptroot-unlock']));
+    const fingerprint = (await execa('ssh-keygen', ['-l', '-E', 'sha256', '-f', image.publicKey])).stdout.split(' ')[1];
+    expect(initramfs.authorizedKeys).toEqual([
+      expect.objectContaining({ type: 'ssh-ed25519', fingerprint, comment: 'keylessgo-test', options: 'no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command="cryptroot-unlock"' }),
+    ]);
+    const byFingerprint = (keys: Array<{ fingerprint: string }>) => keys.map((k) => k.fingerprint).sort();
+    expect(byFingerprint(initramfs.dropbearHostKeys)).toEqual(byFingerprint(manifest.dropbear.hostKeys));
+    expect(initramfs.dropbearOptions).toBe('-s -j -k -p 22 -I 180');
+    expect(initramfs.crypttab).toEqual([expect.stringMatching(new RegExp(`^cryptroot\\s+UUID=${manifest.luks.uuid}\\s`))]);
+  });
+
+  it('compares the manifest beside the image and finds no mismatch', () => {
+    expect(report.manifest?.file).toBe(image.manifestFile);
+    expect(report.manifest?.compared).toEqual(expect.arrayContaining(['luks.uuid', 'luks.keyslots', 'nbde.binding', 'kernel.cmdline', 'dropbear.hostKeys', 'dropbear.authorizedKeys']));
+    expect(report.manifest?.mismatches).toEqual([]);
+    expect(report.notes).toEqual([]);
+  });
+
+  it('never prints secrets: no passphrase, no private key material, no canary', async () => {
+    const privateKey = (await readFile(image.privateKey, 'utf8')).split('\n').slice(1, -2).join('');
+    for (const output of [JSON.stringify(report), human]) {
+      expect(output).not.toContain(image.passphrase);
+      expect(output).not.toContain(image.canary);
+      expect(output).not.toContain(privateKey.slice(0, 40));
+    }
+  });
+});
+
+describe('keylessgo inspect, human table and other inputs', () => {
+  it('prints sections for partitions, LUKS2, boot, initramfs and manifest', () => {
+    const out = human;
+    expect(out).toMatch(/^ {2}4 +keylessgo-root +Linux root \(x86-64\) +.*luks$/m);
+    expect(out).toContain(`LUKS2 on partition 4\n  uuid       ${manifest.luks.uuid}`);
+    expect(out).toMatch(new RegExp(`^ {2}token 0 +clevis tang -> keyslot 1: ${image.tang.guestUrl} \\(signing key ${manifest.nbde.binding.servers[0]!.thumbprints[0]}\\)$`, 'm'));
+    expect(out).toContain(`  cmdline  ${manifest.kernel.cmdline}`);
+    expect(out).toMatch(/^ {2}cryptroot-unlock +yes$/m);
+    expect(out).toMatch(/^ {2}compared +\d+ fields with the image, all match$/m);
+  });
+
+  it('reports the same for the qcow2 image', async () => {
+    const result = await inspect(image.qcow2, '--json');
+    expect(result.exitCode, result.stderr).toBe(0);
+    const fromQcow2 = JSON.parse(result.stdout) as InspectReport;
+    expect(fromQcow2.format).toBe('qcow2');
+    // The manifest comparison differs only in which output's size it checked.
+    expect({ ...fromQcow2, image: image.raw, format: 'raw', manifest: null }).toEqual({ ...report, manifest: null });
+    expect(fromQcow2.manifest?.compared).toContain('outputs e2e-bookworm.qcow2 bytes');
+    expect(fromQcow2.manifest?.mismatches).toEqual([]);
+  });
+
+  it('exits 2 with one line on a file that is no disk image, and on a missing one', async () => {
+    const garbage = join(scratch, 'garbage.img');
+    await writeFile(garbage, Buffer.alloc(4 * 1024 * 1024, 0xa5));
+    for (const [file, message] of [[garbage, 'not a disk image'], [join(scratch, 'absent.img'), 'no such file']] as const) {
+      const result = await inspect(file);
+      expect(result.exitCode).toBe(2);
+      expect(result.stderr).toBe(`error: ${file}: ${message}${message === 'not a disk image' ? ': no partition table, LUKS header or ext file system found' : ''}`);
+    }
+  });
+});
