@@ -194,7 +194,7 @@ program
   .addOption(verboseOption)
   .addOption(quietOption)
   .action(async (image: string, opts: { json?: boolean; verbose?: boolean; quiet?: boolean }) => {
-    const report = await inspectImage(new HostRunner(logger(opts)), image);
+    const report = await inspectImage(new HostRunner(new Logger(opts.verbose ? "verbose" : opts.quiet ? "quiet" : "info")), image);
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatInspectReport(report));
   });
 

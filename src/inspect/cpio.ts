@@ -64,6 +64,41 @@ export function detectCompression(buffer: Buffer, offset = 0): Compression | und
   return COMPRESSION_MAGICS.find(([, magic]) => buffer.subarray(offset, offset + magic.length).equals(magic))?.[0];
 }
 
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * Bytes taken by the zstd frames (and skippable frames) starting at `offset`, from their
+ * headers: the kernel goes on to the next archive after them (keylessgo appends this build's
+ * files as an uncompressed cpio after a zstd one), so the reader must know where they end.
+ */
+export function zstdFramesLength(buffer: Buffer, offset: number): number {
+  let at = offset;
+  while (at + 4 <= buffer.length) {
+    const magic = buffer.readUInt32LE(at);
+    if ((magic & 0xfffffff0) === 0x184d2a50) {
+      at += 8 + buffer.readUInt32LE(at + 4);
+      continue;
+    }
+    if (magic !== ZSTD_MAGIC) break;
+    const descriptor = buffer[at + 4]!;
+    const singleSegment = (descriptor >> 5) & 1;
+    const contentSizeBytes = [singleSegment, 2, 4, 8][descriptor >> 6]!;
+    const dictionaryBytes = [0, 1, 2, 4][descriptor & 3]!;
+    at += 5 + (singleSegment ? 0 : 1) + dictionaryBytes + contentSizeBytes;
+    for (let last = 0; !last; ) {
+      if (at + 3 > buffer.length) throw new Error('zstd frame truncated');
+      const header = buffer.readUIntLE(at, 3);
+      last = header & 1;
+      const type = (header >> 1) & 3;
+      if (type === 3) throw new Error(`reserved zstd block type at byte ${at}`);
+      at += 3 + (type === 1 ? 1 : header >> 3);
+    }
+    if ((descriptor >> 2) & 1) at += 4;
+  }
+  if (at > buffer.length) throw new Error('zstd frame truncated');
+  return at - offset;
+}
+
 /** Decompresses a whole stream (to its end: the command-line tools do not report what they consumed). */
 export type Decompressor = (compression: Compression, data: Buffer) => Promise<Buffer>;
 
@@ -95,8 +130,13 @@ export async function unpackInitramfs(images: readonly Buffer[], decompress: Dec
       const compression = detectCompression(data, offset);
       if (!compression || depth > 0) throw new Error(`unrecognised initramfs data at byte ${offset}`);
       segments.push(`${compression} at ${offset}`);
-      await walk(await decompress(compression, data.subarray(offset)), depth + 1);
-      return;
+      if (compression !== 'zstd') {
+        await walk(await decompress(compression, data.subarray(offset)), depth + 1);
+        return;
+      }
+      const length = zstdFramesLength(data, offset);
+      await walk(await decompress(compression, data.subarray(offset, offset + length)), depth + 1);
+      offset += length;
     }
   };
   for (const image of images) await walk(image, 0);

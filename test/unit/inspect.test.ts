@@ -99,6 +99,18 @@ describe('initramfs unpacking', () => {
     expect(initramfs.segments).toEqual([`cpio at 0 (2 entries)`, `zstd at ${early.length + 512}`, 'compressed cpio at 0 (3 entries)']);
   });
 
+  it('reads an uncompressed archive appended after a zstd one (keylessgo\'s per-build files), which overrides it', async () => {
+    const base = newc([{ path: 'cryptroot/crypttab', data: 'old' }, { path: 'usr/sbin/dropbear', data: 'ELF' }]);
+    // Two frames, as zstd -T0 may write, with a checksum each.
+    const compressed = Buffer.concat([await zstd(base.subarray(0, 256)), await zstd(base.subarray(256))]);
+    const padding = Buffer.alloc((4 - (compressed.length % 4)) % 4);
+    const appended = newc([{ path: 'cryptroot/crypttab', data: 'new' }]);
+    const initramfs = await unpack([Buffer.concat([compressed, padding, appended])]);
+    expect(initramfs.files.get('cryptroot/crypttab')?.data.toString()).toBe('new');
+    expect(initramfs.files.get('usr/sbin/dropbear')?.data.toString()).toBe('ELF');
+    expect(initramfs.segments).toEqual(['zstd at 0', 'compressed cpio at 0 (2 entries)', `cpio at ${compressed.length + padding.length} (1 entries)`]);
+  });
+
   it('handles gzip, several archives inside one compressed stream, and several initrd files in load order', async () => {
     const inner = Buffer.concat([newc([{ path: 'a', data: '1' }]), newc([{ path: 'a', data: '2' }, { path: 'b', data: 'x' }])]);
     const second = newc([{ path: 'b', data: 'y' }]);
