@@ -163,7 +163,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       kernelCmdline: kernelCmdline(recipe),
       toolVersion: await toolVersion(),
       cache: options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log),
-      state: { cacheKeys: {}, outputs: [], stageSeconds: {} },
+      state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {} },
     };
     await runStages(ctx, STAGES, guard);
     return ctx;

@@ -86,6 +86,8 @@ export interface BuildContext {
     /** Cache keys of the stage results this build used or stored. */
     cacheKeys: Partial<Record<CacheKind, string>>;
     outputs: OutputFile[];
+    /** Partial outputs and their final names, renamed by the runner after the last stage succeeded. */
+    publish: Array<{ from: string; to: string }>;
     stageSeconds: Record<string, number>;
   };
 }

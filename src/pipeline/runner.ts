@@ -3,6 +3,7 @@
  * error, SIGINT, SIGTERM), every registered undo runs before the process exits. A second
  * signal during cleanup is ignored rather than leaving a half-cleaned host.
  */
+import { rename } from 'node:fs/promises';
 import { InputError, InterruptedError, StageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { CleanupStack } from './cleanup.js';
@@ -81,6 +82,9 @@ export async function runStages(ctx: BuildContext, stages: readonly Stage[], gua
       ctx.state.stageSeconds[stage.name] = Math.round(seconds * 10) / 10;
       ctx.log.stageEnd(seconds, 'done');
     }
+    if (ctx.signal.aborted) throw ctx.signal.reason;
+    // Only a build that got through every stage gets outputs under their final names.
+    for (const { from, to } of ctx.state.publish) await rename(from, to);
   } finally {
     guard.enterCleanup();
     await unwindAll(ctx.cleanup, ctx.log);

@@ -1,10 +1,10 @@
 /**
  * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json. Every
- * output is written under a *.partial name and renamed only when the whole set is done.
+ * output is written under a *.partial name; the runner renames the set once the build succeeded.
  *
  * Host commands: qemu-img, sfdisk (-J for the manifest's partition table), sha256sum.
  */
-import { rename, rm, stat, writeFile } from 'node:fs/promises';
+import { rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
@@ -88,9 +88,9 @@ export const exportStage: Stage = {
     // The export stage's own time is not known yet; the manifest records the stages before it.
     await writeFile(manifestPartial, `${JSON.stringify(buildManifest(ctx, partitionTable, new Date()), null, 2)}\n`);
 
-    for (const file of pending) await rename(file.partial, file.final);
-    await rename(sumsPartial, join(outDir, 'SHA256SUMS'));
-    await rename(manifestPartial, join(outDir, 'manifest.json'));
+    // Renamed to their final names by the runner once every stage has succeeded.
+    ctx.state.publish.push(...pending.map((f) => ({ from: f.partial, to: f.final })));
+    ctx.state.publish.push({ from: sumsPartial, to: join(outDir, 'SHA256SUMS') }, { from: manifestPartial, to: join(outDir, 'manifest.json') });
     for (const o of ctx.state.outputs) ctx.log.info(`      ${o.path} (${formatSize(o.bytes)} apparent)`);
   },
 };

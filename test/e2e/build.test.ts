@@ -18,6 +18,7 @@ import {
   readInitramfsMember,
   type PartitionRange,
 } from './image-reader.js';
+import { cacheDirOf } from './fixture.js';
 
 const image = inject('image');
 
@@ -203,5 +204,40 @@ describe('/boot and the initramfs', () => {
     expect(top).toEqual(expect.arrayContaining(['grub', 'efi', 'vmlinuz', 'initrd.img']));
     for (const name of ['etc', 'root', 'home', 'keylessgo-canary']) expect(top).not.toContain(name);
     expect(await fileContains(bootPart, Buffer.from(image.canary))).toBe(false);
+  });
+});
+
+describe('rebuild from the stage cache', () => {
+  const rebuild = inject('rebuild');
+  let rebuilt: Manifest & { cache: Record<string, string>; kernel: { cmdline: string } };
+
+  beforeAll(async () => {
+    rebuilt = JSON.parse(await readFile(rebuild.manifestFile, 'utf8')) as typeof rebuilt;
+  });
+
+  it('took the bootstrap tree and the base initramfs from the cache filled by the first build', async () => {
+    const log = await readFile(rebuild.buildLog, 'utf8');
+    const first = JSON.parse(await readFile(image.manifestFile, 'utf8')) as typeof rebuilt;
+    expect(log).toMatch(new RegExp(`cache hit: bootstrap ${first.cache.bootstrap}`));
+    expect(log).toMatch(new RegExp(`cache hit: initramfs ${first.cache.initramfs}`));
+    expect(await readFile(image.buildLog, 'utf8')).toMatch(/cache miss: bootstrap[\s\S]*cache miss: initramfs/);
+    expect(rebuilt.cache).toEqual(first.cache);
+  });
+
+  it('has its own secrets and identifiers, and the recipe changes', async () => {
+    expect(rebuilt.luks.uuid).not.toBe(manifest.luks.uuid);
+    expect(rebuilt.filesystems.rootUuid).not.toBe(manifest.filesystems.rootUuid);
+    expect(rebuilt.dropbear.hostKeys.map((k) => k.fingerprint)).not.toContain(manifest.dropbear.hostKeys[0]!.fingerprint);
+    expect(rebuilt.kernel.cmdline).toMatch(/ keylessgo\.rebuild=1$/);
+  });
+
+  it('leaves no lock and no partial entry in the cache, which holds no private key', async () => {
+    const cache = cacheDirOf(image.dir);
+    const names = (await execa('find', [cache, '-name', '*.lock', '-o', '-name', '*.partial-*'])).stdout;
+    expect(names).toBe('');
+    const keys = await execa('grep', ['-rl', '--binary-files=text', 'BEGIN OPENSSH PRIVATE KEY', cache], { reject: false });
+    expect(keys.stdout).toBe('');
+    const hostKeys = (await execa('find', [cache, '-name', 'ssh_host_*', '-o', '-name', 'dropbear_*_host_key'])).stdout;
+    expect(hostKeys).toBe('');
   });
 });

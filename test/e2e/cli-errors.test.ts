@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { CLI, REPO } from './fixture.js';
+import { cacheDirOf, CLI, REPO } from './fixture.js';
 
 const image = inject('image');
 let dir: string;
@@ -34,7 +34,7 @@ interface Run {
 
 async function build(recipe: string, extra: { args?: string[]; passphraseFile?: string; keys?: string; uid?: number } = {}): Promise<Run & { outDir: string }> {
   const outDir = await mkdtemp(join(dir, 'out-'));
-  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', extra.passphraseFile ?? image.passphraseFile, '--authorized-keys', extra.keys ?? image.publicKey, ...(extra.args ?? [])];
+  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', extra.passphraseFile ?? image.passphraseFile, '--authorized-keys', extra.keys ?? image.publicKey, '--cache-dir', cacheDirOf(image.dir), ...(extra.args ?? [])];
   const command = extra.uid === undefined ? ['node', args] as const : ['setpriv', ['--reuid', String(extra.uid), '--regid', String(extra.uid), '--clear-groups', 'node', ...args]] as const;
   const before = await hostTraces();
   const result = await execa(command[0], command[1], { reject: false, cwd: dir });

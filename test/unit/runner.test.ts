@@ -32,7 +32,7 @@ async function run(stages: Stage[], format: LogFormat): Promise<{ lines: string[
   const { log, lines } = captureLogger('info', undefined, format);
   const guard = new SignalGuard(log);
   guards.push(guard);
-  const ctx = { log, host: new HostRunner(log), signal: guard.controller.signal, cleanup: new CleanupStack(log), state: { outputs: [], stageSeconds: {} } } as unknown as BuildContext;
+  const ctx = { log, host: new HostRunner(log), signal: guard.controller.signal, cleanup: new CleanupStack(log), state: { outputs: [], publish: [], stageSeconds: {} } } as unknown as BuildContext;
   let exitCode = 0;
   await runStages(ctx, stages, guard).catch((error: unknown) => (exitCode = reportFailure(log, error)));
   return { lines, exitCode, ctx };

@@ -1,0 +1,154 @@
+/**
+ * Faults leave nothing behind: a failure injected at the start, in the middle (at the
+ * stage's second host command) and at the end of every stage, SIGTERM and SIGINT during long
+ * stages, a second Ctrl-C during cleanup, and two builds at once. After each: no loop device,
+ * mount, temp dir, cache lock or partial entry of ours, no output (partial or final), and an
+ * exit code and message that name what happened. Builds use the run's warm stage cache.
+ */
+import { execa, type ResultPromise } from 'execa';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { cacheDirOf, CLI } from './fixture.js';
+
+const image = inject('image');
+const STAGES = ['bootstrap', 'configure', 'initramfs', 'partition', 'encrypt', 'nbde', 'bootloader', 'export'];
+const POINTS = ['start', 'middle', 'end'];
+let dir: string;
+const counted = { cases: 0, leftovers: 0 };
+
+interface HostState {
+  loops: string[];
+  mounts: string[];
+  temps: string[];
+  cache: string[];
+}
+
+/** Everything of ours a build could leave on the host. */
+async function hostState(): Promise<HostState> {
+  const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => l.includes('keylessgo'));
+  const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((l) => l.includes('keylessgo-'));
+  const temps = (await readdir(tmpdir())).filter((n) => /^keylessgo-(secrets|e2e-bookworm|faults|parallel)/.test(n));
+  const cache = (await execa('find', [cacheDirOf(image.dir), '-maxdepth', '2', '-name', '*.lock', '-o', '-maxdepth', '2', '-name', '*.partial-*'])).stdout.split('\n').filter(Boolean);
+  return { loops, mounts, temps, cache };
+}
+
+const added = (before: HostState, after: HostState) =>
+  Object.fromEntries(Object.entries(after).map(([k, list]) => [k, (list as string[]).filter((x) => !before[k as keyof HostState].includes(x))]));
+
+interface Run {
+  exitCode: number | undefined;
+  output: string;
+  outDir: string;
+}
+
+async function recipeFile(name: string, patch: Record<string, unknown> = {}): Promise<string> {
+  const recipe = { ...(parse(await readFile(image.recipeFile, 'utf8')) as Record<string, unknown>), name, ...patch };
+  const path = join(dir, `${name}.yaml`);
+  await writeFile(path, stringify(recipe));
+  return path;
+}
+
+function startBuild(recipe: string, outDir: string, env: Record<string, string> = {}): ResultPromise<{ all: true; reject: false }> {
+  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', image.passphraseFile, '--authorized-keys', image.publicKey, '--cache-dir', cacheDirOf(image.dir), '--log-format', 'json'];
+  return execa('node', args, { all: true, reject: false, env });
+}
+
+/** Runs `act` (one or more builds) and checks that nothing of ours is left afterwards. */
+async function leavesNothing(act: (outDir: string) => Promise<Run>): Promise<Run> {
+  const before = await hostState();
+  const outDir = await mkdtemp(join(dir, 'out-'));
+  const run = await act(outDir);
+  counted.cases++;
+  const left = { ...added(before, await hostState()), outputs: await readdir(outDir) };
+  if (Object.values(left).some((list) => list.length > 0)) counted.leftovers++;
+  expect(left, run.output.slice(-3000)).toEqual({ loops: [], mounts: [], temps: [], cache: [], outputs: [] });
+  expect(run.output).not.toMatch(/\n\s+at .+:\d+:\d+\)?\n/); // no stack trace
+  return run;
+}
+
+/** Waits until the JSON log shows `stage` started, lets it work for `delayMs`, then signals. */
+async function signalDuring(child: ResultPromise<{ all: true; reject: false }>, stage: string, signal: NodeJS.Signals, delayMs: number): Promise<void> {
+  await new Promise<void>((resolve) => {
+    child.all!.on('data', (chunk: Buffer) => {
+      if (chunk.toString().includes(`"event":"stage-start","stage":"${stage}"`)) setTimeout(resolve, delayMs);
+    });
+  });
+  child.kill(signal);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(image.dir, 'faults-'));
+});
+
+describe('an injected failure leaves nothing behind and names the stage (exit 1)', () => {
+  const cases = STAGES.flatMap((stage) => POINTS.map((point) => [stage, point] as const));
+  it.each(cases)('%s:%s', async (stage, point) => {
+    const recipe = await recipeFile('faults');
+    const run = await leavesNothing(async (outDir) => {
+      const done = await startBuild(recipe, outDir, { KEYLESSGO_FAIL_AT: `${stage}:${point}` });
+      return { exitCode: done.exitCode, output: String(done.all), outDir };
+    });
+    expect(run.exitCode, run.output.slice(-2000)).toBe(1);
+    expect(run.output).toContain(`stage ${stage} failed: injected failure`);
+  });
+});
+
+describe('signals during long stages: cleanup, then exit 130', () => {
+  it.each([
+    ['bootstrap', 'SIGTERM'],
+    ['encrypt', 'SIGINT'],
+    ['export', 'SIGTERM'],
+  ] as const)('%s interrupted by %s', async (stage, signal) => {
+    const recipe = await recipeFile('faults');
+    const run = await leavesNothing(async (outDir) => {
+      const child = startBuild(recipe, outDir);
+      await signalDuring(child, stage, signal, 700);
+      const done = await child;
+      return { exitCode: done.exitCode, output: String(done.all), outDir };
+    });
+    expect(run.exitCode, run.output.slice(-2000)).toBe(130);
+    expect(run.output).toContain(`interrupted by ${signal}`);
+  });
+
+  it('a second Ctrl-C during cleanup does not cut the cleanup short', async () => {
+    const recipe = await recipeFile('faults');
+    const run = await leavesNothing(async (outDir) => {
+      const child = startBuild(recipe, outDir);
+      await signalDuring(child, 'encrypt', 'SIGINT', 700);
+      await new Promise<void>((resolve) => {
+        child.all!.on('data', (chunk: Buffer) => {
+          if (chunk.toString().includes('stopping and cleaning up')) resolve();
+        });
+      });
+      child.kill('SIGINT');
+      const done = await child;
+      return { exitCode: done.exitCode, output: String(done.all), outDir };
+    });
+    expect(run.exitCode).toBe(130);
+    expect(run.output).toContain('SIGINT received again: still cleaning up');
+  });
+});
+
+describe('builds in parallel', () => {
+  it('two different recipes build at once into different directories, sharing the locked cache', async () => {
+    const recipes = [await recipeFile('parallel-a', { hostname: 'alpha' }), await recipeFile('parallel-b', { hostname: 'beta', disk: { size: '3GiB' } })];
+    const before = await hostState();
+    const outDirs = [await mkdtemp(join(dir, 'par-a-')), await mkdtemp(join(dir, 'par-b-'))];
+    const runs = await Promise.all(recipes.map((recipe, i) => startBuild(recipe, outDirs[i]!)));
+    for (const run of runs) expect(run.exitCode, String(run.all).slice(-2000)).toBe(0);
+    const manifests = await Promise.all(outDirs.map(async (out) => JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8')) as { luks: { uuid: string }; recipe: { name: string } }));
+    expect(manifests.map((m) => m.recipe.name)).toEqual(['parallel-a', 'parallel-b']);
+    expect(manifests[0]!.luks.uuid).not.toBe(manifests[1]!.luks.uuid);
+    expect(added(before, await hostState())).toEqual({ loops: [], mounts: [], temps: [], cache: [] });
+  });
+});
+
+describe('fault matrix summary', () => {
+  it(`ran ${STAGES.length * POINTS.length + 4} fault cases`, () => {
+    process.stderr.write(`fault cases run: ${counted.cases}, with leftovers: ${counted.leftovers}\n`);
+    expect(counted).toEqual({ cases: STAGES.length * POINTS.length + 4, leftovers: 0 });
+  });
+});
