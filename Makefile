@@ -5,7 +5,7 @@ OUT ?= out
 # Throwaway credentials for trying the tool out; real builds pass their own.
 TRY_DIR ?= $(OUT)/try-credentials
 
-.PHONY: all deps build test test-unit test-e2e image clean
+.PHONY: all deps build test test-unit test-e2e bench image clean
 
 all: build
 
@@ -26,6 +26,10 @@ test-e2e: deps build
 	npx vitest run --config vitest.e2e.config.ts
 
 test: deps build test-unit test-e2e
+
+# Speed and size against targets and baselines measured in the same run (never asserted).
+bench: deps build
+	node scripts/bench.mjs
 
 image: deps build
 	bash scripts/try-credentials.sh $(TRY_DIR)

@@ -1,0 +1,131 @@
+#!/usr/bin/env node
+/**
+ * `make bench`: measures, in one run on this machine, a cold build of the default recipe
+ * (empty cache, packages from the mirror), a warm rebuild after a change that leaves the
+ * package set alone (new key and passphrase, kernel parameter, overlay file), the qcow2 size
+ * against the bytes the filesystems use, and a boot test; and, as baselines from the same
+ * run, the time the build spends inside host tools (the floor) and a peer tool building a
+ * comparable image where one is installed (bench/peers/run-*.sh). Prints a table, writes JSON.
+ * Targets are reported as ratios, never asserted.
+ */
+import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
+import { access, mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { mirrorFromSources, readHostAptSources } from '../dist/host/apt-sources.js';
+
+const REPO = resolve(import.meta.dirname, '..');
+const CLI = join(REPO, 'dist/cli.js');
+const RECIPE = join(REPO, 'recipes/debian-bookworm.yaml');
+const TARGETS = { coldSeconds: 45, warmSeconds: 10, qcow2OverUsed: 1.1, unlockedSeconds: 30, bootedSeconds: 60 };
+
+const dir = process.env.KEYLESSGO_BENCH_DIR ?? (await mkdtemp(join(tmpdir(), 'keylessgo-bench-')));
+await mkdir(dir, { recursive: true });
+const cacheDir = join(dir, 'cache');
+const say = (line) => process.stderr.write(`bench: ${line}\n`);
+
+async function credentials(name) {
+  const key = join(dir, `${name}-key`);
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `bench-${name}`, '-f', key]);
+  const passphrase = join(dir, `${name}-passphrase`);
+  await writeFile(passphrase, randomBytes(18).toString('base64url'), { mode: 0o600 });
+  return { key, passphrase };
+}
+
+async function timedBuild(name, recipe) {
+  const creds = await credentials(name);
+  const out = join(dir, name);
+  say(`${name} build of ${recipe} ...`);
+  const started = performance.now();
+  const run = await execa('node', [CLI, 'build', recipe, '--out', out, '--passphrase-file', creds.passphrase, '--authorized-keys', `${creds.key}.pub`, '--cache-dir', cacheDir], { all: true, reject: false });
+  const seconds = (performance.now() - started) / 1000;
+  await writeFile(join(dir, `${name}.log`), run.all ?? '');
+  if (run.exitCode !== 0) throw new Error(`${name} build failed (exit ${run.exitCode}), log in ${join(dir, `${name}.log`)}`);
+  const manifest = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'));
+  say(`${name} build: ${seconds.toFixed(1)} s`);
+  return { seconds, manifest, out, creds, log: run.all ?? '' };
+}
+
+/** The default recipe with changes that leave the package set alone. */
+async function changedRecipe() {
+  const recipe = parse(await readFile(RECIPE, 'utf8'));
+  const overlay = join(dir, 'overlay');
+  await mkdir(join(overlay, 'etc'), { recursive: true });
+  await writeFile(join(overlay, 'etc/keylessgo-bench'), `${new Date().toISOString()}\n`);
+  recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.bench=1'] };
+  recipe.overlays = [...(recipe.overlays ?? []), overlay];
+  const file = join(dir, 'changed.yaml');
+  await writeFile(file, stringify(recipe));
+  return file;
+}
+
+async function bootTest(build) {
+  const qcow2 = build.manifest.outputs.find((o) => o.format === 'qcow2');
+  const out = join(dir, 'boot-test');
+  say('boot test (UEFI) ...');
+  const run = await execa('node', [CLI, 'boot-test', join(build.out, qcow2.path), '--key', build.creds.key, '--passphrase-file', build.creds.passphrase, '--firmware', 'uefi', '--out', out], { all: true, reject: false });
+  await writeFile(join(dir, 'boot-test.log'), run.all ?? '');
+  const result = JSON.parse(await readFile(join(out, 'result.json'), 'utf8'));
+  return { passed: result.passed, accel: result.accel, ...result.milestones };
+}
+
+/** Peer builders that exist on this machine, each printing JSON lines (bench/peers/run-*.sh). */
+async function peers() {
+  const mirror = mirrorFromSources(await readHostAptSources());
+  const results = [];
+  for (const peer of ['mkosi', 'debos']) {
+    const script = join(REPO, 'bench/peers', `run-${peer}.sh`);
+    const installed = await execa('sh', ['-c', `command -v ${peer}`], { reject: false });
+    if (installed.exitCode !== 0 || !(await access(script).then(() => true, () => false))) {
+      results.push({ peer, ok: false, error: `not installed (apt-get install ${peer})` });
+      continue;
+    }
+    say(`peer ${peer} ...`);
+    const run = await execa('bash', [script, join(dir, `peer-${peer}`), mirror?.archive ?? ''], { reject: false });
+    for (const line of run.stdout.split('\n').filter((l) => l.startsWith('{'))) results.push(JSON.parse(line));
+  }
+  return results;
+}
+
+const fmt = (n, digits = 1) => (n === undefined || n === null || Number.isNaN(n) ? '-' : n.toFixed(digits));
+
+const cold = await timedBuild('cold', RECIPE);
+const warm = await timedBuild('warm', await changedRecipe());
+const warmHits = ['bootstrap', 'initramfs'].filter((stage) => new RegExp(`cache hit: ${stage}`).test(warm.log));
+const qcow2 = cold.manifest.outputs.find((o) => o.format === 'qcow2');
+const used = cold.manifest.filesystems.usedBytes;
+const usedBytes = used.root + used.boot + used.esp;
+const raw = cold.manifest.outputs.find((o) => o.format === 'raw');
+const rawAllocated = raw ? (await stat(join(cold.out, raw.path))).blocks * 512 : undefined;
+const floorSeconds = Object.values(cold.manifest.hostToolSeconds).reduce((a, b) => a + b, 0);
+const boot = await bootTest(cold);
+const peerResults = await peers();
+const peerPlain = peerResults.find((p) => p.ok && p.variant === 'plain');
+
+const rows = [
+  ['cold build (s)', cold.seconds, TARGETS.coldSeconds, peerPlain?.seconds],
+  [`warm rebuild (s), cache hits: ${warmHits.join('+') || 'none'}`, warm.seconds, TARGETS.warmSeconds, undefined],
+  ['qcow2 / bytes used by the filesystems', qcow2.bytes / usedBytes, TARGETS.qcow2OverUsed, undefined],
+  ['boot test: unlocked (s)', boot.unlocked, TARGETS.unlockedSeconds, undefined],
+  ['boot test: OpenSSH answering (s)', boot.booted, TARGETS.bootedSeconds, undefined],
+  ['floor: seconds inside host tools (cold)', floorSeconds, undefined, undefined],
+];
+const table = [
+  ['metric', 'measured', 'target', 'measured/target', 'peer', 'measured/peer'],
+  ...rows.map(([name, value, target, peer]) => [name, fmt(value, 2), fmt(target, 2), target ? fmt(value / target, 2) : '-', fmt(peer), peer ? fmt(value / peer, 2) : '-']),
+];
+const widths = table[0].map((_, i) => Math.max(...table.map((row) => String(row[i]).length)));
+const lines = table.map((row) => row.map((cell, i) => String(cell).padEnd(widths[i])).join('  ').trimEnd());
+lines.push('');
+lines.push(`cold build ${fmt(cold.seconds)} s = ${fmt(cold.seconds / floorSeconds, 2)} x the time inside host tools (${fmt(floorSeconds)} s); stages: ${Object.entries(cold.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
+lines.push(`warm rebuild stages: ${Object.entries(warm.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
+lines.push(`sizes: qcow2 ${(qcow2.bytes / 1e6).toFixed(0)} MB, raw ${raw ? (raw.bytes / 1e9).toFixed(2) : '-'} GB apparent / ${rawAllocated ? (rawAllocated / 1e6).toFixed(0) : '-'} MB allocated, filesystems use ${(usedBytes / 1e6).toFixed(0)} MB (root ${(used.root / 1e6).toFixed(0)}, boot ${(used.boot / 1e6).toFixed(0)}, esp ${(used.esp / 1e6).toFixed(1)})`);
+lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocked ${fmt(boot.unlocked)} s, OpenSSH ${fmt(boot.booted)} s, running ${fmt(boot.running)} s, ${boot.passed ? 'passed' : 'FAILED'}`);
+for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
+process.stdout.write(`${lines.join('\n')}\n`);
+
+const report = { at: new Date().toISOString(), dir, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
+await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
+process.stdout.write(`bench.json: ${join(dir, 'bench.json')}\n`);
