@@ -12,6 +12,7 @@ import {
   dumpVolumeKey,
   extractPartition,
   fileContains,
+  fileContainsAny,
   listExt4Dir,
   listInitramfs,
   readExt4File,
@@ -239,5 +240,49 @@ describe('rebuild from the stage cache', () => {
     expect(keys.stdout).toBe('');
     const hostKeys = (await execa('find', [cache, '-name', 'ssh_host_*', '-o', '-name', 'dropbear_*_host_key'])).stdout;
     expect(hostKeys).toBe('');
+  });
+});
+
+describe('secrets never leak', () => {
+  const rebuild = inject('rebuild');
+  const scans = { count: 0, hits: [] as string[] };
+
+  /** Looks for every form of every secret in one place; records the scans and any hit. */
+  function record(where: string, secrets: Record<string, Buffer>, found: string[]): void {
+    scans.count += Object.keys(secrets).length;
+    scans.hits.push(...found.map((name) => `${name} in ${where}`));
+  }
+
+  const inText = (text: string, secrets: Record<string, Buffer>) => Object.keys(secrets).filter((name) => text.includes(secrets[name]!.toString('latin1')));
+
+  it.each([
+    ['the first build', () => image],
+    ['the rebuild from the cache (--verbose)', () => rebuild],
+  ])('%s: not in argv, the log, the manifest, SHA256SUMS, the raw image, /boot or the decrypted root', async (_name, which) => {
+    const built = which();
+    const work = await mkdtemp(join(scratch, 'secrets-'));
+    const builtManifest = JSON.parse(await readFile(built.manifestFile, 'utf8')) as Manifest;
+    const root = builtManifest.partitions.find((p) => p.label === 'keylessgo-root')!;
+    const header = await extractPartition(built.raw, root, join(work, 'header'), 16 * 1024 * 1024);
+    const volume = await dumpVolumeKey(header, built.passphraseFile);
+    const secrets = {
+      passphrase: Buffer.from(built.passphrase),
+      'volume key': volume.key,
+      'volume key (hex)': Buffer.from(volume.key.toString('hex')),
+      'SSH private key': Buffer.from((await readFile(built.privateKey, 'utf8')).split('\n').slice(1, -2).join('')),
+    };
+    record('process command lines during the build', secrets, inText(await readFile(built.argvLog, 'latin1'), secrets));
+    expect((await readFile(built.argvLog, 'utf8')).split('\n').length).toBeGreaterThan(20);
+    record('the build log', secrets, inText(await readFile(built.buildLog, 'latin1'), secrets));
+    record('manifest.json', secrets, inText(await readFile(built.manifestFile, 'latin1'), secrets));
+    record('the raw image', secrets, await fileContainsAny(built.raw, secrets));
+    record('the qcow2 image', secrets, await fileContainsAny(built.qcow2, secrets));
+    if (built === image) record('the decrypted root', secrets, await fileContainsAny(rootPlain, secrets));
+    await rm(work, { recursive: true, force: true });
+    expect(scans.hits).toEqual([]);
+  });
+
+  afterAll(() => {
+    process.stderr.write(`secret scans: ${scans.count}, hits: ${scans.hits.length}\n`);
   });
 });

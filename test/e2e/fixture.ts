@@ -5,7 +5,7 @@
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -31,6 +31,28 @@ export interface ImageFixture {
   canary: string;
   /** The test Tang server the image is bound to at build time (not running unless a test serves it). */
   tang: TangFixture;
+  /** Every distinct process command line seen while the build ran, one per line. */
+  argvLog: string;
+}
+
+/** Records the command line of every process while `work` runs: secrets must never be in argv. */
+async function sampleCommandLines<T>(work: Promise<T>, into: Set<string>): Promise<T> {
+  let running = true;
+  const sampler = (async () => {
+    while (running) {
+      for (const pid of (await readdir('/proc')).filter((name) => /^\d+$/.test(name))) {
+        const cmdline = await readFile(`/proc/${pid}/cmdline`).catch(() => undefined);
+        if (cmdline?.length) into.add(cmdline.toString('latin1').replaceAll('\0', ' ').trim());
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  try {
+    return await work;
+  } finally {
+    running = false;
+    await sampler;
+  }
 }
 
 export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'privateKey' | 'publicKey' | 'passphraseFile' | 'passphrase'>> {
@@ -43,15 +65,18 @@ export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'priv
 }
 
 /** Builds `recipe` through the CLI with fresh secrets into `dir`, using the run's private stage cache. */
-async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, shared: Pick<ImageFixture, 'canary' | 'tang'>): Promise<ImageFixture> {
+async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, shared: Pick<ImageFixture, 'canary' | 'tang'>, extraArgs: string[] = []): Promise<ImageFixture> {
   const secrets = await makeSecrets(dir);
   const recipeFile = join(dir, `${recipe.name}.yaml`);
   await writeFile(recipeFile, stringify(recipe));
   const outDir = join(dir, 'out');
   await mkdir(outDir);
   const started = performance.now();
-  const args = [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey, '--cache-dir', cacheDir];
-  const result = await execa('node', args, { all: true, reject: false });
+  const args = [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey, '--cache-dir', cacheDir, ...extraArgs];
+  const commandLines = new Set<string>();
+  const result = await sampleCommandLines(execa('node', args, { all: true, reject: false }), commandLines);
+  const argvLog = join(dir, 'argv.txt');
+  await writeFile(argvLog, [...commandLines].join('\n'));
   const buildSeconds = (performance.now() - started) / 1000;
   const buildLog = join(dir, 'build.log');
   await writeFile(buildLog, result.all ?? '');
@@ -65,6 +90,7 @@ async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: st
     manifestFile: join(outDir, 'manifest.json'),
     buildLog,
     buildSeconds,
+    argvLog,
     ...shared,
     ...secrets,
   };
@@ -105,7 +131,8 @@ export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture>
   const recipe = parse(await readFile(fixture.recipeFile, 'utf8')) as Record<string, any>;
   recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.rebuild=1'] };
   recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
-  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), fixture);
+  // --verbose: every host command and its output is in the log, which the secret scan reads.
+  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), fixture, ['--verbose']);
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
   return rebuild;
 }

@@ -123,15 +123,22 @@ export async function readInitramfsMember(initrd: string, member: string, dir: s
 
 /** Whether `needle` occurs anywhere in a (large) file, reading it in overlapping chunks. */
 export async function fileContains(path: string, needle: Buffer): Promise<boolean> {
+  return (await fileContainsAny(path, { needle })).length > 0;
+}
+
+/** Which of `needles` occur anywhere in a (large) file: one pass, overlapping chunks. */
+export async function fileContainsAny(path: string, needles: Record<string, Buffer>): Promise<string[]> {
   const handle = await open(path, 'r');
   const chunk = Buffer.alloc(16 * 1024 * 1024);
+  const overlap = Math.max(...Object.values(needles).map((n) => n.length));
+  const found = new Set<string>();
   try {
     for (let position = 0; ; ) {
       const { bytesRead } = await handle.read(chunk, 0, chunk.length, position);
-      if (bytesRead === 0) return false;
-      if (chunk.subarray(0, bytesRead).includes(needle)) return true;
-      if (bytesRead < chunk.length) return false;
-      position += bytesRead - needle.length;
+      const data = chunk.subarray(0, bytesRead);
+      for (const [name, needle] of Object.entries(needles)) if (data.includes(needle)) found.add(name);
+      if (bytesRead < chunk.length) return [...found];
+      position += bytesRead - overlap;
     }
   } finally {
     await handle.close();
