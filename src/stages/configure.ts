@@ -37,7 +37,8 @@ export const configureStage: Stage = {
       await chroot.run('passwd', ['--lock', 'root']);
       await chroot.run('systemctl', ['enable', 'systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service']);
       // Nothing in a default image needs the network before boot completes: don't wait for it.
-      await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service']);
+      // e2scrub_reap cleans up LVM snapshots of ext4 scrubs; images have no LVM.
+      await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service', 'e2scrub_reap.service']);
       for (const [index, hook] of ctx.loaded.hookFiles.entries()) {
         const inImage = `/tmp/keylessgo-hook-${index}`;
         ctx.log.info(`      hook ${hook}`);
