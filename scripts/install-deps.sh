@@ -11,7 +11,7 @@ packages=(
   qemu-utils qemu-system-x86 ovmf  # qemu-img, boot tests
   openssh-client                 # ssh-keygen, boot-test login
   clevis clevis-luks tang socat curl  # NBDE
-  zstd cpio                      # initramfs inspection
+  zstd cpio xz-utils bzip2 lz4   # initramfs inspection (every compressor initramfs-tools may use)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
