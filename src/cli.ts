@@ -11,6 +11,7 @@ import { enrollCommand } from './nbde/enroll-command.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
+import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
 import { formatSize } from './recipe/size.js';
 
 const program = new Command();
@@ -27,6 +28,11 @@ function logger(opts: { verbose?: boolean; quiet?: boolean }): Logger {
   return new Logger(opts.verbose ? 'verbose' : opts.quiet ? 'quiet' : 'info');
 }
 
+function mirrorUrl(value: string): string {
+  if (!isMirrorUrl(value)) throw new InvalidArgumentError(MIRROR_URL_MESSAGE);
+  return value;
+}
+
 program
   .command('build')
   .description('build an encrypted whole-disk image from a recipe')
@@ -34,7 +40,7 @@ program
   .option('-o, --out <dir>', 'output directory', 'out')
   .option('--passphrase-file <file>', 'bootstrap LUKS passphrase (or env KEYLESSGO_PASSPHRASE_FILE); one line, mode 0600')
   .option('--authorized-keys <file>', 'SSH public keys allowed to unlock (overrides the recipe)')
-  .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)')
+  .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)', mirrorUrl)
   .addOption(verboseOption)
   .addOption(quietOption)
   .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; verbose?: boolean; quiet?: boolean }) => {
