@@ -1,16 +1,15 @@
 #!/usr/bin/env node
-/** keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/. */
+/**
+ * keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/.
+ * Each command imports its implementation when it runs, so a refusal stays quick.
+ */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { dirname, join } from 'node:path';
 import { InputError, isReported } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
 import { Logger } from './log.js';
-import { build } from './pipeline/build.js';
-import { bootTest } from './qemu/boot-test.js';
-import { enrollCommand } from './nbde/enroll-command.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
-import { formatTable } from './qemu/report.js';
 import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
 import { formatSize } from './recipe/size.js';
 
@@ -44,6 +43,7 @@ program
   .addOption(verboseOption)
   .addOption(quietOption)
   .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; verbose?: boolean; quiet?: boolean }) => {
+    const { build } = await import('./pipeline/build.js');
     const log = logger(opts);
     const started = performance.now();
     const ctx = await build({ recipePath, outDir: opts.out, passphraseFile: opts.passphraseFile, authorizedKeysFile: opts.authorizedKeys, mirror: opts.mirror, log });
@@ -79,6 +79,7 @@ program
   .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; verbose?: boolean; quiet?: boolean }) => {
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    const [{ bootTest }, { formatTable }] = await Promise.all([import('./qemu/boot-test.js'), import('./qemu/report.js')]);
     const result = await bootTest({
       image,
       privateKeyFile: opts.key,
@@ -115,6 +116,7 @@ program
   .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean; verbose?: boolean; quiet?: boolean }) => {
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+    const { enrollCommand } = await import('./nbde/enroll-command.js');
     await enrollCommand({
       host: opts.host,
       port: opts.port,
