@@ -97,7 +97,9 @@ export async function loadRecipe(path: string): Promise<LoadedRecipe> {
   for (const [i, hook] of hookFiles.entries()) await requireFile(hook, 'file', `${path}: hooks[${i}]`);
   if (authorizedKeysFile) await requireFile(authorizedKeysFile, 'file', `${path}: authorizedKeys`);
   const tangAdvs: LoadedRecipe['tangAdvs'] = [];
-  for (const [i, server] of recipe.nbde.tang.entries()) tangAdvs.push(server.adv ? await readSavedAdvertisement(resolve(base, server.adv), server.thp, `${path}: nbde.tang[${i}].adv`) : undefined);
+  for (const [i, server] of recipe.nbde.tang.entries()) {
+    tangAdvs.push(server.adv ? await readSavedAdvertisement(resolve(base, server.adv), server.thp, `${path}: nbde.tang[${i}].adv`) : undefined);
+  }
   return {
     recipe,
     file,

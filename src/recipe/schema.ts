@@ -44,6 +44,7 @@ const packageName = z
   });
 const relativePath = z.string().min(1, 'expected a path');
 const ipv4 = z.string().ip({ version: 'v4', message: 'expected an IPv4 address' });
+
 /** Where mmdebstrap and apt can fetch from: http(s) archives or a local file:// tree. */
 export function isMirrorUrl(text: string): boolean {
   return URL.canParse(text) && ['http:', 'https:', 'file:'].includes(new URL(text).protocol);

@@ -9,12 +9,12 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
-import type { Recipe } from '../recipe/schema.js';
+import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { sourceLines } from '../host/apt-sources.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
 export const BASE_PACKAGES = [
-  'linux-image-amd64',
+  KERNEL_PACKAGE,
   'systemd-sysv',
   'udev',
   'dbus',
