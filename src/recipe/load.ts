@@ -2,7 +2,7 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { LineCounter, parseDocument, type Node } from 'yaml';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml';
 import type { ZodIssue } from 'zod';
 import { InputError } from '../errors.js';
 import { parseAdvertisement, type TangAdvertisement } from '../host/tang.js';
@@ -55,17 +55,30 @@ export function parseRecipeText(text: string, file: string): Recipe {
     const line = first.linePos?.[0];
     throw new InputError(`invalid YAML${line ? ` at line ${line.line}, column ${line.col}` : ''}: ${first.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`, file);
   }
-  const data: unknown = document.toJS();
+  let data: unknown;
+  try {
+    data = document.toJS();
+  } catch (error) {
+    // Aliases are expanded here: a recipe that would expand without bound is refused.
+    throw new InputError(`invalid YAML: ${(error as Error).message}`, file);
+  }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new InputError('a recipe must be a YAML mapping (name: ..., suite: ...)', file);
   }
   return validateRecipe(data, file, (path) => {
     for (let depth = path.length; depth > 0; depth--) {
-      const node = document.getIn(path.slice(0, depth), true) as Node | undefined;
+      const node = fieldNode(document.getIn(path.slice(0, depth - 1), true), path[depth - 1]!);
       if (node?.range) return lineCounter.linePos(node.range[0]).line;
     }
     return undefined;
   });
+}
+
+/** A mapping's key node (where its field is written, also for a block value below it), or a list's item. */
+function fieldNode(parent: unknown, segment: string | number): Node | undefined {
+  if (isMap(parent)) return parent.items.find((pair) => isScalar(pair.key) && pair.key.value === segment)?.key as Node | undefined;
+  if (isSeq(parent) && typeof segment === 'number') return parent.items[segment] as Node | undefined;
+  return undefined;
 }
 
 async function requireFile(path: string, kind: 'file' | 'directory', where: string): Promise<void> {

@@ -178,7 +178,7 @@ export const recipeSchema = z
       .strict()
       .default({}),
     overlays: z.array(relativePath).default([]),
-    variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
+    variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()], { errorMap: () => ({ message: 'expected a string, number or boolean' }) })).default({}),
     hooks: z.array(relativePath).default([]),
     output: z
       .object({
