@@ -220,6 +220,7 @@ export const WORKSPACE_CASES: WorkspaceCase[] = [
   passphraseCase('empty', '\n', 0o600, 'passphrase file is empty'),
   passphraseCase('too short', 'seven!7\n', 0o600, 'passphrase is shorter than 8 characters'),
   passphraseCase('two lines', 'correct horse\nbattery staple\n', 0o600, 'passphrase file has more than one line'),
+  passphraseCase('a control character', 'correct\x00horse battery\n', 0o600, 'passphrase contains a control character'),
   passphraseCase('world-readable', 'correct horse battery staple\n', 0o644, 'passphrase file is readable by group or others (mode 644); chmod 600 it'),
   passphraseCase('group-readable', 'correct horse battery staple\n', 0o640, 'passphrase file is readable by group or others (mode 640); chmod 600 it'),
   { name: 'passphrase file missing', setup: async (ws) => (ws.passphraseFile = 'nope'), expect: ['nope: cannot read passphrase file: no such file'] },
@@ -263,6 +264,7 @@ export const WORKSPACE_CASES: WorkspaceCase[] = [
 
   // Command line.
   { name: 'unknown flag', setup: async (ws) => ws.extraArgs.push('--colour'), expect: ["error: unknown option '--colour'"] },
+  { name: 'flag without its value', setup: async (ws) => (ws.args = ['build', 'recipe.yaml', '--passphrase-file']), expect: ["error: option '--passphrase-file <file>' argument missing"] },
   { name: 'missing recipe argument', setup: async (ws) => (ws.args = ['build', '--out', ws.out]), expect: ["error: missing required argument 'recipe'"] },
   { name: 'unknown command', setup: async (ws) => (ws.args = ['biuld', 'recipe.yaml']), expect: ["error: unknown command 'biuld'"] },
   {
