@@ -9,7 +9,7 @@
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
-import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -22,6 +22,9 @@ const isRoot = process.getuid?.() === 0;
 
 let root: string;
 beforeAll(async () => {
+  await access(CLI).catch(() => {
+    throw new Error(`${CLI} is missing: run \`npm run build\` (make test-unit does) before this test`);
+  });
   root = await mkdtemp(join(tmpdir(), 'keylessgo-unit-bad-input-'));
 });
 afterAll(async () => {
