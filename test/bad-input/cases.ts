@@ -90,10 +90,8 @@ export interface WorkspaceCase {
   setup(ws: Workspace): Promise<unknown>;
   /** Fragments stderr must contain; the first names where (file, field or flag). */
   expect: string[];
-  /** Needs root (chattr). */
+  /** Needs root (chattr; the test file undoes +i before removing its temp dir). */
   root?: boolean;
-  /** Undoes what setup did that the temp dir removal cannot (chattr +i). */
-  teardown?(ws: Workspace): Promise<unknown>;
 }
 
 /** A Tang advertisement (JWS in JSON serialisation, unsigned: nothing checks signatures before clevis). */
@@ -258,7 +256,6 @@ export const WORKSPACE_CASES: WorkspaceCase[] = [
       await execa('chattr', ['+i', join(ws.dir, 'locked')]);
       ws.out = 'locked/out';
     },
-    teardown: (ws) => execa('chattr', ['-i', join(ws.dir, 'locked')]),
     expect: ['locked/out: cannot create output directory: ', '/locked is not writable'],
   },
 
