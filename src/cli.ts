@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** keylessgo command line: commands only; the work lives in pipeline/, qemu/ and host/. */
+/** keylessgo command line: commands only; the work lives in pipeline/, qemu/, inspect/ and host/. */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { dirname, join } from 'node:path';
 import { InputError, reportFailure } from './errors.js';
@@ -15,6 +15,7 @@ import { HostRunner } from './host/run.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
+import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
 import { formatSize } from './recipe/size.js';
 
 const program = new Command();
@@ -44,6 +45,11 @@ function commandLogger(opts: LogOptions): Logger {
   return log;
 }
 
+function mirrorUrl(value: string): string {
+  if (!isMirrorUrl(value)) throw new InvalidArgumentError(MIRROR_URL_MESSAGE);
+  return value;
+}
+
 program
   .command('build')
   .description('build an encrypted whole-disk image from a recipe')
@@ -51,7 +57,7 @@ program
   .option('-o, --out <dir>', 'output directory', 'out')
   .option('--passphrase-file <file>', 'bootstrap LUKS passphrase (or env KEYLESSGO_PASSPHRASE_FILE); one line, mode 0600')
   .option('--authorized-keys <file>', 'SSH public keys allowed to unlock (overrides the recipe)')
-  .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)')
+  .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)', mirrorUrl)
   .addOption(cacheDirOption)
   .option('--no-cache', 'neither use nor fill the stage cache')
   .addOption(verboseOption)

@@ -31,13 +31,24 @@ export function jwkThumbprint(jwk: Jwk): string {
   return createHash('sha256').update(canonical).digest('base64url');
 }
 
-export function parseAdvertisement(text: string): TangAdvertisement {
-  const jws = JSON.parse(text) as Record<string, unknown>;
-  if (typeof jws.payload !== 'string') throw new Error('not a Tang advertisement (no JWS payload)');
-  const payload = JSON.parse(Buffer.from(jws.payload, 'base64url').toString('utf8')) as { keys?: Jwk[] };
+function parseJson(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Error(`not a Tang advertisement (${what} is not JSON)`);
+  }
+}
+
+/** Parses an advertisement; with `thp`, also checks that the pinned key signs it. */
+export function parseAdvertisement(text: string, thp?: string): TangAdvertisement {
+  const jws = parseJson(text, 'the file') as Record<string, unknown>;
+  if (typeof jws?.payload !== 'string') throw new Error('not a Tang advertisement (no JWS payload)');
+  const payload = parseJson(Buffer.from(jws.payload, 'base64url').toString('utf8'), 'its payload') as { keys?: Jwk[] };
   const signing = (payload.keys ?? []).filter((key) => key.key_ops?.includes('verify'));
   if (signing.length === 0) throw new Error('the advertisement has no signing key');
-  return { jws, signingThumbprints: signing.map(jwkThumbprint) };
+  const signingThumbprints = signing.map(jwkThumbprint);
+  if (thp && !signingThumbprints.includes(thp)) throw new Error(`thp ${thp} is not a signing key of the advertisement (its keys: ${signingThumbprints.join(', ')})`);
+  return { jws, signingThumbprints };
 }
 
 /** Fetches `${url}/adv`; Tang has no timeout of its own worth trusting, so this one bounds it. */

@@ -4,7 +4,7 @@
  */
 import { access, constants, mkdir, mkdtemp, readFile, stat, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
 import { removeTree } from '../host/mounts.js';
@@ -18,7 +18,7 @@ import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from './cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
-import { BASE_OVERLAY, renderOverlays } from './overlay.js';
+import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
 import { readPassphraseFile, SecretStore } from './secrets.js';
 
@@ -87,14 +87,20 @@ export async function resolveMirror(recipe: Recipe, flag: string | undefined): P
   return { ...host, origin: 'host apt sources' };
 }
 
+/**
+ * The output directory must be a writable directory, or be creatable: its nearest existing
+ * ancestor a writable directory. Nothing is created here (bad input leaves no trace).
+ */
 async function checkOutDir(outDir: string): Promise<void> {
-  await mkdir(outDir, { recursive: true }).catch((error: Error) => {
-    throw new InputError(`cannot create output directory: ${error.message}`, outDir);
-  });
-  if (!(await stat(outDir)).isDirectory()) throw new InputError('output path is not a directory', outDir);
-  await access(outDir, constants.W_OK).catch(() => {
-    throw new InputError('output directory is not writable', outDir);
-  });
+  let dir = resolve(outDir);
+  let info = await stat(dir).catch(() => undefined);
+  if (info && !info.isDirectory()) throw new InputError('output path is not a directory', outDir);
+  while (!info) {
+    dir = dirname(dir);
+    info = await stat(dir).catch(() => undefined);
+  }
+  const problem = !info.isDirectory() ? 'is not a directory' : await access(dir, constants.W_OK).then(() => undefined, () => 'is not writable');
+  if (problem) throw new InputError(dir === resolve(outDir) ? `output directory ${problem}` : `cannot create output directory: ${dir} ${problem}`, outDir);
 }
 
 async function toolVersion(): Promise<string> {
@@ -107,9 +113,14 @@ export interface Preflight {
   passphrase: string;
   authorizedKeys: AuthorizedKey[];
   mirror: MirrorChoice;
+  ids: BuildIds;
+  overlayFiles: RenderedFile[];
 }
 
-/** Everything that can fail on bad input or a bad host, checked before anything is written. */
+/**
+ * Everything that can fail on bad input or a bad host, checked before anything is written:
+ * input first (so it is reported even without root), then the host.
+ */
 export async function preflight(options: BuildOptions): Promise<Preflight> {
   const loaded = await loadRecipe(options.recipePath);
   const passphraseFile = options.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
@@ -118,22 +129,23 @@ export async function preflight(options: BuildOptions): Promise<Preflight> {
   const keysFile = options.authorizedKeysFile ?? loaded.authorizedKeysFile;
   if (!keysFile) throw new InputError('no SSH key for the unlock: pass --authorized-keys FILE or set authorizedKeys in the recipe');
   const authorizedKeys = await readAuthorizedKeys(keysFile);
+  const mirror = await resolveMirror(loaded.recipe, options.mirror);
+  const ids = newBuildIds();
+  const overlayFiles = await renderOverlays([BASE_OVERLAY, ...loaded.overlayDirs], templateData(loaded.recipe, ids, authorizedKeys, mirror));
   await checkOutDir(options.outDir);
   if (process.getuid?.() !== 0) throw new HostError('keylessgo build must run as root (it attaches loop devices and runs chroot)');
   const missing = await missingTools(STAGES.flatMap((s) => s.hostTools(loaded.recipe)));
   if (missing.length > 0) {
     throw new HostError(`missing host tools: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}; run scripts/install-deps.sh`);
   }
-  const mirror = await resolveMirror(loaded.recipe, options.mirror);
-  return { loaded, passphrase, authorizedKeys, mirror };
+  return { loaded, passphrase, authorizedKeys, mirror, ids, overlayFiles };
 }
 
 export async function build(options: BuildOptions): Promise<BuildContext> {
   const { log } = options;
   const checked = await preflight(options);
   const { recipe } = checked.loaded;
-  const ids = newBuildIds();
-  const overlayFiles = await renderOverlays([BASE_OVERLAY, ...checked.loaded.overlayDirs], templateData(recipe, ids, checked.authorizedKeys, checked.mirror));
+  await mkdir(options.outDir, { recursive: true });
 
   const guard = new SignalGuard(log);
   const cleanup = new CleanupStack(log);
@@ -152,14 +164,14 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       cleanup,
       secrets,
       signal: guard.controller.signal,
-      ids,
+      ids: checked.ids,
       mirror: checked.mirror,
       workDir,
       rootfs: join(workDir, 'rootfs'),
       outDir: resolve(options.outDir),
       passphraseFile,
       authorizedKeys: checked.authorizedKeys,
-      overlayFiles,
+      overlayFiles: checked.overlayFiles,
       kernelCmdline: kernelCmdline(recipe),
       toolVersion: await toolVersion(),
       cache: options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log),

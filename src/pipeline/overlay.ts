@@ -45,9 +45,14 @@ function templateError(error: unknown, source: string): InputError {
 export async function renderOverlays(dirs: readonly string[], data: Record<string, unknown>): Promise<RenderedFile[]> {
   const byTarget = new Map<string, RenderedFile>();
   for (const dir of dirs) {
+    const sourceOf = new Map<string, string>();
     for (const source of await listFiles(dir)) {
       const isTemplate = source.endsWith('.ejs');
       const target = relative(dir, isTemplate ? source.slice(0, -4) : source);
+      // Within one overlay, "x" and "x.ejs" would silently race for the same file.
+      const twin = sourceOf.get(target);
+      if (twin) throw new InputError(`overlay target ${target} is also given by ${twin}`, source);
+      sourceOf.set(target, source);
       const raw = await readFile(source);
       let content = raw;
       if (isTemplate) {

@@ -13,7 +13,8 @@ export const MIN_PASSPHRASE_LENGTH = 8;
 
 /**
  * Reads a passphrase file: one trailing newline is dropped (editors and `echo` add it, and
- * a typed passphrase never contains it). Refuses empty, short and world/group-readable files.
+ * a typed passphrase never contains it). Refuses empty, short, untypable and world/group-readable
+ * files.
  */
 export async function readPassphraseFile(path: string): Promise<string> {
   const info = await stat(path).catch((error: NodeJS.ErrnoException) => {
@@ -28,6 +29,8 @@ export async function readPassphraseFile(path: string): Promise<string> {
   })).replace(/\r?\n$/, '');
   if (text.length === 0) throw new InputError('passphrase file is empty', path);
   if (text.includes('\n')) throw new InputError('passphrase file has more than one line', path);
+  // Whoever unlocks at the dropbear prompt must be able to type it.
+  if (/[\x00-\x08\x0b-\x1f\x7f]/.test(text)) throw new InputError('passphrase contains a control character (it could not be typed at the unlock prompt)', path);
   if (text.length < MIN_PASSPHRASE_LENGTH) throw new InputError(`passphrase is shorter than ${MIN_PASSPHRASE_LENGTH} characters`, path);
   return text;
 }

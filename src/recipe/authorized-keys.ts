@@ -6,7 +6,6 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { InputError } from '../errors.js';
 
-
 export interface AuthorizedKey {
   type: string;
   base64: string;
@@ -81,6 +80,7 @@ export function parseAuthorizedKeys(text: string, source: string): AuthorizedKey
     const where = `${source}:${index + 1}`;
     const tokens = line.split(/\s+/);
     const [type, base64, ...comment] = tokens;
+    if (line.startsWith('-----BEGIN') && line.includes('PRIVATE KEY')) throw new InputError('this is a private key; give the public one (.pub)', where);
     if (!(type! in KEY_FIELDS)) {
       // A key type later in the line means options precede it (quoted options may hold spaces).
       const hasOptions = tokens.slice(1).some((token) => token in KEY_FIELDS);

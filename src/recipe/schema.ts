@@ -25,9 +25,43 @@ const size = (min: number, what: string) =>
       return bytes;
     });
 
-const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'expected a Debian package name');
+/** The image's one kernel, always installed: the bootstrap stage expects exactly one in /boot. */
+export const KERNEL_PACKAGE = 'linux-image-amd64';
+
+/** One of a few numbers, named in the message (a union of literals only says "Invalid input"). */
+const oneOf = (values: [number, ...number[]]) =>
+  z.number().refine((value) => values.includes(value), `expected ${values.slice(0, -1).join(', ')} or ${values.at(-1)}`);
+
+const packageName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9+.-]+$/, 'expected a Debian package name')
+  .superRefine((name, ctx) => {
+    if (name.endsWith('-')) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `"${name}" ends in "-", which apt reads as "remove ${name.slice(0, -1)}"` });
+    } else if (name.startsWith('linux-image-') && name !== KERNEL_PACKAGE && !name.endsWith('-dbg')) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `the image's kernel is ${KERNEL_PACKAGE} (always installed); ${name} would add a second one` });
+    }
+  });
 const relativePath = z.string().min(1, 'expected a path');
 const ipv4 = z.string().ip({ version: 'v4', message: 'expected an IPv4 address' });
+
+/** Where mmdebstrap and apt can fetch from: http(s) archives or a local file:// tree. */
+export function isMirrorUrl(text: string): boolean {
+  return URL.canParse(text) && ['http:', 'https:', 'file:'].includes(new URL(text).protocol);
+}
+export const MIRROR_URL_MESSAGE = 'expected an http://, https:// or file:// mirror URL';
+const mirrorUrl = z.string().refine(isMirrorUrl, MIRROR_URL_MESSAGE);
+
+/** Parameters keylessgo sets itself: root= is the unlocked LUKS volume, ip= comes from initramfs.network. */
+const OWN_KERNEL_PARAMETERS = ['root', 'ip'];
+const parameterName = (parameter: string) => parameter.split('=')[0]!;
+const kernelParameter = z
+  .string()
+  .regex(/^\S+$/, 'expected one kernel parameter without spaces')
+  .refine((parameter) => !OWN_KERNEL_PARAMETERS.includes(parameterName(parameter)), (parameter) => ({
+    message: `keylessgo sets ${parameterName(parameter)}= itself (root= is the unlocked LUKS volume, ip= comes from initramfs.network)`,
+  }));
+
 const interfaceName = z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'expected a network interface name such as eth0');
 
 export const SUITES = ['bookworm', 'trixie'] as const;
@@ -53,8 +87,8 @@ export const recipeSchema = z
       .object({
         tool: z.enum(['mmdebstrap', 'debootstrap']).default('mmdebstrap'),
         variant: z.enum(['apt', 'minbase', 'required', 'important']).default('apt'),
-        mirror: z.string().url('expected a mirror URL').optional(),
-        securityMirror: z.string().url('expected a mirror URL').optional(),
+        mirror: mirrorUrl.optional(),
+        securityMirror: mirrorUrl.optional(),
         components: z.array(z.string().regex(/^[a-z-]+$/)).nonempty().default(['main']),
       })
       .strict()
@@ -89,8 +123,8 @@ export const recipeSchema = z
         cipher: z
           .literal('aes-xts-plain64', { errorMap: () => ({ message: 'only aes-xts-plain64 is supported (keylessgo encrypts the root itself, without device-mapper)' }) })
           .default('aes-xts-plain64'),
-        keySize: z.union([z.literal(256), z.literal(512)]).default(512),
-        sectorSize: z.union([z.literal(512), z.literal(4096)]).default(4096),
+        keySize: oneOf([256, 512]).default(512),
+        sectorSize: oneOf([512, 4096]).default(4096),
         pbkdf: z
           .object({
             type: z.enum(['argon2id', 'argon2i', 'pbkdf2']).default('argon2id'),
@@ -122,7 +156,7 @@ export const recipeSchema = z
       .default({}),
     kernel: z
       .object({
-        cmdline: z.array(z.string().regex(/^\S+$/, 'expected one kernel parameter without spaces')).default(['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0']),
+        cmdline: z.array(kernelParameter).default(['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0']),
       })
       .strict()
       .default({}),
@@ -134,7 +168,8 @@ export const recipeSchema = z
           .array(
             z
               .object({
-                url: z.string().url('expected the Tang server URL as the machine will reach it'),
+                // Tang's exchange needs no TLS, and plain http is what clevis in the initramfs is set up for.
+                url: z.string().refine((url) => URL.canParse(url) && new URL(url).protocol === 'http:', 'expected an http:// URL: the Tang server as the machine will reach it'),
                 adv: relativePath.optional(),
                 thp: z.string().regex(/^[A-Za-z0-9_-]{20,}$/, 'expected a JWK thumbprint (base64url)').optional(),
               })
@@ -146,7 +181,7 @@ export const recipeSchema = z
       .strict()
       .default({}),
     overlays: z.array(relativePath).default([]),
-    variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
+    variables: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()], { errorMap: () => ({ message: 'expected a string, number or boolean' }) })).default({}),
     hooks: z.array(relativePath).default([]),
     output: z
       .object({
@@ -161,6 +196,12 @@ export const recipeSchema = z
     const { tang, threshold, clevis } = recipe.nbde;
     if (tang.length > 0 && !clevis) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'clevis'], message: 'binding to Tang at build time needs clevis in the image (nbde.clevis: true)' });
+    }
+    for (const [index, server] of tang.entries()) {
+      // With the same server twice, one server would meet a threshold meant to need two.
+      if (tang.findIndex((other) => other.url === server.url) < index) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'tang', index, 'url'], message: `${server.url} is listed twice` });
+      }
     }
     if (tang.length > 0 && threshold > tang.length) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'threshold'], message: `threshold ${threshold} exceeds the ${tang.length} Tang server(s) listed` });

@@ -21,7 +21,7 @@ export function parseSize(input: string | number): number | undefined {
   const unit = UNITS[match[2]!.toLowerCase()];
   if (unit === undefined) return undefined;
   const bytes = Math.round(Number(match[1]) * unit);
-  return bytes > 0 ? bytes : undefined;
+  return bytes > 0 && Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
 export function formatSize(bytes: number): string {

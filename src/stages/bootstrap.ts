@@ -12,13 +12,13 @@ import { join } from 'node:path';
 import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
-import type { Recipe } from '../recipe/schema.js';
+import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { formatSize } from '../recipe/size.js';
 import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
 export const BASE_PACKAGES = [
-  'linux-image-amd64',
+  KERNEL_PACKAGE,
   'systemd-sysv',
   'udev',
   'dbus',

@@ -5,34 +5,33 @@
  *
  * Host commands: clevis (luks bind, luks list). Skipped when the recipe lists no Tang server.
  */
-import { readFile } from 'node:fs/promises';
 import { clevisBindArgs, parseClevisList, type TangPin } from '../host/clevis.js';
-import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
+import { fetchAdvertisement, parseAdvertisement, type TangAdvertisement } from '../host/tang.js';
 import { luksDump } from '../host/cryptsetup.js';
 import { InputError } from '../errors.js';
 import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
 import { partitionByRole } from './partition.js';
 
+/** Saved advertisements were read and checked with the recipe; the others are fetched now. */
 async function loadPins(ctx: BuildContext): Promise<Array<TangPin & { thumbprints: string[] }>> {
   const pins = [];
   for (const [index, server] of ctx.recipe.nbde.tang.entries()) {
-    const advFile = ctx.loaded.tangAdvFiles[index];
-    const where = `${ctx.loaded.file}: nbde.tang[${index}]`;
-    const text = advFile ? await readFile(advFile, 'utf8') : await fetchAdvertisement(server.url);
-    let adv;
-    try {
-      adv = parseAdvertisement(text);
-    } catch (error) {
-      throw new InputError(`advertisement ${advFile ?? `${server.url}/adv`}: ${(error as Error).message}`, where);
-    }
-    if (server.thp && !adv.signingThumbprints.includes(server.thp)) {
-      throw new InputError(`thp ${server.thp} is not a signing key of the advertisement (its keys: ${adv.signingThumbprints.join(', ')})`, where);
-    }
-    ctx.log.info(`      tang ${server.url}: signing key ${adv.signingThumbprints.join(', ')}${advFile ? ' (saved advertisement)' : ' (fetched now)'}`);
+    const saved = ctx.loaded.tangAdvs[index];
+    const adv = saved ?? (await fetchedAdvertisement(server, `${ctx.loaded.file}: nbde.tang[${index}]`));
+    ctx.log.info(`      tang ${server.url}: signing key ${adv.signingThumbprints.join(', ')}${saved ? ' (saved advertisement)' : ' (fetched now)'}`);
     pins.push({ url: server.url, adv: adv.jws, thumbprints: adv.signingThumbprints });
   }
   return pins;
+}
+
+async function fetchedAdvertisement(server: { url: string; thp?: string }, where: string): Promise<TangAdvertisement> {
+  const text = await fetchAdvertisement(server.url);
+  try {
+    return parseAdvertisement(text, server.thp);
+  } catch (error) {
+    throw new InputError(`advertisement ${server.url}/adv: ${(error as Error).message}`, where);
+  }
 }
 
 export const nbdeStage: Stage = {

@@ -1,6 +1,8 @@
 /**
- * Bad input gets one readable message, a non-zero exit and leaves nothing behind: no loop
- * device, no mount, no temp dir, nothing in the output directory.
+ * Errors that need the real host or a real build: not root (exit 3), and a stage failing
+ * late. Inputs refused in preflight are the bad-input corpus (test/bad-input, run by
+ * test/unit/bad-input.test.ts). Either way: one readable message, a non-zero exit and
+ * nothing left behind (no loop device, mount, temp dir, or file in the output directory).
  */
 import { execa } from 'execa';
 import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -54,49 +56,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
-});
-
-describe('bad input is refused before anything is touched (exit 2)', () => {
-  const cases: Array<[string, () => Promise<Run>, RegExp]> = [
-    ['unknown recipe field', async () => build(await writeRecipe('unknown', { colour: 'blue' })), /unknown\.yaml: invalid recipe\n\s+\(top level\): unknown field "colour"/],
-    ['unknown suite', async () => build(await writeRecipe('suite', { suite: 'potato' })), /suite: expected one of "bookworm", "trixie", got "potato"/],
-    ['invalid YAML', async () => {
-      const path = join(dir, 'broken.yaml');
-      await writeFile(path, 'name: x\nsuite: [bookworm\n');
-      return build(path);
-    }, /broken\.yaml: invalid YAML at line \d+/],
-    ['missing passphrase file', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: join(dir, 'nope') }), /nope: cannot read passphrase file: no such file/],
-    ['empty passphrase file', async () => {
-      const path = join(dir, 'empty-pass');
-      await writeFile(path, '\n', { mode: 0o600 });
-      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: path });
-    }, /empty-pass: passphrase file is empty/],
-    ['world-readable passphrase file', async () => {
-      const path = join(dir, 'open-pass');
-      await writeFile(path, 'correct horse battery', { mode: 0o644 });
-      await chmod(path, 0o644);
-      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { passphraseFile: path });
-    }, /open-pass: passphrase file is readable by group or others \(mode 644\)/],
-    ['malformed authorized_keys line', async () => {
-      const path = join(dir, 'bad_keys');
-      await writeFile(path, `${(await readFile(image.publicKey, 'utf8')).trim()}\nssh-ed25519 not-base64!\n`);
-      return build(join(REPO, 'recipes/debian-bookworm.yaml'), { keys: path });
-    }, /bad_keys:2: the base64 key data is damaged/],
-    ['overlay template error', async () => {
-      const overlay = join(dir, 'overlay-bad');
-      await mkdir(join(overlay, 'etc'), { recursive: true });
-      await writeFile(join(overlay, 'etc/motd.ejs'), 'welcome\n<%= it.vars.missing.name %>\n');
-      return build(await writeRecipe('template', { overlays: [overlay] }));
-    }, /motd\.ejs:2: template error: .*Cannot read properties of undefined/],
-    ['unknown command-line flag', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { args: ['--colour'] }), /unknown option '--colour'/],
-    ['output directory not creatable', async () => build(join(REPO, 'recipes/debian-bookworm.yaml'), { args: ['--out', '/etc/hostname/out'] }), /\/etc\/hostname\/out: cannot create output directory/],
-  ];
-
-  it.each(cases)('%s', async (_name, run, message) => {
-    const result = await run();
-    expect(result.stderr).toMatch(message);
-    expect(result.exitCode).toBe(2);
-  });
 });
 
 describe('host problems', () => {

@@ -113,7 +113,7 @@ describe('readAuthorizedKeys', () => {
 
   it('refuses a private key given by mistake', async () => {
     const path = join(dir, 'id_ed25519');
-    await expectInputError(readAuthorizedKeys(path), `${path}:1: `, 'not a public key line');
+    await expectInputError(readAuthorizedKeys(path), `${path}:1: this is a private key; give the public one (.pub)`);
   });
 
   it('reports the line number of the bad line in a file', async () => {

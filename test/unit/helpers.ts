@@ -12,7 +12,6 @@ import type { MirrorChoice } from '../../src/host/apt-sources.js';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const DEFAULT_RECIPE = join(REPO, 'recipes/debian-bookworm.yaml');
-export const FIXTURES = join(import.meta.dirname, 'fixtures');
 
 /** Fixed identifiers so rendered files can be compared with literal text. */
 export const IDS: BuildIds = {
