@@ -19,7 +19,7 @@ import {
   readInitramfsMember,
   type PartitionRange,
 } from './image-reader.js';
-import { cacheDirOf } from './fixture.js';
+import { cacheDirOf, CLI } from './fixture.js';
 
 const image = inject('image');
 
@@ -230,6 +230,14 @@ describe('rebuild from the stage cache', () => {
     expect(rebuilt.filesystems.rootUuid).not.toBe(manifest.filesystems.rootUuid);
     expect(rebuilt.dropbear.hostKeys.map((k) => k.fingerprint)).not.toContain(manifest.dropbear.hostKeys[0]!.fingerprint);
     expect(rebuilt.kernel.cmdline).toMatch(/ keylessgo\.rebuild=1$/);
+  });
+
+  it('`keylessgo cache ls` lists the two entries with their sizes', async () => {
+    const first = JSON.parse(await readFile(image.manifestFile, 'utf8')) as typeof rebuilt;
+    const { stdout } = await execa('node', [CLI, 'cache', 'ls', '--cache-dir', cacheDirOf(image.dir)]);
+    expect(stdout).toMatch(new RegExp(`^bootstrap +${first.cache.bootstrap} +\\d+(\\.\\d)? MiB `, 'm'));
+    expect(stdout).toMatch(new RegExp(`^initramfs +${first.cache.initramfs} +\\d+(\\.\\d)? MiB `, 'm'));
+    expect(stdout).toMatch(/^2 entries, /m);
   });
 
   it('leaves no lock and no partial entry in the cache, which holds no private key', async () => {
