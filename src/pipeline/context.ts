@@ -83,6 +83,8 @@ export interface BuildContext {
     layout?: PartitionLayout;
     rawPartial?: string;
     loop?: LoopDevice;
+    /** The `Date:` of each suite's InRelease when the tree was bootstrapped (part of its cache key). */
+    archiveReleases?: Record<string, string>;
     /** Cache keys of the stage results this build used or stored. */
     cacheKeys: Partial<Record<CacheKind, string>>;
     outputs: OutputFile[];

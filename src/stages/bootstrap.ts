@@ -130,6 +130,7 @@ async function copyTree(ctx: BuildContext, from: string, to: string): Promise<vo
 async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
   const inputs = await bootstrapCacheInputs(ctx);
   if (!inputs) return installTree(ctx);
+  ctx.state.archiveReleases = inputs.releases as Record<string, string>;
   const key = cacheKey(inputs);
   const lock = ctx.cleanup.add('release the bootstrap cache lock', await cache.lock('bootstrap', key, ctx.signal));
   try {

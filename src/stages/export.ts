@@ -22,7 +22,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     tool: { name: 'keylessgo', version: ctx.toolVersion },
     builtAt: builtAt.toISOString(),
     recipe: { name: recipe.name, file: basename(ctx.loaded.file), sha256: ctx.loaded.sha256, suite: recipe.suite, architecture: recipe.architecture },
-    mirror: { archive: ctx.mirror.archive, security: ctx.mirror.security ?? null, origin: ctx.mirror.origin },
+    mirror: { archive: ctx.mirror.archive, security: ctx.mirror.security ?? null, origin: ctx.mirror.origin, releases: ctx.state.archiveReleases ?? null },
     kernel: { version: ctx.state.kernelVersion, cmdline: ctx.kernelCmdline },
     luks: {
       uuid: ctx.ids.luksUuid,

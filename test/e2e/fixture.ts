@@ -132,7 +132,7 @@ export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture>
   recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.rebuild=1'] };
   recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
   // --verbose: every host command and its output is in the log, which the secret scan reads.
-  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), fixture, ['--verbose']);
+  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), { canary: fixture.canary, tang: fixture.tang }, ['--verbose']);
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
   return rebuild;
 }
