@@ -18,7 +18,8 @@ export interface DiskImage {
   read(offset: number, length: number): Promise<Buffer>;
 }
 
-async function copyRange(path: string, offset: number, length: number, to: string): Promise<string> {
+/** Copies `length` bytes at `offset` of `path` into a new 0600 file (short at the end of the file). */
+export async function copyRange(path: string, offset: number, length: number, to: string): Promise<string> {
   const source = await open(path, 'r');
   const target = await open(to, 'wx', 0o600);
   const chunk = Buffer.alloc(8 * 1024 * 1024);

@@ -7,6 +7,7 @@ import { execa } from 'execa';
 import { createDecipheriv } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { copyRange } from '../../src/inspect/image.js';
 
 export interface PartitionRange {
   label: string;
@@ -16,21 +17,7 @@ export interface PartitionRange {
 
 /** Copies one partition of a raw disk image into its own file. */
 export async function extractPartition(raw: string, partition: PartitionRange, to: string, maxBytes = partition.sizeBytes): Promise<string> {
-  const source = await open(raw, 'r');
-  const target = await open(to, 'w', 0o600);
-  const chunk = Buffer.alloc(8 * 1024 * 1024);
-  try {
-    for (let done = 0; done < maxBytes; ) {
-      const { bytesRead } = await source.read(chunk, 0, Math.min(chunk.length, maxBytes - done), partition.startBytes + done);
-      if (bytesRead === 0) break;
-      await target.write(chunk, 0, bytesRead);
-      done += bytesRead;
-    }
-  } finally {
-    await source.close();
-    await target.close();
-  }
-  return to;
+  return copyRange(raw, partition.startBytes, maxBytes, to);
 }
 
 export interface VolumeKey {
