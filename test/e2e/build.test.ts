@@ -164,6 +164,9 @@ describe('LUKS2 root', () => {
 
   it('holds the canary written by the recipe hook, and the canary appears nowhere in the raw image', async () => {
     expect((await readExt4File(rootPlain, '/etc/keylessgo-canary')).trim()).toBe(image.canary);
+    expect(await listExt4Dir(rootPlain, '/etc')).toContain(`${image.canary}-etc`);
+    expect(await listExt4Dir(rootPlain, '/root')).toContain(`${image.canary}-root`);
+    // Neither the content nor the file names (all start with the canary) are anywhere in the image.
     expect(await fileContains(image.raw, Buffer.from(image.canary))).toBe(false);
     expect(await fileContains(image.raw, Buffer.from(image.passphrase))).toBe(false);
   });

@@ -101,7 +101,8 @@ export async function buildFixture(): Promise<ImageFixture> {
   await chmod(dir, 0o700);
   const canary = `keylessgo-canary-${randomBytes(12).toString('hex')}`;
   const hook = join(dir, 'canary-hook.sh');
-  await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\n`);
+  // The canary is a file's content and, in /etc and /root, a file's name: neither may appear in the image.
+  await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\ntouch '/etc/${canary}-etc' '/root/${canary}-root'\n`);
 
   const tang = await createTang(dir);
   const recipe = parse(await readFile(join(REPO, 'recipes/debian-bookworm.yaml'), 'utf8')) as Record<string, any>;
