@@ -11,7 +11,7 @@
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { access, mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { mirrorFromSources, readHostAptSources } from '../dist/host/apt-sources.js';
@@ -91,6 +91,8 @@ async function peers() {
 
 const fmt = (n, digits = 1) => (n === undefined || n === null || Number.isNaN(n) ? '-' : n.toFixed(digits));
 
+// Other load on the machine distorts every figure: the report says how much there was.
+const loadBefore = loadavg()[0];
 const cold = await timedBuild('cold', RECIPE);
 const warm = await timedBuild('warm', await changedRecipe());
 const warmHits = ['bootstrap', 'initramfs'].filter((stage) => new RegExp(`cache hit: ${stage}`).test(warm.log));
@@ -119,6 +121,7 @@ const table = [
 const widths = table[0].map((_, i) => Math.max(...table.map((row) => String(row[i]).length)));
 const lines = table.map((row) => row.map((cell, i) => String(cell).padEnd(widths[i])).join('  ').trimEnd());
 lines.push('');
+lines.push(`machine: ${cpus().length} cores, load average ${fmt(loadBefore, 2)} at the start, ${fmt(loadavg()[0], 2)} at the end (1-minute)`);
 lines.push(`cold build ${fmt(cold.seconds)} s = ${fmt(cold.seconds / floorSeconds, 2)} x the time inside host tools (${fmt(floorSeconds)} s); stages: ${Object.entries(cold.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
 lines.push(`warm rebuild stages: ${Object.entries(warm.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
 lines.push(`sizes: qcow2 ${(qcow2.bytes / 1e6).toFixed(0)} MB, raw ${raw ? (raw.bytes / 1e9).toFixed(2) : '-'} GB apparent / ${rawAllocated ? (rawAllocated / 1e6).toFixed(0) : '-'} MB allocated, filesystems use ${(usedBytes / 1e6).toFixed(0)} MB (root ${(used.root / 1e6).toFixed(0)}, boot ${(used.boot / 1e6).toFixed(0)}, esp ${(used.esp / 1e6).toFixed(1)})`);
@@ -126,6 +129,6 @@ lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocke
 for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
 process.stdout.write(`${lines.join('\n')}\n`);
 
-const report = { at: new Date().toISOString(), dir, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
+const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
 await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(`bench.json: ${join(dir, 'bench.json')}\n`);
