@@ -6,8 +6,7 @@
  * exit code and message that name what happened. Builds use the run's warm stage cache.
  */
 import { execa, type ResultPromise } from 'execa';
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse, stringify } from 'yaml';
@@ -17,6 +16,7 @@ const image = inject('image');
 const STAGES = ['bootstrap', 'configure', 'initramfs', 'partition', 'encrypt', 'nbde', 'bootloader', 'export'];
 const POINTS = ['start', 'middle', 'end'];
 let dir: string;
+let buildTmp: string;
 const counted = { cases: 0, leftovers: 0 };
 
 interface HostState {
@@ -26,11 +26,15 @@ interface HostState {
   cache: string[];
 }
 
-/** Everything of ours a build could leave on the host. */
+/**
+ * Everything of ours a build could leave on the host. The builds get a private TMPDIR (their
+ * work trees, secret stores and chroot mounts live there) and write below `dir`, so other
+ * builds on the machine do not blur the picture.
+ */
 async function hostState(): Promise<HostState> {
-  const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => l.includes('keylessgo'));
-  const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((l) => l.includes('keylessgo-'));
-  const temps = (await readdir(tmpdir())).filter((n) => /^keylessgo-(secrets|e2e-bookworm|faults|parallel)/.test(n));
+  const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => l.includes(dir));
+  const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((l) => l.includes(buildTmp));
+  const temps = await readdir(buildTmp);
   const cache = (await execa('find', [cacheDirOf(image.dir), '-maxdepth', '2', '-name', '*.lock', '-o', '-maxdepth', '2', '-name', '*.partial-*'])).stdout.split('\n').filter(Boolean);
   return { loops, mounts, temps, cache };
 }
@@ -53,7 +57,8 @@ async function recipeFile(name: string, patch: Record<string, unknown> = {}): Pr
 
 function startBuild(recipe: string, outDir: string, env: Record<string, string> = {}): ResultPromise<{ all: true; reject: false }> {
   const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', image.passphraseFile, '--authorized-keys', image.publicKey, '--cache-dir', cacheDirOf(image.dir), '--log-format', 'json'];
-  return execa('node', args, { all: true, reject: false, env });
+  // No SIGKILL after a grace period: cleanup after a signal may take longer than execa's default 5 s.
+  return execa('node', args, { all: true, reject: false, env: { ...env, TMPDIR: buildTmp }, forceKillAfterDelay: false });
 }
 
 /** Runs `act` (one or more builds) and checks that nothing of ours is left afterwards. */
@@ -81,6 +86,8 @@ async function signalDuring(child: ResultPromise<{ all: true; reject: false }>, 
 
 beforeAll(async () => {
   dir = await mkdtemp(join(image.dir, 'faults-'));
+  buildTmp = join(dir, 'tmp');
+  await mkdir(buildTmp);
 });
 
 describe('an injected failure leaves nothing behind and names the stage (exit 1)', () => {
