@@ -34,9 +34,26 @@ if [ -z "$version" ] || ! command -v debos >/dev/null; then
 fi
 
 # debos's chroot is systemd-nspawn --register=no, which on a host without systemd as PID 1
-# (this container) still asks the absent system bus for a scope; --keep-unit avoids that.
+# (this container) still asks the absent system bus for a scope (--keep-unit avoids that),
+# and binds /dev/disk, which does not exist without udev.
 mkdir -p "$tmp/bin"
-printf '#!/bin/sh\nexec /usr/bin/systemd-nspawn --keep-unit "$@"\n' >"$tmp/bin/systemd-nspawn"
+cat >"$tmp/bin/systemd-nspawn" <<'SH'
+#!/bin/sh
+held=
+for a; do
+  shift
+  if [ -n "$held" ]; then
+    case $a in /dev/disk*) ;; *) set -- "$@" "$held" "$a" ;; esac
+    held=; continue
+  fi
+  case $a in
+    --bind|--bind-ro) held=$a ;;
+    --bind=/dev/disk*|--bind-ro=/dev/disk*) ;;
+    *) set -- "$@" "$a" ;;
+  esac
+done
+exec /usr/bin/systemd-nspawn --keep-unit "$@"
+SH
 chmod +x "$tmp/bin/systemd-nspawn"
 
 img="$out/debian-bookworm.img" log="$out/plain.log"

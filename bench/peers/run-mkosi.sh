@@ -60,7 +60,7 @@ run_variant() { # variant [extra mkosi args]
     json "$variant" true "$secs" "$bytes" "" "$cache"
   else
     json "$variant" false "$secs" "$bytes" \
-      "$(grep -E 'Cannot|Error|error:|unknown filesystem|returned non-zero' "$log" | grep -v '^ ' | head -2)" "$cache"
+      "$(grep -E 'Cannot|Error|error:|unknown filesystem|returned non-zero' "$log" | grep -v '^ ' | head -1)" "$cache"
   fi
 }
 
