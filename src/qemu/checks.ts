@@ -3,6 +3,7 @@
  * and a verdict. Guest checks run shell commands over SSH in the booted system and judge
  * their output here, so the judging is testable without a VM.
  */
+import { SUITE_VERSIONS } from '../recipe/schema.js';
 import type { BootManifest } from './manifest.js';
 import type { HostKey } from './ssh.js';
 
@@ -76,6 +77,15 @@ export function guestChecks(manifest: BootManifest): GuestCheck[] {
         const seen = `${fields.type} ${fields.cipher} ${fields.keysize}, uuid ${seenUuid}`;
         const ok = fields.type === 'LUKS2' && fields.cipher === cipher && fields.keysize === `${keySize} bits` && seenUuid === uuid;
         return check(`LUKS2 ${cipher} ${keySize}-bit, uuid from manifest`, ok, seen);
+      },
+    },
+    {
+      name: 'Debian release from the recipe',
+      command: '. /etc/os-release && echo "$VERSION_ID $VERSION_CODENAME"',
+      judge: (output) => {
+        const [version, codename] = output.trim().split(/\s+/);
+        const ok = version === SUITE_VERSIONS[manifest.recipe.suite] && codename === manifest.recipe.suite;
+        return check('Debian release from the recipe', ok, `VERSION_ID=${version ?? ''} VERSION_CODENAME=${codename ?? ''}`);
       },
     },
     mountCheck('/boot', 'ext4'),

@@ -31,6 +31,8 @@ const ipv4 = z.string().ip({ version: 'v4', message: 'expected an IPv4 address' 
 const interfaceName = z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'expected a network interface name such as eth0');
 
 export const SUITES = ['bookworm', 'trixie'] as const;
+/** Debian release numbers, as image catalogues (Glance's os_version) name them. */
+export const SUITE_VERSIONS: Record<(typeof SUITES)[number], string> = { bookworm: '12', trixie: '13' };
 
 const dhcpNetwork = z.object({ mode: z.literal('dhcp'), device: interfaceName.default('eth0') }).strict();
 const staticNetwork = z

@@ -1,7 +1,7 @@
 /**
- * One image per test run, shared by every end-to-end test: the default recipe with a
- * smaller disk, a key pair and passphrase generated now (never committed), built through
- * the real CLI. vitest's globalSetup builds it once and hands the paths to the tests.
+ * The images of a test run, built once by vitest's globalSetup through the real CLI: the
+ * default recipe (shared by most end-to-end tests) and the trixie recipe, each with a
+ * smaller disk and a key pair and passphrase generated now (never committed).
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
@@ -14,7 +14,8 @@ import { createTang, type TangFixture } from './tang.js';
 export const REPO = resolve(import.meta.dirname, '../..');
 export const CLI = join(REPO, 'dist/cli.js');
 
-export interface ImageFixture {
+/** An image built through the real CLI, with its credentials and outputs. */
+export interface BuiltImage {
   dir: string;
   recipeFile: string;
   outDir: string;
@@ -27,6 +28,9 @@ export interface ImageFixture {
   passphrase: string;
   buildLog: string;
   buildSeconds: number;
+}
+
+export interface ImageFixture extends BuiltImage {
   /** A plaintext marker written into the root tree by a recipe hook; must never appear in the image. */
   canary: string;
   /** The test Tang server the image is bound to at build time (not running unless a test serves it). */
@@ -42,51 +46,70 @@ export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'priv
   return { privateKey, publicKey: `${privateKey}.pub`, passphraseFile, passphrase };
 }
 
-export async function buildFixture(): Promise<ImageFixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
-  await chmod(dir, 0o700);
+/**
+ * Builds `recipes/<base>.yaml` with a 2 GiB disk as `name` in `dir` (0700), after `adjust`
+ * has changed the recipe; the build log and fixture.json stay in `dir`.
+ */
+async function buildImage(dir: string, base: string, name: string, adjust: (recipe: Record<string, any>) => void, buildArgs: string[] = []): Promise<BuiltImage> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const secrets = await makeSecrets(dir);
-  const canary = `keylessgo-canary-${randomBytes(12).toString('hex')}`;
-  const hook = join(dir, 'canary-hook.sh');
-  await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\n`);
-
-  const tang = await createTang(dir);
-  const recipe = parse(await readFile(join(REPO, 'recipes/debian-bookworm.yaml'), 'utf8')) as Record<string, any>;
-  recipe.name = 'e2e-bookworm';
+  const recipe = parse(await readFile(join(REPO, `recipes/${base}.yaml`), 'utf8')) as Record<string, any>;
+  recipe.name = name;
   recipe.disk = { ...recipe.disk, size: '2GiB' };
-  recipe.hooks = [hook];
-  recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
-  const recipeFile = join(dir, 'e2e-bookworm.yaml');
+  adjust(recipe);
+  const recipeFile = join(dir, `${name}.yaml`);
   await writeFile(recipeFile, stringify(recipe));
 
   const outDir = join(dir, 'out');
   await mkdir(outDir);
   const started = performance.now();
-  const result = await execa('node', [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey], { all: true, reject: false });
+  const result = await execa('node', [CLI, 'build', recipeFile, '--out', outDir, '--passphrase-file', secrets.passphraseFile, '--authorized-keys', secrets.publicKey, ...buildArgs], { all: true, reject: false });
   const buildSeconds = (performance.now() - started) / 1000;
   const buildLog = join(dir, 'build.log');
   await writeFile(buildLog, result.all ?? '');
-  if (result.exitCode !== 0) throw new Error(`fixture build failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
-  const fixture: ImageFixture = {
+  if (result.exitCode !== 0) throw new Error(`${name} build failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
+  return {
     dir,
     recipeFile,
     outDir,
-    raw: join(outDir, 'e2e-bookworm.raw'),
-    qcow2: join(outDir, 'e2e-bookworm.qcow2'),
+    raw: join(outDir, `${name}.raw`),
+    qcow2: join(outDir, `${name}.qcow2`),
     manifestFile: join(outDir, 'manifest.json'),
     buildLog,
     buildSeconds,
-    canary,
-    tang,
     ...secrets,
   };
+}
+
+/** The shared bookworm image: bound to a test Tang, with a canary hook. */
+export async function buildFixture(): Promise<ImageFixture> {
+  const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
+  await chmod(dir, 0o700);
+  const canary = `keylessgo-canary-${randomBytes(12).toString('hex')}`;
+  const hook = join(dir, 'canary-hook.sh');
+  await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\n`);
+  const tang = await createTang(dir);
+  const built = await buildImage(dir, 'debian-bookworm', 'e2e-bookworm', (recipe) => {
+    recipe.hooks = [hook];
+    recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
+  });
+  const fixture: ImageFixture = { ...built, canary, tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;
 }
 
+/** The trixie image, as recipes/debian-trixie.yaml builds it, in `trixie/` under the shared fixture's directory. */
+export async function buildTrixieFixture(parent: string): Promise<BuiltImage> {
+  const dir = join(parent, TRIXIE_DIR);
+  const built = await buildImage(dir, 'debian-trixie', 'e2e-trixie', () => undefined);
+  await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(built, null, 2));
+  return built;
+}
+
+export const TRIXIE_DIR = 'trixie';
 const FIXTURE_JSON = 'fixture.json';
 
 /** Development aid: reuse a fixture kept with KEYLESSGO_KEEP_FIXTURE=1 (its dir is printed). */
-export async function loadFixture(dir: string): Promise<ImageFixture> {
-  return JSON.parse(await readFile(join(dir, FIXTURE_JSON), 'utf8')) as ImageFixture;
+export async function loadFixture<T extends BuiltImage = ImageFixture>(dir: string): Promise<T> {
+  return JSON.parse(await readFile(join(dir, FIXTURE_JSON), 'utf8')) as T;
 }

@@ -1,22 +1,28 @@
 import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { GlobalSetupContext } from 'vitest/node';
-import { buildFixture, loadFixture, type ImageFixture } from './fixture.js';
+import { buildFixture, buildTrixieFixture, loadFixture, TRIXIE_DIR, type BuiltImage, type ImageFixture } from './fixture.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     image: ImageFixture;
+    trixie: BuiltImage;
   }
 }
 
 /**
- * Builds the shared image. KEYLESSGO_KEEP_FIXTURE=1 keeps it afterwards and
- * KEYLESSGO_FIXTURE_DIR=<dir> reuses a kept one (for iterating on tests, never in CI).
+ * Builds the shared images, one after the other (a build uses both cores of a CI machine).
+ * KEYLESSGO_KEEP_FIXTURE=1 keeps them afterwards and KEYLESSGO_FIXTURE_DIR=<dir> reuses
+ * kept ones (for iterating on tests, never in CI).
  */
 export default async function setup({ provide }: GlobalSetupContext) {
   const reuse = process.env.KEYLESSGO_FIXTURE_DIR;
   const image = reuse ? await loadFixture(reuse) : await buildFixture();
   process.stderr.write(`e2e fixture: ${reuse ? 'reusing' : `built in ${image.buildSeconds.toFixed(1)} s:`} ${image.dir}\n`);
+  const trixie = reuse ? await loadFixture<BuiltImage>(join(reuse, TRIXIE_DIR)) : await buildTrixieFixture(image.dir);
+  process.stderr.write(`e2e trixie fixture: ${reuse ? 'reusing' : `built in ${trixie.buildSeconds.toFixed(1)} s:`} ${trixie.dir}\n`);
   provide('image', image);
+  provide('trixie', trixie);
   return async () => {
     if (!reuse && !process.env.KEYLESSGO_KEEP_FIXTURE) await rm(image.dir, { recursive: true, force: true });
   };

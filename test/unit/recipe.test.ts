@@ -56,6 +56,15 @@ describe('the default recipe', () => {
   });
 });
 
+describe('the trixie recipe', () => {
+  it('differs from the bookworm one only in name, description and suite', async () => {
+    const bookworm = (await loadRecipe(DEFAULT_RECIPE)).recipe;
+    const trixie = (await loadRecipe(join(DEFAULT_RECIPE, '../debian-trixie.yaml'))).recipe;
+    expect(trixie).toEqual({ ...bookworm, name: 'debian-trixie', description: trixie.description, suite: 'trixie' });
+    expect(trixie.description).toMatch(/Debian 13/);
+  });
+});
+
 describe('parseRecipeText', () => {
   it('gives a recipe of only name and suite every default', () => {
     expect(recipeWith()).toEqual({ ...DEFAULTS, name: 'test', suite: 'bookworm' });
