@@ -46,6 +46,8 @@ export interface BootTestOptions {
   cpus: number;
   timeoutSeconds: number;
   negativeChecks: boolean;
+  /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
+  diskSizeBytes?: number;
   log: Logger;
 }
 
@@ -200,7 +202,7 @@ interface Launch {
 /** The overlay and firmware copy go to `workDir`; QEMU's own messages to qemu.log beside the serial log. */
 async function launchVm({ options, manifest, accel, host, workDir, serialLog }: Launch): Promise<Vm> {
   const overlay = join(workDir, 'overlay.qcow2');
-  await createOverlay(host, options.image, overlay);
+  await createOverlay(host, options.image, overlay, options.diskSizeBytes);
   const config = {
     accel,
     cpus: options.cpus,

@@ -11,6 +11,8 @@ const manifestSchema = z.object({
   recipe: z.object({ name: z.string(), suite: z.enum(SUITES) }),
   kernel: z.object({ version: z.string() }),
   luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string() }),
+  // Absent in manifests from before the root grew at first boot.
+  disk: z.object({ growOnFirstBoot: z.boolean() }).default({ growOnFirstBoot: false }),
   partitions: z.array(z.object({ role: z.string(), startBytes: z.number(), sizeBytes: z.number() })),
   dropbear: z.object({
     port: z.number(),

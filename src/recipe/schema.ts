@@ -82,6 +82,8 @@ export const recipeSchema = z
         size: size(1024 * MiB, 'disk.size').default('3GiB'),
         esp: size(32 * MiB, 'disk.esp').default('64MiB'),
         boot: size(128 * MiB, 'disk.boot').default('384MiB'),
+        // The image's root stays tight (small downloads); each machine grows it to its disk.
+        growOnFirstBoot: z.boolean().default(true),
       })
       .strict()
       .default({}),

@@ -35,7 +35,9 @@ export const configureStage: Stage = {
 
     await withChroot(ctx.host, ctx.cleanup, rootfs, async (chroot) => {
       await chroot.run('passwd', ['--lock', 'root']);
-      await chroot.run('systemctl', ['enable', 'systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service']);
+      const units = ['systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service'];
+      if (recipe.disk.growOnFirstBoot) units.push('keylessgo-grow-root.service');
+      await chroot.run('systemctl', ['enable', ...units]);
       // Nothing in a default image needs the network before boot completes: don't wait for it.
       await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service']);
       for (const [index, hook] of ctx.loaded.hookFiles.entries()) {

@@ -32,6 +32,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     recipe: { name: recipe.name, file: basename(ctx.loaded.file), sha256: ctx.loaded.sha256, suite: recipe.suite, architecture: recipe.architecture },
     mirror: { archive: ctx.mirror.archive, security: ctx.mirror.security ?? null, origin: ctx.mirror.origin },
     kernel: { version: ctx.state.kernelVersion, cmdline: ctx.kernelCmdline },
+    disk: { sizeBytes: recipe.disk.size, growOnFirstBoot: recipe.disk.growOnFirstBoot },
     luks: {
       uuid: ctx.ids.luksUuid,
       cipher: recipe.luks.cipher,

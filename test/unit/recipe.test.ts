@@ -17,7 +17,7 @@ const DEFAULTS = {
   hostname: 'keylessgo',
   root: { login: 'key-only' },
   network: { manager: 'systemd-networkd', match: 'en* eth*' },
-  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB },
+  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB, growOnFirstBoot: true },
   luks: {
     cipher: 'aes-xts-plain64',
     keySize: 512,
