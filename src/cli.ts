@@ -51,10 +51,11 @@ program
   .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)')
   .addOption(cacheDirOption)
   .option('--no-cache', 'neither use nor fill the stage cache')
+  .option('--export-boot', 'also write vmlinuz, initrd.img and cmdline beside the image (network-boot the kernel, unlock the local disk)')
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean } & LogOptions) => {
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; exportBoot?: boolean } & LogOptions) => {
     const log = commandLogger(opts);
     const started = performance.now();
     const ctx = await build({
@@ -64,6 +65,7 @@ program
       authorizedKeysFile: opts.authorizedKeys,
       mirror: opts.mirror,
       cacheDir: opts.cache ? opts.cacheDir : null,
+      exportBoot: opts.exportBoot ?? false,
       log,
     });
     const seconds = (performance.now() - started) / 1000;

@@ -1,17 +1,67 @@
 /**
- * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json. Every
- * output is written under a *.partial name and renamed only when the whole set is done.
+ * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json (with the
+ * image properties Glance and Ironic want), and with --export-boot the kernel, initramfs
+ * and kernel command line. Every output is written under a *.partial name and renamed
+ * only when the whole set is done.
  *
  * Host commands: qemu-img, sfdisk (-J for the manifest's partition table).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
+import { SUITE_VERSIONS, type Recipe } from '../recipe/schema.js';
 import { packageList } from './bootstrap.js';
+import { bootTreeDir } from './partition.js';
 import { formatSize } from '../recipe/size.js';
+
+/** GRUB is installed for both: core.img in the BIOS boot partition, BOOTX64.EFI on the ESP. */
+export const BOOT_MODES = ['uefi', 'bios'] as const;
+
+const GLANCE_ARCHITECTURES: Record<Recipe['architecture'], string> = { amd64: 'x86_64' };
+
+/** A disk image's properties as Glance stores them (`openstack image create --property`) and Ironic reads them. */
+export function glanceProperties(recipe: Recipe, image: Pick<OutputFile, 'format' | 'sha256'>) {
+  return {
+    disk_format: image.format,
+    container_format: 'bare',
+    os_hash_algo: 'sha256',
+    os_hash_value: image.sha256,
+    min_disk: Math.ceil(recipe.disk.size / 1024 ** 3),
+    os_distro: 'debian',
+    os_version: SUITE_VERSIONS[recipe.suite],
+    architecture: GLANCE_ARCHITECTURES[recipe.architecture],
+  };
+}
+
+const isDiskImage = (output: OutputFile) => output.format === 'raw' || output.format === 'qcow2';
+
+interface PendingOutput {
+  partial: string;
+  final: string;
+  format: OutputFile['format'];
+}
+
+/** vmlinuz, initrd.img (the one on /boot, with this build's keys) and cmdline, for a network-booted kernel that unlocks the local disk. */
+async function writeBootFiles(ctx: BuildContext): Promise<PendingOutput[]> {
+  const version = ctx.state.kernelVersion!;
+  const bootTree = bootTreeDir(ctx);
+  const files: Array<[name: string, format: OutputFile['format'], write: (to: string) => Promise<void>]> = [
+    ['vmlinuz', 'kernel', (to) => copyFile(join(bootTree, `vmlinuz-${version}`), to)],
+    ['initrd.img', 'initrd', (to) => copyFile(join(bootTree, `initrd.img-${version}`), to)],
+    ['cmdline', 'cmdline', (to) => writeFile(to, `${ctx.kernelCmdline}\n`)],
+  ];
+  const pending: PendingOutput[] = [];
+  for (const [name, format, write] of files) {
+    const partial = join(ctx.outDir, `${name}.partial`);
+    ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
+    await write(partial);
+    pending.push({ partial, final: join(ctx.outDir, name), format });
+  }
+  return pending;
+}
 
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -54,7 +104,8 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
     cache: ctx.state.cacheKeys,
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
-    outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path) })),
+    bootModes: BOOT_MODES,
+    outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
   };
 }
@@ -69,7 +120,7 @@ export const exportStage: Stage = {
     const rawPartial = ctx.state.rawPartial!;
     const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', rawPartial])) as unknown;
 
-    const pending: Array<{ partial: string; final: string; format: OutputFile['format'] }> = [];
+    const pending: PendingOutput[] = [];
     if (recipe.output.formats.includes('qcow2')) {
       const partial = join(outDir, `${recipe.name}.qcow2.partial`);
       ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
@@ -77,6 +128,7 @@ export const exportStage: Stage = {
       pending.push({ partial, final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' });
     }
     if (recipe.output.formats.includes('raw')) pending.push({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' });
+    if (ctx.exportBoot) pending.push(...(await writeBootFiles(ctx)));
 
     for (const file of pending) {
       const { size } = await stat(file.partial);

@@ -81,7 +81,7 @@ async function buildImage(dir: string, base: string, name: string, adjust: (reci
   };
 }
 
-/** The shared bookworm image: bound to a test Tang, with a canary hook. */
+/** The shared bookworm image: bound to a test Tang, with a canary hook, and the PXE boot files (--export-boot). */
 export async function buildFixture(): Promise<ImageFixture> {
   const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
   await chmod(dir, 0o700);
@@ -92,7 +92,7 @@ export async function buildFixture(): Promise<ImageFixture> {
   const built = await buildImage(dir, 'debian-bookworm', 'e2e-bookworm', (recipe) => {
     recipe.hooks = [hook];
     recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
-  });
+  }, ['--export-boot']);
   const fixture: ImageFixture = { ...built, canary, tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;
