@@ -16,7 +16,7 @@ import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
 import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
-import { formatSize } from './recipe/size.js';
+import { formatSize, MiB, parseSize } from './recipe/size.js';
 
 const program = new Command();
 program
@@ -60,10 +60,11 @@ program
   .option('--mirror <url>', 'Debian mirror (default: the recipe, else the host apt sources)', mirrorUrl)
   .addOption(cacheDirOption)
   .option('--no-cache', 'neither use nor fill the stage cache')
+  .option('--export-boot', 'also write vmlinuz, initrd.img and cmdline beside the image (network-boot the kernel, unlock the local disk)')
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean } & LogOptions) => {
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; exportBoot?: boolean } & LogOptions) => {
     const log = commandLogger(opts);
     const started = performance.now();
     const ctx = await build({
@@ -73,6 +74,7 @@ program
       authorizedKeysFile: opts.authorizedKeys,
       mirror: opts.mirror,
       cacheDir: opts.cache ? opts.cacheDir : null,
+      exportBoot: opts.exportBoot ?? false,
       log,
     });
     const seconds = (performance.now() - started) / 1000;
@@ -94,6 +96,12 @@ function positiveInteger(name: string) {
   };
 }
 
+function diskSize(value: string): number {
+  const bytes = parseSize(value);
+  if (bytes === undefined || bytes % MiB !== 0) throw new InvalidArgumentError('--disk-size must be a size in whole MiB such as 6GiB');
+  return bytes;
+}
+
 program
   .command('boot-test')
   .description('boot an image in a throwaway QEMU VM, unlock it over SSH and check the booted system')
@@ -108,10 +116,11 @@ program
   .option('--cpus <n>', 'guest CPUs', positiveInteger('--cpus'), 2)
   .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
+  .option('--disk-size <size>', 'boot from a disk this large (e.g. 6GiB), the image at its start: tests growing the root at first boot', diskSize)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean } & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number } & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -128,6 +137,7 @@ program
       cpus: opts.cpus,
       timeoutSeconds: opts.timeout,
       negativeChecks: opts.negativeChecks ?? false,
+      diskSizeBytes: opts.diskSize,
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);

@@ -30,6 +30,8 @@ export interface BuildOptions {
   mirror?: string;
   /** Stage cache directory; null disables the cache. */
   cacheDir?: string | null;
+  /** Write vmlinuz, initrd.img and cmdline beside the image. */
+  exportBoot?: boolean;
   log: Logger;
 }
 
@@ -173,6 +175,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       authorizedKeys: checked.authorizedKeys,
       overlayFiles: checked.overlayFiles,
       kernelCmdline: kernelCmdline(recipe),
+      exportBoot: options.exportBoot ?? false,
       toolVersion: await toolVersion(),
       cache: options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log),
       state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {} },

@@ -35,7 +35,8 @@ export function newBuildIds(): BuildIds {
 }
 
 export interface OutputFile {
-  format: 'raw' | 'qcow2';
+  /** Disk images, or (with --export-boot) the kernel, initramfs and kernel command line. */
+  format: 'raw' | 'qcow2' | 'kernel' | 'initrd' | 'cmdline';
   path: string;
   bytes: number;
   sha256: string;
@@ -63,6 +64,8 @@ export interface BuildContext {
   readonly overlayFiles: readonly RenderedFile[];
   /** Kernel command line written to grub.cfg (root=, ip= and the recipe's parameters). */
   readonly kernelCmdline: string;
+  /** Also write the kernel, initramfs and command line beside the image (network boot). */
+  readonly exportBoot: boolean;
   readonly toolVersion: string;
   /** Stage cache; undefined with --no-cache. */
   readonly cache?: StageCache;

@@ -46,6 +46,8 @@ export interface BootTestOptions {
   cpus: number;
   timeoutSeconds: number;
   negativeChecks: boolean;
+  /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
+  diskSizeBytes?: number;
   log: Logger;
 }
 
@@ -53,6 +55,14 @@ const USER = 'root';
 const BANNER_POLL_MS = 1000;
 const BANNER_READ_MS = 5000;
 const SSH_TIMEOUT_MS = 60_000;
+/**
+ * cryptroot-unlock returns once cryptsetup has run the keyslot's KDF. Under TCG the default
+ * argon2id slot (64 MiB, 4 iterations) took ~10 s with bookworm's cryptsetup (libargon2) but
+ * 63 s with trixie's (Argon2 from OpenSSL): allow minutes beyond the SSH timeout.
+ */
+const UNLOCK_EXTRA_MS = 240_000;
+/** systemd-analyze critical-chain took over 60 s in a trixie guest under TCG on a busy host. */
+const BOOT_ANALYSIS_EXTRA_MS = 120_000;
 const UNLOCKED = /set up successfully/;
 
 interface Inputs {
@@ -122,7 +132,7 @@ async function negativeChecks(run: Run): Promise<Check[]> {
   } finally {
     client.end();
   }
-  const wrong = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run), stdin: `wrong-${randomBytes(9).toString('base64url')}` });
+  const wrong = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run, UNLOCK_EXTRA_MS), stdin: `wrong-${randomBytes(9).toString('base64url')}` });
   const stillLocked = !UNLOCKED.test(wrong.output) && (await readBanner(run.port, BANNER_READ_MS))?.includes('dropbear') === true;
   checks.push(check('a wrong passphrase does not unlock', stillLocked, lastLine(wrong.output)));
   return checks;
@@ -133,7 +143,7 @@ function lastLine(text: string): string {
 }
 
 async function unlock(run: Run): Promise<HostKey> {
-  const result = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run), stdin: run.inputs.passphrase });
+  const result = await runOnce(run.port, run.inputs.keyAuth, 'cryptroot-unlock', { ...sshOptions(run, UNLOCK_EXTRA_MS), stdin: run.inputs.passphrase });
   if (!UNLOCKED.test(result.output)) {
     run.checks.push(check('unlock with the passphrase', false, lastLine(result.output)));
     throw new Error(`the passphrase did not unlock the root volume; cryptroot-unlock said: ${lastLine(result.output)}`);
@@ -152,7 +162,7 @@ async function checkBootedSystem(run: Run, dropbearKey: HostKey): Promise<string
       run.checks.push(guestCheck.judge(output));
       if (guestCheck.name === 'systemctl is-system-running') run.milestones.running = secondsSince(run.started);
     }
-    return (await exec(client, BOOT_ANALYSIS_COMMAND, sshOptions(run))).output;
+    return (await exec(client, BOOT_ANALYSIS_COMMAND, sshOptions(run, BOOT_ANALYSIS_EXTRA_MS))).output;
   } finally {
     client.end();
   }
@@ -192,7 +202,7 @@ interface Launch {
 /** The overlay and firmware copy go to `workDir`; QEMU's own messages to qemu.log beside the serial log. */
 async function launchVm({ options, manifest, accel, host, workDir, serialLog }: Launch): Promise<Vm> {
   const overlay = join(workDir, 'overlay.qcow2');
-  await createOverlay(host, options.image, overlay);
+  await createOverlay(host, options.image, overlay, options.diskSizeBytes);
   const config = {
     accel,
     cpus: options.cpus,

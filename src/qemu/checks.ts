@@ -3,6 +3,7 @@
  * and a verdict. Guest checks run shell commands over SSH in the booted system and judge
  * their output here, so the judging is testable without a VM.
  */
+import { SUITE_VERSIONS } from '../recipe/schema.js';
 import type { BootManifest } from './manifest.js';
 import type { HostKey } from './ssh.js';
 
@@ -53,6 +54,44 @@ function mountCheck(mountPoint: string, fsType: string): GuestCheck {
   };
 }
 
+/** Backup GPT header and entries at the end of the disk (512-byte sectors). */
+const GPT_BACKUP_BYTES = 33 * 512;
+const MiB = 1024 * 1024;
+
+/** `name=value` pairs of whole numbers, as the root growth check prints them. */
+export function parseNumbers(text: string): Record<string, number> {
+  return Object.fromEntries([...text.matchAll(/(\w+)=(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+}
+
+/**
+ * The root grew to the disk at first boot: the partition ends within the last MiB before the
+ * backup GPT, its size is whole 4 KiB LUKS2 sectors, the LUKS2 volume is the partition minus
+ * the header, and ext4 fills the volume. Runs after the boot settled (the grow unit is done).
+ */
+export const ROOT_GROWTH_CHECK: GuestCheck = {
+  name: 'root grown to the end of the disk',
+  command: [
+    'src=$(findmnt -n -o SOURCE /); dev=$(cryptsetup status "$src" | sed -n "s/^ *device: *//p"); name=${dev##*/}',
+    'echo disk=$(( $(cat /sys/class/block/$name/../size) * 512 )) start=$(( $(cat /sys/class/block/$name/start) * 512 )) partition=$(blockdev --getsize64 "$dev")' +
+      ' header=$(( $(cryptsetup status "$src" | awk \'$1 == "offset:" {print $2}\') * 512 )) volume=$(blockdev --getsize64 "$src")' +
+      ` ext4=$(dumpe2fs -h "$src" 2>/dev/null | awk -F': *' '/^Block count:/ {c=$2} /^Block size:/ {s=$2} END {printf "%.0f", c*s}') df=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')`,
+    // What each step logged: the partition (initramfs, kernel log) and ext4 (the unit).
+    "journalctl -b -k -o cat --grep 'keylessgo-grow-root: ' --no-pager | tail -n 1",
+    'journalctl -b -u keylessgo-grow-root -o cat --no-pager | grep -v "^[A-Z][a-z]*ing \\|^Finished " | tail -n 1',
+  ].join('; '),
+  judge(output) {
+    const n = parseNumbers(output.split('\n')[0] ?? '');
+    const { disk = 0, start = 0, partition = 0, header = 0, volume = 0, ext4 = 0 } = n;
+    const ok =
+      partition > 0 &&
+      disk - (start + partition) < MiB + GPT_BACKUP_BYTES &&
+      partition % 4096 === 0 &&
+      volume === partition - header &&
+      volume - ext4 < 4096;
+    return check(this.name, ok, output.trim().split('\n').join('; '));
+  },
+};
+
 /** How long `systemctl is-system-running --wait` may wait for the boot to settle. */
 export const SYSTEM_RUNNING_WAIT_SECONDS = 300;
 
@@ -78,6 +117,15 @@ export function guestChecks(manifest: BootManifest): GuestCheck[] {
         return check(`LUKS2 ${cipher} ${keySize}-bit, uuid from manifest`, ok, seen);
       },
     },
+    {
+      name: 'Debian release from the recipe',
+      command: '. /etc/os-release && echo "$VERSION_ID $VERSION_CODENAME"',
+      judge: (output) => {
+        const [version, codename] = output.trim().split(/\s+/);
+        const ok = version === SUITE_VERSIONS[manifest.recipe.suite] && codename === manifest.recipe.suite;
+        return check('Debian release from the recipe', ok, `VERSION_ID=${version ?? ''} VERSION_CODENAME=${codename ?? ''}`);
+      },
+    },
     mountCheck('/boot', 'ext4'),
     mountCheck('/boot/efi', 'vfat'),
     {
@@ -89,6 +137,7 @@ export function guestChecks(manifest: BootManifest): GuestCheck[] {
         return check('systemctl is-system-running', lines[0] === 'running', lines.join('; '));
       },
     },
+    ...(manifest.disk.growOnFirstBoot ? [ROOT_GROWTH_CHECK] : []),
   ];
 }
 

@@ -5,11 +5,14 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { InputError } from '../errors.js';
+import { SUITES } from '../recipe/schema.js';
 
 const manifestSchema = z.object({
-  recipe: z.object({ name: z.string() }),
+  recipe: z.object({ name: z.string(), suite: z.enum(SUITES) }),
   kernel: z.object({ version: z.string() }),
   luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string() }),
+  // Absent in manifests from before the root grew at first boot.
+  disk: z.object({ growOnFirstBoot: z.boolean() }).default({ growOnFirstBoot: false }),
   partitions: z.array(z.object({ role: z.string(), startBytes: z.number(), sizeBytes: z.number() })),
   dropbear: z.object({
     port: z.number(),

@@ -65,6 +65,8 @@ const kernelParameter = z
 const interfaceName = z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'expected a network interface name such as eth0');
 
 export const SUITES = ['bookworm', 'trixie'] as const;
+/** Debian release numbers, as image catalogues (Glance's os_version) name them. */
+export const SUITE_VERSIONS: Record<(typeof SUITES)[number], string> = { bookworm: '12', trixie: '13' };
 
 const dhcpNetwork = z.object({ mode: z.literal('dhcp'), device: interfaceName.default('eth0') }).strict();
 const staticNetwork = z
@@ -114,6 +116,8 @@ export const recipeSchema = z
         size: size(1024 * MiB, 'disk.size').default('3GiB'),
         esp: size(32 * MiB, 'disk.esp').default('64MiB'),
         boot: size(128 * MiB, 'disk.boot').default('384MiB'),
+        // The image's root stays tight (small downloads); each machine grows it to its disk.
+        growOnFirstBoot: z.boolean().default(true),
       })
       .strict()
       .default({}),

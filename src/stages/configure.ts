@@ -35,7 +35,9 @@ export const configureStage: Stage = {
 
     await withChroot(ctx.host, ctx.cleanup, rootfs, async (chroot) => {
       await chroot.run('passwd', ['--lock', 'root']);
-      await chroot.run('systemctl', ['enable', 'systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service']);
+      const units = ['systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service'];
+      if (recipe.disk.growOnFirstBoot) units.push('keylessgo-grow-root.service');
+      await chroot.run('systemctl', ['enable', ...units]);
       // Nothing in a default image needs the network before boot completes: don't wait for it.
       // e2scrub_reap cleans up LVM snapshots of ext4 scrubs; images have no LVM.
       await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service', 'e2scrub_reap.service']);

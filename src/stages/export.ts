@@ -1,15 +1,65 @@
 /**
- * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json. Every
- * output is written under a *.partial name; the runner renames the set once the build succeeded.
+ * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json (with the
+ * image properties Glance and Ironic want), and with --export-boot the kernel, initramfs
+ * and kernel command line. Every output is written under a *.partial name; the runner
+ * renames the set once the build succeeded.
  *
  * Host commands: qemu-img, sfdisk (-J for the manifest's partition table), sha256sum.
  */
-import { rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
+import { SUITE_VERSIONS, type Recipe } from '../recipe/schema.js';
 import { packageList } from './bootstrap.js';
+import { bootTreeDir } from './partition.js';
 import { formatSize } from '../recipe/size.js';
+
+/** GRUB is installed for both: core.img in the BIOS boot partition, BOOTX64.EFI on the ESP. */
+export const BOOT_MODES = ['uefi', 'bios'] as const;
+
+const GLANCE_ARCHITECTURES: Record<Recipe['architecture'], string> = { amd64: 'x86_64' };
+
+/** A disk image's properties as Glance stores them (`openstack image create --property`) and Ironic reads them. */
+export function glanceProperties(recipe: Recipe, image: Pick<OutputFile, 'format' | 'sha256'>) {
+  return {
+    disk_format: image.format,
+    container_format: 'bare',
+    os_hash_algo: 'sha256',
+    os_hash_value: image.sha256,
+    min_disk: Math.ceil(recipe.disk.size / 1024 ** 3),
+    os_distro: 'debian',
+    os_version: SUITE_VERSIONS[recipe.suite],
+    architecture: GLANCE_ARCHITECTURES[recipe.architecture],
+  };
+}
+
+const isDiskImage = (output: OutputFile) => output.format === 'raw' || output.format === 'qcow2';
+
+interface PendingOutput {
+  partial: string;
+  final: string;
+  format: OutputFile['format'];
+}
+
+/** vmlinuz, initrd.img (the one on /boot, with this build's keys) and cmdline, for a network-booted kernel that unlocks the local disk. */
+async function writeBootFiles(ctx: BuildContext): Promise<PendingOutput[]> {
+  const version = ctx.state.kernelVersion!;
+  const bootTree = bootTreeDir(ctx);
+  const files: Array<[name: string, format: OutputFile['format'], write: (to: string) => Promise<void>]> = [
+    ['vmlinuz', 'kernel', (to) => copyFile(join(bootTree, `vmlinuz-${version}`), to)],
+    ['initrd.img', 'initrd', (to) => copyFile(join(bootTree, `initrd.img-${version}`), to)],
+    ['cmdline', 'cmdline', (to) => writeFile(to, `${ctx.kernelCmdline}\n`)],
+  ];
+  const pending: PendingOutput[] = [];
+  for (const [name, format, write] of files) {
+    const partial = join(ctx.outDir, `${name}.partial`);
+    ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
+    await write(partial);
+    pending.push({ partial, final: join(ctx.outDir, name), format });
+  }
+  return pending;
+}
 
 export function qemuImgConvertArgs(raw: string, qcow2: string, compress: boolean): string[] {
   return ['convert', '-f', 'raw', '-O', 'qcow2', ...(compress ? ['-c'] : []), '-o', 'compat=1.1', raw, qcow2];
@@ -24,6 +74,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     recipe: { name: recipe.name, file: basename(ctx.loaded.file), sha256: ctx.loaded.sha256, suite: recipe.suite, architecture: recipe.architecture },
     mirror: { archive: ctx.mirror.archive, security: ctx.mirror.security ?? null, origin: ctx.mirror.origin, releases: ctx.state.archiveReleases ?? null },
     kernel: { version: ctx.state.kernelVersion, cmdline: ctx.kernelCmdline },
+    disk: { sizeBytes: recipe.disk.size, growOnFirstBoot: recipe.disk.growOnFirstBoot },
     luks: {
       uuid: ctx.ids.luksUuid,
       cipher: recipe.luks.cipher,
@@ -45,7 +96,8 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
     cache: ctx.state.cacheKeys,
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
-    outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path) })),
+    bootModes: BOOT_MODES,
+    outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
     hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.toolSeconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
   };
@@ -62,7 +114,7 @@ export const exportStage: Stage = {
     const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', rawPartial])) as unknown;
 
     // The raw image is hashed while qemu-img reads it for the qcow2: two cores, one pass through the page cache.
-    const pending: Array<{ partial: string; final: string; format: OutputFile['format'] }> = [];
+    const pending: PendingOutput[] = [];
     const jobs: Array<Promise<void>> = [];
     if (recipe.output.formats.includes('raw')) pending.push({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' });
     if (recipe.output.formats.includes('qcow2')) {
@@ -71,6 +123,7 @@ export const exportStage: Stage = {
       jobs.push(ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, partial, recipe.output.compress)).then(() => undefined));
       pending.push({ partial, final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' });
     }
+    if (ctx.exportBoot) pending.push(...(await writeBootFiles(ctx)));
     const sha256 = async (path: string) => (await ctx.host.run('sha256sum', [path])).split(' ')[0]!;
     const hashes = new Map<string, string>();
     if (recipe.output.formats.includes('raw')) jobs.push(sha256(rawPartial).then((hash) => void hashes.set(rawPartial, hash)));

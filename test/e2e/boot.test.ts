@@ -9,6 +9,7 @@ import { execa, type ResultPromise } from 'execa';
 import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, inject, it } from 'vitest';
+import { parseNumbers } from '../../src/qemu/checks.js';
 import type { BootTestResult } from '../../src/qemu/report.js';
 import { CLI, type ImageFixture } from './fixture.js';
 
@@ -81,10 +82,18 @@ describe('keylessgo boot-test', () => {
 
   // The rebuild from the cache: its base initramfs was made for the first build (other LUKS
   // UUID, no keys); only the appended archive carries this build's crypttab, keys and host keys.
-  it('boots the rebuild from the cache with BIOS (GRUB core.img in the BIOS boot partition) and passes every check', async () => {
-    const run = await bootTest('boot-bios', ['--firmware', 'bios'], rebuild);
+  it('boots the rebuild from the cache with BIOS from a 6 GiB disk, grows the root to it and passes every check', async () => {
+    const run = await bootTest('boot-bios', ['--firmware', 'bios', '--disk-size', '6GiB'], rebuild);
     expectFullPass(run);
     expect(run.result.firmware).toBe('bios');
+    // The grow check has verified the alignment and LUKS2 = partition - header; here: the root grew.
+    const growth = run.result.checks.find((c) => c.name === 'root grown to the end of the disk')!;
+    const sizes = parseNumbers(growth.detail);
+    const manifest = JSON.parse(await readFile(image.manifestFile, 'utf8')) as { partitions: Array<{ role: string; sizeBytes: number }> };
+    const imageRoot = manifest.partitions.find((p) => p.role === 'root')!.sizeBytes;
+    expect(sizes.disk).toBe(6 * 1024 ** 3);
+    expect(sizes.df, growth.detail).toBeGreaterThan(2 * imageRoot);
+    expect(growth.detail).toMatch(/keylessgo-grow-root: grew /);
     await expectCleanedUp(run);
   });
 

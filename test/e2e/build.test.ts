@@ -30,7 +30,8 @@ interface Manifest {
   kernel: { version: string; cmdline: string };
   partitions: PartitionRange[];
   dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
-  outputs: Array<{ format: string; path: string; sha256: string }>;
+  outputs: Array<{ format: string; path: string; sha256: string; glance?: Record<string, string | number> }>;
+  bootModes: string[];
   packages: { installed: Array<{ name: string; version: string }> };
   stageSeconds: Record<string, number>;
   nbde: { binding: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> } | null };
@@ -64,13 +65,40 @@ describe('artefacts', () => {
     const result = await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: image.outDir });
     expect(result.stdout).toMatch(/e2e-bookworm\.raw: OK/);
     expect(result.stdout).toMatch(/e2e-bookworm\.qcow2: OK/);
+    for (const name of ['vmlinuz', 'initrd.img', 'cmdline']) expect(result.stdout).toContain(`${name}: OK`);
     const sums = await readFile(join(image.outDir, 'SHA256SUMS'), 'utf8');
     for (const output of manifest.outputs) expect(sums).toContain(`${output.sha256}  ${output.path}`);
   });
 
   it('leaves no *.partial file in the output directory', async () => {
     const { stdout } = await execa('ls', ['-A', image.outDir]);
-    expect(stdout.split('\n').sort()).toEqual(['SHA256SUMS', 'e2e-bookworm.qcow2', 'e2e-bookworm.raw', 'manifest.json']);
+    expect(stdout.split('\n').sort()).toEqual(['SHA256SUMS', 'cmdline', 'e2e-bookworm.qcow2', 'e2e-bookworm.raw', 'initrd.img', 'manifest.json', 'vmlinuz']);
+  });
+
+  it('manifest gives each disk image its Glance/Ironic properties, and both boot modes', () => {
+    const qcow2 = manifest.outputs.find((o) => o.format === 'qcow2')!;
+    expect(qcow2.glance).toEqual({
+      disk_format: 'qcow2',
+      container_format: 'bare',
+      os_hash_algo: 'sha256',
+      os_hash_value: qcow2.sha256,
+      min_disk: 2,
+      os_distro: 'debian',
+      os_version: '12',
+      architecture: 'x86_64',
+    });
+    expect(manifest.outputs.find((o) => o.format === 'raw')!.glance).toMatchObject({ disk_format: 'raw' });
+    expect(manifest.bootModes).toEqual(['uefi', 'bios']);
+  });
+
+  it('--export-boot: vmlinuz and initrd.img are the ones on /boot, cmdline is grub.cfg\'s', async () => {
+    const sha256 = async (path: string) => (await execa('sha256sum', [path])).stdout.split(' ')[0];
+    for (const [exported, onBoot] of [['vmlinuz', `/vmlinuz-${manifest.kernel.version}`], ['initrd.img', `/initrd.img-${manifest.kernel.version}`]] as const) {
+      const copy = await dumpExt4File(bootPart, onBoot, join(scratch, `boot-${exported}`));
+      expect(await sha256(join(image.outDir, exported)), exported).toBe(await sha256(copy));
+    }
+    expect(await readFile(join(image.outDir, 'cmdline'), 'utf8')).toBe(`${manifest.kernel.cmdline}\n`);
+    expect(await readExt4File(bootPart, '/grub/grub.cfg')).toContain(`linux /vmlinuz ${manifest.kernel.cmdline}`);
   });
 
   it('qcow2 passes qemu-img check and holds the same disk as the raw image', async () => {

@@ -1,7 +1,7 @@
 /**
- * One image per test run, shared by every end-to-end test: the default recipe with a
- * smaller disk, a key pair and passphrase generated now (never committed), built through
- * the real CLI. vitest's globalSetup builds it once and hands the paths to the tests.
+ * The images of a test run, built once by vitest's globalSetup through the real CLI: the
+ * default recipe (shared by most end-to-end tests) and the trixie recipe, each with a
+ * smaller disk and a key pair and passphrase generated now (never committed).
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
@@ -14,7 +14,8 @@ import { createTang, type TangFixture } from './tang.js';
 export const REPO = resolve(import.meta.dirname, '../..');
 export const CLI = join(REPO, 'dist/cli.js');
 
-export interface ImageFixture {
+/** An image built through the real CLI, with its credentials and outputs. */
+export interface BuiltImage {
   dir: string;
   recipeFile: string;
   outDir: string;
@@ -27,12 +28,15 @@ export interface ImageFixture {
   passphrase: string;
   buildLog: string;
   buildSeconds: number;
+  /** Every distinct process command line seen while the build ran, one per line. */
+  argvLog: string;
+}
+
+export interface ImageFixture extends BuiltImage {
   /** A plaintext marker written into the root tree by a recipe hook; must never appear in the image. */
   canary: string;
   /** The test Tang server the image is bound to at build time (not running unless a test serves it). */
   tang: TangFixture;
-  /** Every distinct process command line seen while the build ran, one per line. */
-  argvLog: string;
 }
 
 /** Records the command line of every process while `work` runs: secrets must never be in argv. */
@@ -64,8 +68,15 @@ export async function makeSecrets(dir: string): Promise<Pick<ImageFixture, 'priv
   return { privateKey, publicKey: `${privateKey}.pub`, passphraseFile, passphrase };
 }
 
-/** Builds `recipe` through the CLI with fresh secrets into `dir`, using the run's private stage cache. */
-async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, shared: Pick<ImageFixture, 'canary' | 'tang'>, extraArgs: string[] = []): Promise<ImageFixture> {
+/** A recipe file of the repository, renamed and with a 2 GiB disk (tests boot it often). */
+async function testRecipe(base: string, name: string): Promise<Record<string, any>> {
+  const recipe = parse(await readFile(join(REPO, `recipes/${base}.yaml`), 'utf8')) as Record<string, any>;
+  return { ...recipe, name, disk: { ...recipe.disk, size: '2GiB' } };
+}
+
+/** Builds `recipe` through the CLI with fresh secrets into `dir` (0700), using the run's private stage cache. */
+async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, extraArgs: string[] = []): Promise<BuiltImage> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const secrets = await makeSecrets(dir);
   const recipeFile = join(dir, `${recipe.name}.yaml`);
   await writeFile(recipeFile, stringify(recipe));
@@ -81,7 +92,7 @@ async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: st
   const buildLog = join(dir, 'build.log');
   await writeFile(buildLog, result.all ?? '');
   if (result.exitCode !== 0) throw new Error(`build of ${recipe.name} failed (exit ${result.exitCode}); log: ${buildLog}\n${String(result.all).slice(-3000)}`);
-  return {
+  const built: BuiltImage = {
     dir,
     recipeFile,
     outDir,
@@ -91,11 +102,12 @@ async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: st
     buildLog,
     buildSeconds,
     argvLog,
-    ...shared,
     ...secrets,
   };
+  return built;
 }
 
+/** The shared bookworm image: bound to a test Tang, with a canary hook, and the PXE boot files (--export-boot). */
 export async function buildFixture(): Promise<ImageFixture> {
   const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
   await chmod(dir, 0o700);
@@ -103,14 +115,11 @@ export async function buildFixture(): Promise<ImageFixture> {
   const hook = join(dir, 'canary-hook.sh');
   // The canary is a file's content and, in /etc and /root, a file's name: neither may appear in the image.
   await writeFile(hook, `#!/bin/sh\nprintf '%s\\n' '${canary}' > /etc/keylessgo-canary\ntouch '/etc/${canary}-etc' '/root/${canary}-root'\n`);
-
   const tang = await createTang(dir);
-  const recipe = parse(await readFile(join(REPO, 'recipes/debian-bookworm.yaml'), 'utf8')) as Record<string, any>;
-  recipe.name = 'e2e-bookworm';
-  recipe.disk = { ...recipe.disk, size: '2GiB' };
+  const recipe = await testRecipe('debian-bookworm', 'e2e-bookworm');
   recipe.hooks = [hook];
   recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
-  const fixture = await buildImage(dir, recipe, cacheDirOf(dir), { canary, tang });
+  const fixture: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(dir), ['--export-boot'])), canary, tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;
 }
@@ -133,14 +142,23 @@ export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture>
   recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.rebuild=1'] };
   recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
   // --verbose: every host command and its output is in the log, which the secret scan reads.
-  const rebuild = await buildImage(dir, recipe, cacheDirOf(fixture.dir), { canary: fixture.canary, tang: fixture.tang }, ['--verbose']);
+  const rebuild: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(fixture.dir), ['--verbose'])), canary: fixture.canary, tang: fixture.tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
   return rebuild;
 }
 
+/** The trixie image, as recipes/debian-trixie.yaml builds it, in `trixie/` under the shared fixture's directory. */
+export async function buildTrixieFixture(parent: string): Promise<BuiltImage> {
+  const dir = join(parent, TRIXIE_DIR);
+  const built = await buildImage(dir, await testRecipe('debian-trixie', 'e2e-trixie'), cacheDirOf(parent));
+  await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(built, null, 2));
+  return built;
+}
+
+export const TRIXIE_DIR = 'trixie';
 const FIXTURE_JSON = 'fixture.json';
 
 /** Development aid: reuse a fixture kept with KEYLESSGO_KEEP_FIXTURE=1 (its dir is printed). */
-export async function loadFixture(dir: string): Promise<ImageFixture> {
-  return JSON.parse(await readFile(join(dir, FIXTURE_JSON), 'utf8')) as ImageFixture;
+export async function loadFixture<T extends BuiltImage = ImageFixture>(dir: string): Promise<T> {
+  return JSON.parse(await readFile(join(dir, FIXTURE_JSON), 'utf8')) as T;
 }

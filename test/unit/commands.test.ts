@@ -4,7 +4,7 @@ import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameter }
 import { injectedFailure, type FaultPoint } from '../../src/pipeline/runner.js';
 import { luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { formatCommand } from '../../src/host/run.js';
-import { BASE_PACKAGES, CLEVIS_PACKAGES, debootstrapArgs, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
+import { BASE_PACKAGES, CLEVIS_PACKAGES, debootstrapArgs, GROW_PACKAGES, mmdebstrapArgs, packageList } from '../../src/stages/bootstrap.js';
 import { qemuImgConvertArgs } from '../../src/stages/export.js';
 import { checkInitramfsListing, REQUIRED_INITRAMFS_ENTRIES } from '../../src/stages/initramfs.js';
 import { MIRROR, recipeWith } from './helpers.js';
@@ -132,15 +132,19 @@ describe('parseLuksDump', () => {
 describe('bootstrap', () => {
   const ctx = (yaml = '') => ({ recipe: recipeWith(yaml), mirror: MIRROR, rootfs: '/tmp/build/rootfs' });
 
-  const DEFAULT_PACKAGES = [...BASE_PACKAGES, ...CLEVIS_PACKAGES];
+  const DEFAULT_PACKAGES = [...BASE_PACKAGES, ...CLEVIS_PACKAGES, ...GROW_PACKAGES];
 
-  it('packageList is the base and clevis packages, then the recipe packages, without duplicates', () => {
+  it('packageList is the base, clevis and grow packages, then the recipe packages, without duplicates', () => {
     const list = packageList(recipeWith('packages: [vim, cryptsetup, curl, vim]\n'));
     expect(list).toEqual([...DEFAULT_PACKAGES, 'vim']);
   });
 
   it('packageList leaves clevis out when nbde.clevis is false', () => {
-    expect(packageList(recipeWith('nbde: {clevis: false}\npackages: [curl]\n'))).toEqual([...BASE_PACKAGES, 'curl']);
+    expect(packageList(recipeWith('nbde: {clevis: false}\npackages: [curl]\n'))).toEqual([...BASE_PACKAGES, ...GROW_PACKAGES, 'curl']);
+  });
+
+  it('packageList leaves fdisk out when the root does not grow at first boot', () => {
+    expect(packageList(recipeWith('disk: {growOnFirstBoot: false}\n'))).toEqual([...BASE_PACKAGES, ...CLEVIS_PACKAGES]);
   });
 
   it('mmdebstrap: root mode, variant, arch, components, packages, diverted update-initramfs, then suite, target and apt lines', () => {
@@ -266,6 +270,12 @@ describe('initramfs checkInitramfsListing', () => {
   ])('reports %s missing when %s is not listed', (name, path) => {
     const listing = LISTING.split('\n').filter((line) => line !== path).join('\n');
     expect(checkInitramfsListing(listing)).toEqual({ ...ALL_TRUE, [name]: false });
+  });
+
+  it('wants sfdisk and the grow script when the root grows at first boot', () => {
+    expect(checkInitramfsListing(LISTING, false, true)).toEqual({ ...ALL_TRUE, sfdisk: false, 'grow-root script': false });
+    const withGrow = `${LISTING}\nusr/sbin/sfdisk\nscripts/init-premount/keylessgo-grow-root`;
+    expect(checkInitramfsListing(withGrow, false, true)).toEqual({ ...ALL_TRUE, sfdisk: true, 'grow-root script': true });
   });
 
   it('does not take a look-alike path for the real one', () => {

@@ -43,11 +43,21 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/hostname',
       'etc/hosts',
       'etc/initramfs-tools/conf.d/keylessgo.conf',
+      'etc/initramfs-tools/hooks/keylessgo-grow-root',
+      'etc/initramfs-tools/scripts/init-premount/keylessgo-grow-root',
       'etc/kernel-img.conf',
       'etc/systemd/network/20-wired.network',
+      'etc/systemd/system/keylessgo-grow-root.service',
       'etc/systemd/system/keylessgo-ssh-host-keys.service',
       'root/.ssh/authorized_keys',
+      'usr/lib/keylessgo/grow-root-fs',
     ]);
+  });
+
+  it('the initramfs grows the root only when the recipe says so', async () => {
+    expect(files['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^KEYLESSGO_GROW_ROOT=yes$/m);
+    const off = texts(await render([BASE_OVERLAY], recipeWith('disk: {growOnFirstBoot: false}\n')));
+    expect(off['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^KEYLESSGO_GROW_ROOT=no$/m);
   });
 
   it('crypttab unlocks the LUKS UUID in the initramfs', () => {

@@ -17,7 +17,7 @@ const DEFAULTS = {
   hostname: 'keylessgo',
   root: { login: 'key-only' },
   network: { manager: 'systemd-networkd', match: 'en* eth*' },
-  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB },
+  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB, growOnFirstBoot: true },
   luks: {
     cipher: 'aes-xts-plain64',
     keySize: 512,
@@ -53,6 +53,15 @@ describe('the default recipe', () => {
   it('records the sha256 of the file bytes', async () => {
     const loaded = await loadRecipe(DEFAULT_RECIPE);
     expect(loaded.sha256).toBe(createHash('sha256').update(await readFile(DEFAULT_RECIPE)).digest('hex'));
+  });
+});
+
+describe('the trixie recipe', () => {
+  it('differs from the bookworm one only in name, description and suite', async () => {
+    const bookworm = (await loadRecipe(DEFAULT_RECIPE)).recipe;
+    const trixie = (await loadRecipe(join(DEFAULT_RECIPE, '../debian-trixie.yaml'))).recipe;
+    expect(trixie).toEqual({ ...bookworm, name: 'debian-trixie', description: trixie.description, suite: 'trixie' });
+    expect(trixie.description).toMatch(/Debian 13/);
   });
 });
 
