@@ -46,6 +46,7 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/initramfs-tools/hooks/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-premount/keylessgo-grow-root',
       'etc/kernel-img.conf',
+      'etc/ssh/sshd_config.d/keylessgo.conf',
       'etc/systemd/network/20-wired.network',
       'etc/systemd/system/keylessgo-grow-root.service',
       'etc/systemd/system/keylessgo-ssh-host-keys.service',
