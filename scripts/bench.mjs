@@ -73,6 +73,7 @@ async function bootTest(build) {
 
 /** Peer builders that exist on this machine, each printing JSON lines (bench/peers/run-*.sh). */
 async function peers() {
+  if (process.env.KEYLESSGO_BENCH_PEERS === '0') return [{ peer: 'mkosi, debos', ok: false, error: 'skipped (KEYLESSGO_BENCH_PEERS=0)' }];
   const mirror = mirrorFromSources(await readHostAptSources());
   const results = [];
   for (const peer of ['mkosi', 'debos']) {
