@@ -60,9 +60,9 @@ img="$out/debian-bookworm.img" log="$out/plain.log"
 rm -f "$img"
 t0=$(date +%s.%N)
 # No KVM here, and fakemachine's qemu (TCG) backend is the 166-minute path: build as root on
-# the host instead.
-PATH="$tmp/bin:$PATH" debos --disable-fakemachine --artifactdir "$out" \
-  -t mirror:"$mirror" -t image:"$(basename "$img")" "$here/debos/debian-bookworm.yaml" >"$log" 2>&1
+# the host instead. From $tmp, where debos keeps its scratch root (.debos-*).
+(cd "$tmp" && PATH="$tmp/bin:$PATH" debos --disable-fakemachine --artifactdir "$out" \
+  -t mirror:"$mirror" -t image:"$(basename "$img")" "$here/debos/debian-bookworm.yaml") >"$log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
