@@ -6,26 +6,9 @@
 #
 # debos has no cache: every run is cold. The script never fails its caller: a peer that
 # cannot build reports ok:false and why. debos's log is left in OUTDIR/plain.log.
-set -u
-out=${1:?usage: run-debos.sh OUTDIR MIRROR_URL}
-mirror=${2:?usage: run-debos.sh OUTDIR MIRROR_URL}
-here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out" && out=$(cd "$out" && pwd)
-
-tmp=$(mktemp -d)
-cleanup() {
-  # Without fakemachine debos attaches the image itself; a killed debos leaves it attached.
-  losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v o="$out/" 'index($2, o) == 1 {print $1}' |
-    while read -r dev; do losetup -d "$dev" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-json() { # variant ok seconds bytes error
-  printf '{"peer":"debos","version":"%s","variant":"%s","ok":%s,"seconds":%s,"bytes":%s,"error":"%s","cache":"cold"}\n' \
-    "$version" "$1" "$2" "$3" "$4" "$(printf %s "$5" | tr -d '"\\' | tr '\n\t' '  ' | cut -c1-200)"
-}
+PEER=debos
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 
 version=$(dpkg-query -W -f '${Version}' debos 2>/dev/null)
 if [ -z "$version" ] || ! command -v debos >/dev/null; then

@@ -8,26 +8,9 @@
 # run against an empty OUTDIR is the cold build and a rerun is mkosi's warm build.
 # The script never fails its caller: a peer that cannot build reports ok:false and why.
 # mkosi's own log for each variant is left in OUTDIR/<variant>.log.
-set -u
-out=${1:?usage: run-mkosi.sh OUTDIR MIRROR_URL}
-mirror=${2:?usage: run-mkosi.sh OUTDIR MIRROR_URL}
-here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$out" && out=$(cd "$out" && pwd)
-
-tmp=$(mktemp -d)
-cleanup() {
-  # mkosi unmounts in its own mount namespace, but a killed mkosi leaves its loop device.
-  losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v o="$out/" 'index($2, o) == 1 {print $1}' |
-    while read -r dev; do losetup -d "$dev" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-json() { # variant ok seconds bytes error [cache]
-  printf '{"peer":"mkosi","version":"%s","variant":"%s","ok":%s,"seconds":%s,"bytes":%s,"error":"%s","cache":"%s"}\n' \
-    "$version" "$1" "$2" "$3" "$4" "$(printf %s "$5" | tr -d '"\\' | tr '\n\t' '  ' | cut -c1-200)" "${6:-}"
-}
+PEER=mkosi
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 
 version=$(mkosi --version 2>/dev/null | awk '{print $2}')
 if [ -z "$version" ]; then
