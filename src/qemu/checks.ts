@@ -75,9 +75,10 @@ export const ROOT_GROWTH_CHECK: GuestCheck = {
     'echo disk=$(( $(cat /sys/class/block/$name/../size) * 512 )) start=$(( $(cat /sys/class/block/$name/start) * 512 )) partition=$(blockdev --getsize64 "$dev")' +
       ' header=$(( $(cryptsetup status "$src" | awk \'$1 == "offset:" {print $2}\') * 512 )) volume=$(blockdev --getsize64 "$src")' +
       ` ext4=$(dumpe2fs -h "$src" 2>/dev/null | awk -F': *' '/^Block count:/ {c=$2} /^Block size:/ {s=$2} END {printf "%.0f", c*s}') df=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')`,
-    // What each step logged: the partition (initramfs, kernel log) and ext4 (the unit).
-    "journalctl -b -k -o cat --grep 'keylessgo-grow-root: ' --no-pager | tail -n 1",
-    'journalctl -b -u keylessgo-grow-root -o cat --no-pager | grep -v "^[A-Z][a-z]*ing \\|^Finished " | tail -n 1',
+    // What each step logged. The initramfs writes "keylessgo-grow-root: ..." to /dev/kmsg,
+    // which journald files under that identifier (the prefix leaves the message).
+    "journalctl -b -t keylessgo-grow-root -o cat --no-pager | tail -n 1 | sed 's/^/initramfs: /'",
+    'journalctl -b -u keylessgo-grow-root -o cat --no-pager | grep -v "^[A-Z][a-z]*ing \\|^Finished " | tail -n 1 | sed "s/^/unit: /"',
   ].join('; '),
   judge(output) {
     const n = parseNumbers(output.split('\n')[0] ?? '');

@@ -11,7 +11,7 @@ function growthOutput(overrides: Partial<Record<'disk' | 'start' | 'partition' |
   const start = 450 * MiB;
   const partition = disk - MiB - start;
   const values = { disk, start, partition, header: 16 * MiB, volume: partition - 16 * MiB, ext4: partition - 16 * MiB, df: 5 * GiB, ...overrides };
-  return `${Object.entries(values).map(([k, v]) => `${k}=${v}`).join(' ')}\nkeylessgo-grow-root: grew /dev/vda4\n`;
+  return `${Object.entries(values).map(([k, v]) => `${k}=${v}`).join(' ')}\ninitramfs: grew /dev/vda4\n`;
 }
 
 const MANIFEST = { recipe: { name: 'test', suite: 'trixie' }, luks: { mapperName: 'cryptroot', cipher: 'aes-xts-plain64', keySize: 512, uuid: 'u' }, disk: { growOnFirstBoot: false } } as BootManifest;
@@ -36,7 +36,7 @@ describe('root growth check', () => {
   it('passes a root that fills the disk, with LUKS2 = partition - header and ext4 = volume', () => {
     const result = ROOT_GROWTH_CHECK.judge(growthOutput());
     expect(result.ok).toBe(true);
-    expect(result.detail).toMatch(/keylessgo-grow-root: grew/);
+    expect(result.detail).toMatch(/initramfs: grew/);
   });
 
   it.each([
