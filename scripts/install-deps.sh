@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   mmdebstrap debootstrap         # bootstrap
-  cryptsetup-bin                 # luksFormat, reencrypt, luksDump
+  cryptsetup-bin                 # luksFormat, luksDump (reencrypt in the oracle test)
   fdisk e2fsprogs dosfstools mtools  # sfdisk, mkfs.ext4, mkfs.vfat, mcopy/mmd
   grub-efi-amd64-bin grub-pc-bin grub-common  # grub-mkimage for UEFI and BIOS
   qemu-utils qemu-system-x86 ovmf  # qemu-img, boot tests
