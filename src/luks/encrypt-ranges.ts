@@ -34,7 +34,7 @@ export interface EncryptRanges {
 }
 
 /** Encrypts one chunk whose first byte is `offset` bytes into the data segment. */
-export function encryptChunk(name: string, key: Buffer, plain: Buffer, offset: number, sectorSize: number): Buffer {
+function encryptChunk(name: string, key: Buffer, plain: Buffer, offset: number, sectorSize: number): Buffer {
   const out = Buffer.allocUnsafe(plain.length);
   const iv = Buffer.alloc(16);
   for (let at = 0; at < plain.length; at += sectorSize) {
