@@ -65,19 +65,24 @@ async function readRange(file: string, start: number, length: number): Promise<B
 }
 
 describe('encryptRanges against cryptsetup reencrypt', () => {
-  it.each([4096, 512])('writes the same ciphertext as cryptsetup for every used block (%d-byte sectors) and nothing else', async (sectorSize) => {
+  // Four workers: the used ranges span more chunks than that, so every worker encrypts some (round robin).
+  it.each([
+    [4096, 1],
+    [512, 1],
+    [4096, 4],
+  ])('writes the same ciphertext as cryptsetup for every used block (%d-byte sectors, %d workers) and nothing else', async (sectorSize, workers) => {
     const work = await tempDir();
     const tree = join(work, 'tree');
     await mkdir(join(tree, 'etc'), { recursive: true });
-    await writeFile(join(tree, 'etc/random.bin'), randomBytes(3 * MiB + 123));
+    await writeFile(join(tree, 'etc/random.bin'), randomBytes(17 * MiB + 123));
     await writeFile(join(tree, 'etc/text'), 'plaintext marker\n'.repeat(1000));
     const plaintext = join(work, 'root.ext4');
-    const fsBytes = 48 * MiB;
+    const fsBytes = 64 * MiB;
     await execa('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: '11111111-2222-4333-8444-555555555555', blocks: fsBytes / EXT4_BLOCK_BYTES }));
     const ranges: ByteRange[] = usedRangesFromDumpe2fs((await execa('dumpe2fs', [plaintext])).stdout);
     const usedBytes = ranges.reduce((sum, r) => sum + r.length, 0);
     expect(usedBytes).toBe(usedBytesFromSuperblock((await execa('dumpe2fs', ['-h', plaintext])).stdout));
-    expect(usedBytes).toBeGreaterThan(3 * MiB);
+    expect(usedBytes).toBeGreaterThan(4 * 4 * MiB);
     expect(usedBytes).toBeLessThan(fsBytes / 2);
 
     const volumeKey = randomBytes(64);
@@ -92,7 +97,7 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     await writeFile(ours, '');
     await truncate(ours, LUKS_DATA_OFFSET_BYTES + fsBytes);
     await execa('cryptsetup', luksFormatArgs({ device: ours, uuid: '22222222-2222-4333-8444-555555555555', keyFile: passphraseFile, volumeKeyFile, luks }));
-    const written = await encryptRanges({ plaintext, target: ours, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize });
+    const written = await encryptRanges({ plaintext, target: ours, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize, workers });
     expect(written).toBe(usedBytes);
     const dump = parseLuksDump((await execa('cryptsetup', ['luksDump', ours])).stdout);
     expect(dump).toMatchObject({ version: 2, keyslots: [0], dataOffsetBytes: LUKS_DATA_OFFSET_BYTES });
