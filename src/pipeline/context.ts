@@ -3,6 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { LoadedRecipe } from '../recipe/load.js';
 import type { Recipe } from '../recipe/schema.js';
 import type { MirrorChoice } from '../host/apt-sources.js';
+import type { ByteRange } from '../host/ext4.js';
 import type { LoopDevice } from '../host/loop.js';
 import type { HostRunner } from '../host/run.js';
 import type { Logger } from '../log.js';
@@ -84,6 +85,8 @@ export interface BuildContext {
     /** Bytes each filesystem uses (root: encrypted and written; the rest of each partition is a hole). */
     usedBytes?: { root?: number; boot?: number; esp?: number };
     layout?: PartitionLayout;
+    /** Ranges of the root's LUKS data segment that encryption wrote (offsets into the segment); the rest is holes. */
+    encryptedRanges?: ByteRange[];
     rawPartial?: string;
     loop?: LoopDevice;
     /** The `Date:` of each suite's InRelease when the tree was bootstrapped (part of its cache key). */

@@ -42,6 +42,7 @@ export const encryptStage: Stage = {
       const ranges = await ext4UsedRanges(ctx.host, plaintext);
       const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
       ctx.state.usedBytes = { ...ctx.state.usedBytes, root: written };
+      ctx.state.encryptedRanges = ranges;
       ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); ${formatSize(written)} of ${formatSize(blocks * EXT4_BLOCK_BYTES)} in use, encrypted`);
     } finally {
       volumeKey.fill(0);

@@ -4,15 +4,19 @@
  * and kernel command line. Every output is written under a *.partial name; the runner
  * renames the set once the build succeeded.
  *
- * Host commands: qemu-img, sfdisk (-J for the manifest's partition table), sha256sum.
+ * Host commands: qemu-img, sfdisk (-J for the manifest's partition table). Hashes are computed
+ * in Node (OpenSSL's SHA-256), the raw image's holes from zeros in memory, not read from disk.
  */
 import { copyFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
+import type { ByteRange } from '../host/ext4.js';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
+import { sha256File } from '../pipeline/sparse-sha256.js';
 import type { Stage } from '../pipeline/stage.js';
 import { SUITE_VERSIONS, type Recipe } from '../recipe/schema.js';
 import { packageList } from './bootstrap.js';
-import { bootTreeDir } from './partition.js';
+import { bootTreeDir, partitionByRole, type PartitionLayout } from './partition.js';
 import { formatSize } from '../recipe/size.js';
 
 /** GRUB is installed for both: core.img in the BIOS boot partition, BOOTX64.EFI on the ESP. */
@@ -61,6 +65,21 @@ async function writeBootFiles(ctx: BuildContext): Promise<PendingOutput[]> {
   return pending;
 }
 
+/**
+ * The ranges of the raw disk that may hold data: everything but the root's LUKS data segment,
+ * and of that segment only what encryption wrote (nothing else writes there; the rest is holes).
+ */
+export function rawDataRanges(layout: PartitionLayout, encryptedRanges: readonly ByteRange[]): ByteRange[] {
+  const root = partitionByRole(layout, 'root');
+  const segmentStart = root.startBytes + LUKS_DATA_OFFSET_BYTES;
+  const rootEnd = root.startBytes + root.sizeBytes;
+  return [
+    { start: 0, length: segmentStart },
+    ...encryptedRanges.map((r) => ({ start: segmentStart + r.start, length: r.length })),
+    { start: rootEnd, length: layout.diskBytes - rootEnd },
+  ];
+}
+
 export function qemuImgConvertArgs(raw: string, qcow2: string, compress: boolean): string[] {
   return ['convert', '-f', 'raw', '-O', 'qcow2', ...(compress ? ['-c'] : []), '-o', 'compat=1.1', raw, qcow2];
 }
@@ -106,31 +125,37 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
 export const exportStage: Stage = {
   name: 'export',
   summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
-  hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk', 'sha256sum'],
+  hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
     const { recipe, outDir } = ctx;
     await ctx.state.loop!.handle.release();
     const rawPartial = ctx.state.rawPartial!;
     const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', rawPartial])) as unknown;
 
-    // The raw image is hashed while qemu-img reads it for the qcow2: two cores, one pass through the page cache.
-    const pending: PendingOutput[] = [];
-    const jobs: Array<Promise<void>> = [];
-    if (recipe.output.formats.includes('raw')) pending.push({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' });
-    if (recipe.output.formats.includes('qcow2')) {
-      const partial = join(outDir, `${recipe.name}.qcow2.partial`);
-      ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
-      jobs.push(ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, partial, recipe.output.compress)).then(() => undefined));
-      pending.push({ partial, final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' });
+    // The raw image is hashed on this thread while qemu-img converts it on the other core; the
+    // qcow2 (not written in order, so not hashable while written) is hashed once complete.
+    // Without raw in the formats the disk file is only the qcow2's source: not hashed, not published.
+    const hashed: Array<Promise<{ file: PendingOutput; sha256: string }>> = [];
+    const hash = (file: PendingOutput, dataRanges?: readonly ByteRange[]) => sha256File(file.partial, dataRanges).then((sha256) => ({ file, sha256 }));
+    if (recipe.output.formats.includes('raw')) {
+      const raw: PendingOutput = { partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' };
+      const { encryptedRanges } = ctx.state;
+      hashed.push(hash(raw, encryptedRanges && rawDataRanges(ctx.state.layout!, encryptedRanges)));
     }
-    if (ctx.exportBoot) pending.push(...(await writeBootFiles(ctx)));
-    const sha256 = async (path: string) => (await ctx.host.run('sha256sum', [path])).split(' ')[0]!;
-    const hashes = new Map<string, string>();
-    if (recipe.output.formats.includes('raw')) jobs.push(sha256(rawPartial).then((hash) => void hashes.set(rawPartial, hash)));
-    await Promise.all(jobs);
-    for (const file of pending) {
+    if (recipe.output.formats.includes('qcow2')) {
+      const qcow2: PendingOutput = { partial: join(outDir, `${recipe.name}.qcow2.partial`), final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' };
+      ctx.cleanup.add(`remove ${qcow2.partial}`, () => rm(qcow2.partial, { force: true }));
+      hashed.push(ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, qcow2.partial, recipe.output.compress)).then(() => hash(qcow2)));
+    }
+    if (ctx.exportBoot) hashed.push(...(await writeBootFiles(ctx)).map((file) => hash(file)));
+    // Settled, not raced: a failed hash must not let cleanup remove files qemu-img is still writing.
+    const settled = await Promise.allSettled(hashed);
+    for (const result of settled) if (result.status === 'rejected') throw result.reason;
+    const results = settled.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    const pending = results.map((r) => r.file);
+    for (const { file, sha256 } of results) {
       const { size } = await stat(file.partial);
-      ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256: hashes.get(file.partial) ?? (await sha256(file.partial)) });
+      ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256 });
     }
     const sums = ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`).join('');
     const sumsPartial = join(outDir, 'SHA256SUMS.partial');
