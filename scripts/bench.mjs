@@ -7,11 +7,16 @@
  * run, the time the build spends inside host tools (the floor) and a peer tool building a
  * comparable image where one is installed (bench/peers/run-*.sh). Prints a table, writes JSON.
  * Targets are reported as ratios, never asserted.
+ *
+ * The work directory (~4.4 GB: images, cache, logs, bench.json) is removed when the run ends,
+ * failed or not, unless KEYLESSGO_BENCH_KEEP=1; a directory given as KEYLESSGO_BENCH_DIR is the
+ * caller's and is kept.
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { constants, cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { mirrorFromSources, readHostAptSources } from '../dist/host/apt-sources.js';
@@ -23,6 +28,12 @@ const TARGETS = { coldSeconds: 45, warmSeconds: 10, qcow2OverUsed: 1.1, unlocked
 
 const dir = process.env.KEYLESSGO_BENCH_DIR ?? (await mkdtemp(join(tmpdir(), 'keylessgo-bench-')));
 await mkdir(dir, { recursive: true });
+const keepDir = process.env.KEYLESSGO_BENCH_KEEP === '1' || process.env.KEYLESSGO_BENCH_DIR !== undefined;
+if (!keepDir) {
+  // 'exit' also follows an uncaught error; a signal is turned into an exit so it removes the directory too.
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.once(signal, () => process.exit(128 + constants.signals[signal]));
+}
 const cacheDir = join(dir, 'cache');
 const say = (line) => process.stderr.write(`bench: ${line}\n`);
 
@@ -42,7 +53,8 @@ async function timedBuild(name, recipe) {
   const run = await execa('node', [CLI, 'build', recipe, '--out', out, '--passphrase-file', creds.passphrase, '--authorized-keys', `${creds.key}.pub`, '--cache-dir', cacheDir], { all: true, reject: false });
   const seconds = (performance.now() - started) / 1000;
   await writeFile(join(dir, `${name}.log`), run.all ?? '');
-  if (run.exitCode !== 0) throw new Error(`${name} build failed (exit ${run.exitCode}), log in ${join(dir, `${name}.log`)}`);
+  // The log's tail goes with the error: the work directory, and the log in it, are removed at exit.
+  if (run.exitCode !== 0) throw new Error(`${name} build failed (exit ${run.exitCode}):\n${(run.all ?? '').split('\n').slice(-30).join('\n')}`);
   const manifest = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'));
   say(`${name} build: ${seconds.toFixed(1)} s`);
   return { seconds, manifest, out, creds, log: run.all ?? '' };
@@ -132,4 +144,4 @@ process.stdout.write(`${lines.join('\n')}\n`);
 
 const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
 await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
-process.stdout.write(`bench.json: ${join(dir, 'bench.json')}\n`);
+process.stdout.write(keepDir ? `bench.json: ${join(dir, 'bench.json')}\n` : `work directory ${dir} removed (KEYLESSGO_BENCH_KEEP=1 keeps it, with bench.json and the logs)\n`);

@@ -7,7 +7,6 @@ export const TOOL_PACKAGES: Record<string, string> = {
   debootstrap: 'debootstrap',
   chroot: 'coreutils',
   cp: 'coreutils',
-  sha256sum: 'coreutils',
   mount: 'mount',
   umount: 'mount',
   losetup: 'mount',
