@@ -6,9 +6,9 @@
  * image, like free space under dm-crypt on a discarded device. The filesystem never reads
  * its free blocks, so their content does not matter.
  *
- * The cipher runs in worker threads, one per core: Node sets up a cipher per sector (a new
- * IV each time), which keeps one core at ~270 MB/s. The main thread reads and writes; at
- * most two chunks per worker are in flight, so memory stays bounded whatever the size.
+ * The cipher runs in worker threads, one per core (up to eight): Node sets up a cipher per
+ * sector (a new IV each time), which keeps one core at ~270 MB/s. The main thread reads and
+ * writes; at most two chunks per worker are in flight, so memory stays bounded whatever the size.
  */
 import { availableParallelism } from 'node:os';
 import { open } from 'node:fs/promises';
@@ -17,6 +17,8 @@ import type { ByteRange } from '../host/ext4.js';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const CHUNKS_IN_FLIGHT_PER_WORKER = 2;
+// Eight cores encrypt faster than disks write; more workers would only hold more memory.
+const MAX_WORKERS = 8;
 
 /** Node's name for a LUKS2 cipher spec and key size in bits. */
 export function nodeCipherName(cipher: string, keySizeBits: number): string {
@@ -34,7 +36,7 @@ export interface EncryptRanges {
   cipher: string;
   volumeKey: Buffer;
   sectorSize: number;
-  /** Worker threads; one per core unless given. */
+  /** Worker threads; one per core (up to eight) unless given. */
   workers?: number;
   signal?: AbortSignal;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
@@ -139,7 +141,7 @@ export async function encryptRanges(options: EncryptRanges): Promise<number> {
     if (range.start % sectorSize !== 0 || range.length % sectorSize !== 0) throw new Error(`range ${range.start}+${range.length} is not aligned to ${sectorSize}-byte sectors`);
   }
   const total = options.ranges.reduce((sum, r) => sum + r.length, 0);
-  const workerCount = Math.max(1, options.workers ?? availableParallelism());
+  const workerCount = Math.max(1, options.workers ?? Math.min(availableParallelism(), MAX_WORKERS));
   const source = await open(options.plaintext, 'r');
   const target = await open(options.target, 'r+');
   const pool = new CipherPool(workerCount, { cipherName, sectorSize }, options.volumeKey);
