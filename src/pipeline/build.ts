@@ -105,7 +105,8 @@ async function checkOutDir(outDir: string): Promise<void> {
   if (problem) throw new InputError(dir === resolve(outDir) ? `output directory ${problem}` : `cannot create output directory: ${dir} ${problem}`, outDir);
 }
 
-async function toolVersion(): Promise<string> {
+/** keylessgo's version (package.json). */
+export async function toolVersion(): Promise<string> {
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
