@@ -61,6 +61,7 @@ async function probePartitions(image: DiskImage, notes: string[]): Promise<{ sch
   const table = parsePartitionTable(await image.read(0, TABLE_BYTES));
   // No partition table: the whole image may be one LUKS container or file system.
   const partitions = table.partitions.length > 0 ? table.partitions : [{ number: 0, label: '', type: '', startBytes: 0, sizeBytes: image.virtualBytes }];
+  if (table.scheme === 'gpt' && table.partitions.length === 0) notes.push('the GPT lists no readable partition (damaged header or entry array?); the whole disk is searched instead');
   notes.push(...partitionNotes(partitions, image.virtualBytes));
   const inspected: InspectedPartition[] = [];
   for (const partition of partitions) {

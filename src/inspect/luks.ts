@@ -3,6 +3,7 @@
  * LUKS2 a copy of the metadata area (never the data) is dumped with cryptsetup, which also
  * checks its checksums.
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { clevisPinInToken, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
 import type { DiskImage } from './image.js';
@@ -36,6 +37,20 @@ export function parseLuksBinaryHeader(buffer: Buffer): LuksBinaryHeader | undefi
 /** LUKS2 header sizes (binary header plus JSON area) cryptsetup writes and accepts: 16 KiB to 4 MiB, powers of two. */
 export function isValidLuks2HeaderSize(bytes: number): boolean {
   return bytes >= 16 * 1024 && bytes <= 4 * 1024 * 1024 && (bytes & (bytes - 1)) === 0;
+}
+
+const CHECKSUM_AT = 448;
+const CHECKSUM_BYTES = 64;
+
+/**
+ * Whether a LUKS2 header copy (binary header and JSON area) matches its checksum: the hash of
+ * the copy with the checksum field zeroed. Undefined for hash algorithms other than sha256.
+ */
+export function luks2ChecksumMatches(header: Buffer): boolean | undefined {
+  if (cString(header, 72, 32) !== 'sha256') return undefined;
+  const zeroed = Buffer.from(header);
+  zeroed.fill(0, CHECKSUM_AT, CHECKSUM_AT + CHECKSUM_BYTES);
+  return createHash('sha256').update(zeroed).digest().equals(header.subarray(CHECKSUM_AT, CHECKSUM_AT + 32));
 }
 
 /** cryptsetup's limit on the keyslot area; a larger value is damage, not a reason to copy gigabytes. */
@@ -140,7 +155,9 @@ export async function readLuks(host: ToolRunner, image: DiskImage, offset: numbe
   let metadataBytes: number | undefined;
   if (!isValidLuks2HeaderSize(header.headerBytes!)) damage.push(`the primary LUKS2 binary header is damaged (header size ${header.headerBytes}); read from the secondary copy`);
   else {
-    metadataBytes = luks2MetadataBytes(await image.read(offset, header.headerBytes!), header.headerBytes!);
+    const primary = await image.read(offset, header.headerBytes!);
+    if (luks2ChecksumMatches(primary) === false) damage.push('the primary LUKS2 header fails its checksum (damaged or altered); cryptsetup reads the secondary copy');
+    metadataBytes = luks2MetadataBytes(primary, header.headerBytes!);
     if (metadataBytes === undefined) damage.push('the primary LUKS2 JSON area is damaged (not JSON, or no sane keyslots_size); read from the secondary copy');
   }
   const needed = Math.min(partitionBytes, metadataBytes ?? DEFAULT_METADATA_BYTES);
