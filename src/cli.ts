@@ -7,6 +7,7 @@ import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
 import { formatColumns, formatSeconds, LOG_FORMATS, Logger, type LogFormat } from './log.js';
 import { build, toolVersion } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
+import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
@@ -233,13 +234,15 @@ cache
   });
 cache
   .command('prune')
-  .description('remove cache entries (all, or those unused for some days) and leftovers of interrupted builds')
+  .description('remove cache entries (all, or those unused for some days) and what builds that died left behind (work trees, mounts, loop devices, secret stores, locks)')
   .addOption(cacheDirOption)
   .option('--unused-days <days>', 'only entries not used for this many days', positiveInteger('--unused-days'))
   .action(async (opts: { cacheDir: string; unusedDays?: number }) => {
     const before = opts.unusedDays === undefined ? undefined : new Date(Date.now() - opts.unusedDays * 86_400_000);
-    const removed = await new StageCache(opts.cacheDir, new Logger()).prune(before);
-    process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}\n`);
+    const log = new Logger();
+    const reaped = await reapDeadBuilds(new HostRunner(log), log);
+    const removed = await new StageCache(opts.cacheDir, log).prune(before);
+    process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}; ${reaped.length} leftovers of dead builds\n`);
   });
 
 program
