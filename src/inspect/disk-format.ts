@@ -104,6 +104,7 @@ export function parseQcow2Header(buffer: Buffer, fileBytes: number): Qcow2Header
     header.backingFile = end <= buffer.length ? buffer.toString('utf8', backingOffset, end) : `(name at byte ${backingOffset}, beyond the header)`;
   }
   const headerLength = version === 3 ? buffer.readUInt32BE(100) : 72;
+  if (headerLength < (version === 3 ? 104 : 72) || headerLength % 8 !== 0) throw new Error(`qcow2 header length ${headerLength} is invalid`);
   const extensionsEnd = Math.min(buffer.length, 1 << clusterBits, backingOffset || Infinity);
   for (let offset = headerLength; offset + 8 <= extensionsEnd; ) {
     const type = buffer.readUInt32BE(offset);

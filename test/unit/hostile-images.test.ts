@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, test } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { HostRunner } from '../../src/host/run.js';
 import { inspectImage, type InspectReport } from '../../src/inspect/inspect.js';
@@ -243,6 +243,24 @@ describe('inspect on the hostile-image corpus: a report or one line with exit 2,
     }
     expect(refusal).toBeUndefined();
     if (input.expected !== 'report') expect(report!.notes.join('\n')).toMatch(input.expected.note);
+  });
+});
+
+describe('policy flags', () => {
+  it('--allow-external-files reads a qcow2 through its backing file: the same report as the disk itself', { timeout: 60_000 }, async () => {
+    const overlay = join(dir, 'trusted-overlay.qcow2');
+    await qemuImg('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, overlay);
+    const [direct, through] = await Promise.all([inspectImage(host, base), inspectImage(host, overlay, { policy: { allowExternalFiles: true } })]);
+    expect({ ...through, image: base, format: 'raw' }).toEqual(direct);
+  });
+
+  it('--max-virtual-size lowers the limit; --allow-format lets qemu-img read a format keylessgo does not check', async () => {
+    const big = join(dir, 'big.qcow2');
+    await qemuImg('create', '-q', '-f', 'qcow2', big, '2G');
+    await expect(inspectImage(host, big, { policy: { maxVirtualBytes: MiB } })).rejects.toThrow(/qcow2 virtual size 2\.00 GiB is beyond the limit of 1\.0 MiB/);
+    const vmdk = join(dir, 'allowed.vmdk');
+    await converted('vmdk')(vmdk);
+    await expect(inspectImage(host, vmdk, { policy: { allowFormats: ['vmdk'] } })).rejects.toThrow(/not a disk image: no partition table/);
   });
 });
 
