@@ -28,15 +28,15 @@ export async function recordOutDir(workDir: string, outDir: string): Promise<voi
 
 const inside = (path: string, dir: string) => path === dir || path.startsWith(dir + sep);
 
-/** Processes started by the dead owner (its environment marker) or living inside its tree (root or cwd). */
+/** Processes started by the dead owner (its environment marker) or chrooted into its tree. */
 async function orphans(owner: Owner, dir: string): Promise<number[]> {
   const marker = `${OWNER_ENV}=${formatOwner(owner)}\0`;
   const found: number[] = [];
   for (const name of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
     const pid = Number(name);
     const environ = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
-    const places = await Promise.all(['root', 'cwd'].map((link) => readlink(`/proc/${pid}/${link}`).catch(() => '')));
-    if (`${environ}\0`.includes(marker) || places.some((place) => inside(place, dir))) found.push(pid);
+    const root = await readlink(`/proc/${pid}/root`).catch(() => '');
+    if (`${environ}\0`.includes(marker) || inside(root, dir)) found.push(pid);
   }
   return found.filter((pid) => pid !== process.pid);
 }
