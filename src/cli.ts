@@ -5,11 +5,14 @@ import { dirname, join } from 'node:path';
 import { InputError, reportFailure } from './errors.js';
 import { missingTools, TOOL_PACKAGES, FILE_PACKAGES } from './host/tools.js';
 import { formatColumns, formatSeconds, LOG_FORMATS, Logger, type LogFormat } from './log.js';
-import { build } from './pipeline/build.js';
+import { build, toolVersion } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
+import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand } from './nbde/enroll-command.js';
+import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
+import { verifyImage } from './inspect/verify.js';
 import { inspectImage } from './inspect/inspect.js';
 import { HostRunner } from './host/run.js';
 import type { DropbearAction } from './nbde/enroll.js';
@@ -18,16 +21,50 @@ import { formatTable } from './qemu/report.js';
 import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
 import { formatSize, MiB, parseSize } from './recipe/size.js';
 
+/**
+ * Under `--log-format json` a usage error is one JSON error event like every other error.
+ * Commander reports it before any option is parsed, so the flag is looked up in argv itself.
+ */
+function jsonLogRequested(argv: readonly string[]): boolean {
+  return argv.some((arg, i) => arg === '--log-format=json' || (arg === '--log-format' && argv[i + 1] === 'json'));
+}
+
 const program = new Command();
 program
   .name('keylessgo')
   .description('Build LUKS2-encrypted Debian whole-disk images that unlock over SSH (dropbear) and Tang (NBDE)')
+  .version(await toolVersion())
   .showHelpAfterError()
   .exitOverride();
+if (jsonLogRequested(process.argv)) {
+  // Set before the commands are added: they inherit it. The help text after the error is left out.
+  program.configureOutput({
+    outputError: (message) => new Logger('info', { format: 'json' }).error(message.replace(/^error: /, '').trim()),
+    writeErr: () => undefined,
+  });
+}
 
 const verboseOption = new Option('-v, --verbose', 'print every host command and its output');
 const quietOption = new Option('-q, --quiet', 'print only warnings and errors');
 const logFormatOption = new Option('--log-format <format>', 'stderr: progress lines for people, or one JSON event per line').choices(LOG_FORMATS).default('human');
+
+const allowExternalFilesOption = new Option('--allow-external-files', "read a qcow2's backing file or external data file from the host (refused by default: a crafted image could name any host file)");
+const allowFormatOption = new Option('--allow-format <format...>', 'also read these formats (vmdk, vhdx, vpc, vdi, ...), which keylessgo does not check itself; only for images you trust');
+const maxVirtualSizeOption = new Option('--max-virtual-size <size>', 'refuse images with a larger virtual disk').default(MAX_VIRTUAL_BYTES, '64TiB').argParser((value: string) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) throw new InvalidArgumentError('--max-virtual-size must be a size such as 64TiB');
+  return bytes;
+});
+
+interface FormatOptions {
+  allowExternalFiles?: boolean;
+  allowFormat?: string[];
+  maxVirtualSize: number;
+}
+
+function formatPolicy(opts: FormatOptions): FormatPolicy {
+  return { allowExternalFiles: opts.allowExternalFiles ?? false, allowFormats: opts.allowFormat ?? [], maxVirtualBytes: opts.maxVirtualSize };
+}
 
 const cacheDirOption = new Option('--cache-dir <dir>', 'stage cache (bootstrap tree, base initramfs); env KEYLESSGO_CACHE_DIR').default(defaultCacheDir());
 
@@ -117,10 +154,13 @@ program
   .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .option('--disk-size <size>', 'boot from a disk this large (e.g. 6GiB), the image at its start: tests growing the root at first boot', diskSize)
+  .addOption(allowExternalFilesOption)
+  .addOption(allowFormatOption)
+  .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number } & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -138,6 +178,7 @@ program
       timeoutSeconds: opts.timeout,
       negativeChecks: opts.negativeChecks ?? false,
       diskSizeBytes: opts.diskSize,
+      formatPolicy: formatPolicy(opts),
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);
@@ -193,25 +234,38 @@ cache
   });
 cache
   .command('prune')
-  .description('remove cache entries (all, or those unused for some days) and leftovers of interrupted builds')
+  .description('remove cache entries (all, or those unused for some days) and what builds that died left behind (work trees, mounts, loop devices, secret stores, locks)')
   .addOption(cacheDirOption)
   .option('--unused-days <days>', 'only entries not used for this many days', positiveInteger('--unused-days'))
   .action(async (opts: { cacheDir: string; unusedDays?: number }) => {
     const before = opts.unusedDays === undefined ? undefined : new Date(Date.now() - opts.unusedDays * 86_400_000);
-    const removed = await new StageCache(opts.cacheDir, new Logger()).prune(before);
-    process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}\n`);
+    const log = new Logger();
+    const reaped = await reapDeadBuilds(new HostRunner(log), log);
+    const removed = await new StageCache(opts.cacheDir, log).prune(before);
+    process.stdout.write(`removed ${removed.length} entries, ${formatSize(removed.reduce((sum, e) => sum + e.bytes, 0))}; ${reaped.length} leftovers of dead builds\n`);
   });
 
 program
   .command('inspect')
   .description('report what an image holds (partitions, LUKS header, Tang binding, initramfs, kernel command line) without its passphrase; never writes to it')
-  .argument('<image>', 'disk image (raw, qcow2 or any format qemu-img reads); a manifest.json beside it is compared too')
+  .argument('<image>', 'disk image (raw or qcow2); a manifest.json beside it is compared too')
   .option('--json', 'print the report as JSON')
+  .option('--check', 'exit 1 unless the image matches the manifest.json and SHA256SUMS beside it (a CI gate, e.g. before uploading to Glance)')
+  .addOption(allowExternalFilesOption)
+  .addOption(allowFormatOption)
+  .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
-  .action(async (image: string, opts: { json?: boolean; verbose?: boolean; quiet?: boolean }) => {
-    const report = await inspectImage(new HostRunner(new Logger(opts.verbose ? "verbose" : opts.quiet ? "quiet" : "info")), image);
+  .addOption(logFormatOption)
+  .action(async (image: string, opts: { json?: boolean; check?: boolean } & FormatOptions & LogOptions) => {
+    const log = commandLogger(opts);
+    const report = await inspectImage(new HostRunner(log), image, { policy: formatPolicy(opts) });
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatInspectReport(report));
+    if (!opts.check) return;
+    const { checked, failures } = await verifyImage(report);
+    for (const failure of failures) log.error(`check: ${failure}`);
+    log.result(`check ${failures.length === 0 ? 'passed' : 'FAILED'}: ${checked.join(', ')}`, { checked, failures });
+    process.exitCode = failures.length === 0 ? 0 : 1;
   });
 
 program

@@ -11,8 +11,8 @@ export function blockSizeFor(offset: number, length: number): number {
  * `qemu-img dd` arguments copying `length` bytes at `offset`. Its count includes the skipped
  * blocks (it counts from the start of the input), unlike dd(1).
  */
-export function qemuImgDdArgs(format: string | undefined, path: string, offset: number, length: number, to: string): string[] {
+export function qemuImgDdArgs(format: string, path: string, offset: number, length: number, to: string): string[] {
   const block = blockSizeFor(offset, length);
-  // With a known format, -f keeps qemu-img from guessing it again.
-  return ['dd', ...(format ? ['-f', format] : []), '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${(offset + length) / block}`, `if=${path}`, `of=${to}`];
+  // Always -f: qemu-img's own guess would follow a crafted qcow2's backing file (see inspect/disk-format.ts).
+  return ['dd', '-f', format, '-O', 'raw', `bs=${block}`, `skip=${offset / block}`, `count=${(offset + length) / block}`, `if=${path}`, `of=${to}`];
 }

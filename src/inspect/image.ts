@@ -1,11 +1,11 @@
 /**
- * Read-only access to a disk image of any format qemu-img knows: raw files are read
- * directly, others (qcow2, ...) through `qemu-img dd` of just the byte ranges needed.
+ * Read-only access to a disk image whose format probeImageFormat accepted: raw files are read
+ * directly, others (qcow2, ...) through `qemu-img dd -f FORMAT` of just the byte ranges needed.
  */
-import { open, readFile, rm, stat } from 'node:fs/promises';
+import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InputError } from '../errors.js';
 import { qemuImgDdArgs } from '../host/qemu-img.js';
+import { probeImageFormat, type FormatPolicy } from './disk-format.js';
 import type { ToolRunner } from './tools.js';
 
 export interface DiskImage {
@@ -37,15 +37,15 @@ export async function copyRange(path: string, offset: number, length: number, to
   return to;
 }
 
-export async function openDiskImage(host: ToolRunner, path: string, scratchDir: string): Promise<DiskImage> {
-  const info = await stat(path).catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(error.code === 'ENOENT' ? 'no such file' : `cannot read: ${error.message}`, path);
-  });
-  if (!info.isFile() && !info.isBlockDevice()) throw new InputError('not a disk image file', path);
-  const probed = await host.run('qemu-img', ['info', '--output=json', path]).catch(() => {
-    throw new InputError('qemu-img cannot open it as a disk image', path);
-  });
-  const { format, 'virtual-size': virtualBytes } = JSON.parse(probed) as { format: string; 'virtual-size': number };
+/** inspect reads headers and tables, never whole partitions, into memory: more is a damaged length field. */
+const MAX_READ_BYTES = 64 * 1024 * 1024;
+
+function checkReadLength(length: number): void {
+  if (!Number.isSafeInteger(length) || length < 0 || length > MAX_READ_BYTES) throw new Error(`refusing to read ${length} bytes into memory (a damaged length field?)`);
+}
+
+export async function openDiskImage(host: ToolRunner, path: string, scratchDir: string, policy: FormatPolicy = {}): Promise<DiskImage> {
+  const { format, virtualBytes } = await probeImageFormat(host, path, policy);
 
   if (format === 'raw') {
     return {
@@ -54,6 +54,7 @@ export async function openDiskImage(host: ToolRunner, path: string, scratchDir: 
       virtualBytes,
       extract: (offset, length, to) => copyRange(path, offset, length, to),
       async read(offset, length) {
+        checkReadLength(length);
         const handle = await open(path, 'r');
         try {
           const buffer = Buffer.alloc(length);
@@ -76,6 +77,7 @@ export async function openDiskImage(host: ToolRunner, path: string, scratchDir: 
     virtualBytes,
     extract,
     async read(offset, length) {
+      checkReadLength(length);
       const file = join(scratchDir, `read-${reads++}`);
       try {
         return await readFile(await extract(offset, length, file));

@@ -6,7 +6,7 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { InputError } from '../errors.js';
+import { InputError, isReported } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
 import { bootPath, findBootFiles, guessInitrd, parseGrubCfg, resolveLinks, type GrubEntry } from './boot.js';
 import { fileDecompressor, unpackInitramfs } from './cpio.js';
@@ -16,6 +16,7 @@ import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
 import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary } from './luks.js';
 import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
 import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
+import type { FormatPolicy } from './disk-format.js';
 import { inspectTools, type ToolRunner } from './tools.js';
 
 export type PartitionContents = 'luks' | 'ext' | 'other';
@@ -41,13 +42,31 @@ export interface InspectReport {
 // debugfs needs a file for images that are not raw; larger file systems are not copied out.
 const MAX_EXTRACTED_FS_BYTES = 4 * 1024 ** 3;
 
-async function probePartitions(image: DiskImage): Promise<{ scheme: string; partitions: InspectedPartition[] }> {
+/** Partitions the image cannot hold or that share bytes: noted, and not looked into past the image's end. */
+function partitionNotes(partitions: readonly Partition[], virtualBytes: number): string[] {
+  const notes: string[] = [];
+  for (const p of partitions) {
+    if (p.sizeBytes <= 0) notes.push(`partition ${p.number}: its table entry ends before it starts`);
+    else if (p.startBytes + p.sizeBytes > virtualBytes) notes.push(`partition ${p.number} ends at byte ${p.startBytes + p.sizeBytes}, beyond the image's ${virtualBytes} bytes (truncated image or bogus entry)`);
+  }
+  const sorted = [...partitions].filter((p) => p.sizeBytes > 0).sort((a, b) => a.startBytes - b.startBytes);
+  for (let i = 1; i < sorted.length; i++) {
+    const [before, after] = [sorted[i - 1]!, sorted[i]!];
+    if (after.startBytes < before.startBytes + before.sizeBytes) notes.push(`partitions ${before.number} and ${after.number} overlap`);
+  }
+  return notes;
+}
+
+async function probePartitions(image: DiskImage, notes: string[]): Promise<{ scheme: string; partitions: InspectedPartition[] }> {
   const table = parsePartitionTable(await image.read(0, TABLE_BYTES));
   // No partition table: the whole image may be one LUKS container or file system.
   const partitions = table.partitions.length > 0 ? table.partitions : [{ number: 0, label: '', type: '', startBytes: 0, sizeBytes: image.virtualBytes }];
+  if (table.scheme === 'gpt' && table.partitions.length === 0) notes.push('the GPT lists no readable partition (damaged header or entry array?); the whole disk is searched instead');
+  notes.push(...partitionNotes(partitions, image.virtualBytes));
   const inspected: InspectedPartition[] = [];
   for (const partition of partitions) {
-    const start = await image.read(partition.startBytes, BINARY_HEADER_BYTES);
+    const readable = partition.sizeBytes > 0 && partition.startBytes < image.virtualBytes;
+    const start = readable ? await image.read(partition.startBytes, BINARY_HEADER_BYTES) : Buffer.alloc(0);
     const contents: PartitionContents = parseLuksBinaryHeader(start) ? 'luks' : isExtSuperblock(start) ? 'ext' : 'other';
     inspected.push({ ...partition, typeName: partitionTypeName(partition.type), contents });
   }
@@ -109,47 +128,82 @@ function crypttabNotes(initramfs: InitramfsReport, luks: readonly LuksSummary[])
   });
 }
 
-export async function inspectImage(hostRunner: HostRunner, imagePath: string): Promise<InspectReport> {
+/** What a LUKS header showed that a report reader should know (LUKS1, unknown tokens, a data segment over the metadata). */
+function luksNotes(partition: number, luks: LuksSummary): string[] {
+  const notes: string[] = [];
+  if (luks.version !== 2) notes.push(`partition ${partition}: LUKS${luks.version} header (only its binary header is read; keylessgo builds LUKS2)`);
+  for (const token of luks.tokens.filter((t) => !KNOWN_TOKEN_TYPES.test(t.type))) notes.push(`partition ${partition}: token ${token.id} has type ${JSON.stringify(token.type)}, unknown to inspect`);
+  if (luks.metadataBytes !== undefined && luks.dataOffsetBytes !== undefined && luks.dataOffsetBytes < luks.metadataBytes) {
+    notes.push(`partition ${partition}: the data segment at byte ${luks.dataOffsetBytes} overlaps the LUKS metadata (${luks.metadataBytes} bytes)`);
+  }
+  return notes.concat(luks.damage.map((damage) => `partition ${partition}: ${damage}`));
+}
+
+const KNOWN_TOKEN_TYPES = /^(clevis|systemd-(tpm2|fido2|pkcs11|recovery)|luks2-keyring)$/;
+
+export interface InspectOptions {
+  /** What image formats and qcow2 features are read (default: raw and self-contained qcow2 only). */
+  policy?: FormatPolicy;
+}
+
+/** The first line of an error's message: a damaged image yields a note or one line, never a trace. */
+const firstLine = (error: unknown) => (error instanceof Error ? error.message : String(error)).split('\n')[0]!;
+
+export async function inspectImage(hostRunner: HostRunner, imagePath: string, options: InspectOptions = {}): Promise<InspectReport> {
   const host = await inspectTools(hostRunner);
   const scratchDir = await mkdtemp(join(tmpdir(), 'keylessgo-inspect-'));
   try {
-    const image = await openDiskImage(host, imagePath, scratchDir);
-    const partitionTable = await probePartitions(image);
-    if (partitionTable.scheme === 'none' && partitionTable.partitions[0]!.contents === 'other') {
-      throw new InputError('not a disk image: no partition table, LUKS header or ext file system found', imagePath);
-    }
-    const notes: string[] = [];
-    const luks: InspectReport['luks'] = [];
-    for (const p of partitionTable.partitions.filter((p) => p.contents === 'luks')) {
-      try {
-        luks.push({ partition: p.number, ...(await readLuks(host, image, p.startBytes, p.sizeBytes, scratchDir)) });
-      } catch (error) {
-        notes.push(`partition ${p.number}: the LUKS header could not be read: ${(error as Error).message}`);
-      }
-    }
-    if (!partitionTable.partitions.some((p) => p.contents === 'luks')) notes.push('no LUKS header found in any partition');
-    const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes);
-    if (initramfs) notes.push(...crypttabNotes(initramfs, luks));
-
-    const manifestFile = join(dirname(imagePath), 'manifest.json');
-    const { manifest: summary, error } = await readManifest(manifestFile);
-    if (error) notes.push(`${manifestFile}: ${error}`);
-    const manifest = summary
-      ? {
-          file: manifestFile,
-          summary: summariseManifest(summary),
-          ...compareWithManifest(summary, {
-            imageName: basename(imagePath),
-            imageBytes: (await stat(imagePath)).size,
-            partitions: partitionTable.partitions,
-            luks: rootLuks({ luks, partitionTable }),
-            cmdline: boot?.cmdline,
-            initramfs: initramfs ?? undefined,
-          }),
-        }
-      : null;
-    return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, boot, initramfs, manifest, notes };
+    const image = await openDiskImage(host, imagePath, scratchDir, options.policy);
+    return await inspectOpened(host, image, scratchDir);
+  } catch (error) {
+    if (isReported(error)) throw error;
+    // Whatever a hostile or damaged file did to a reader: exit 2 naming the file, not an internal error.
+    throw new InputError(`cannot be inspected: ${firstLine(error)}`, imagePath);
   } finally {
     await rm(scratchDir, { recursive: true, force: true });
   }
+}
+
+async function inspectOpened(host: ToolRunner, image: DiskImage, scratchDir: string): Promise<InspectReport> {
+  const imagePath = image.path;
+  const notes: string[] = [];
+  const partitionTable = await probePartitions(image, notes);
+  if (partitionTable.scheme === 'none' && partitionTable.partitions[0]!.contents === 'other') {
+    throw new InputError('not a disk image: no partition table, LUKS header or ext file system found', imagePath);
+  }
+  const luks: InspectReport['luks'] = [];
+  for (const p of partitionTable.partitions.filter((p) => p.contents === 'luks')) {
+    try {
+      const summary = await readLuks(host, image, p.startBytes, p.sizeBytes, scratchDir);
+      luks.push({ partition: p.number, ...summary });
+      notes.push(...luksNotes(p.number, summary));
+    } catch (error) {
+      notes.push(`partition ${p.number}: the LUKS header could not be read: ${firstLine(error)}`);
+    }
+  }
+  if (!partitionTable.partitions.some((p) => p.contents === 'luks')) notes.push('no LUKS header found in any partition');
+  const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes).catch((error: unknown) => {
+    notes.push(`/boot could not be read: ${firstLine(error)}`);
+    return { boot: null, initramfs: null };
+  });
+  if (initramfs) notes.push(...crypttabNotes(initramfs, luks));
+
+  const manifestFile = join(dirname(imagePath), 'manifest.json');
+  const { manifest: summary, error } = await readManifest(manifestFile);
+  if (error) notes.push(`${manifestFile}: ${error}`);
+  const manifest = summary
+    ? {
+        file: manifestFile,
+        summary: summariseManifest(summary),
+        ...compareWithManifest(summary, {
+          imageName: basename(imagePath),
+          imageBytes: (await stat(imagePath)).size,
+          partitions: partitionTable.partitions,
+          luks: rootLuks({ luks, partitionTable }),
+          cmdline: boot?.cmdline,
+          initramfs: initramfs ?? undefined,
+        }),
+      }
+    : null;
+  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, boot, initramfs, manifest, notes };
 }

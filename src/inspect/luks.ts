@@ -3,6 +3,7 @@
  * LUKS2 a copy of the metadata area (never the data) is dumped with cryptsetup, which also
  * checks its checksums.
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { clevisPinInToken, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
 import type { DiskImage } from './image.js';
@@ -33,12 +34,37 @@ export function parseLuksBinaryHeader(buffer: Buffer): LuksBinaryHeader | undefi
   return { version, uuid, label: cString(buffer, 24, 48), headerBytes: Number(buffer.readBigUInt64BE(8)) };
 }
 
-/** Bytes from the start of a LUKS2 device that cryptsetup needs to dump it: both metadata copies and the keyslot area. */
+/** LUKS2 header sizes (binary header plus JSON area) cryptsetup writes and accepts: 16 KiB to 4 MiB, powers of two. */
+export function isValidLuks2HeaderSize(bytes: number): boolean {
+  return bytes >= 16 * 1024 && bytes <= 4 * 1024 * 1024 && (bytes & (bytes - 1)) === 0;
+}
+
+const CHECKSUM_AT = 448;
+const CHECKSUM_BYTES = 64;
+
+/**
+ * Whether a LUKS2 header copy (binary header and JSON area) matches its checksum: the hash of
+ * the copy with the checksum field zeroed. Undefined for hash algorithms other than sha256.
+ */
+export function luks2ChecksumMatches(header: Buffer): boolean | undefined {
+  if (cString(header, 72, 32) !== 'sha256') return undefined;
+  const zeroed = Buffer.from(header);
+  zeroed.fill(0, CHECKSUM_AT, CHECKSUM_AT + CHECKSUM_BYTES);
+  return createHash('sha256').update(zeroed).digest().equals(header.subarray(CHECKSUM_AT, CHECKSUM_AT + 32));
+}
+
+/** cryptsetup's limit on the keyslot area; a larger value is damage, not a reason to copy gigabytes. */
+const MAX_KEYSLOTS_BYTES = 128 * 1024 * 1024;
+
+/**
+ * Bytes from the start of a LUKS2 device that cryptsetup needs to dump it: both metadata copies
+ * and the keyslot area. Undefined when the primary JSON area is not JSON or names no sane size.
+ */
 export function luks2MetadataBytes(primaryHeader: Buffer, headerBytes: number): number | undefined {
   try {
     const json = JSON.parse(cString(primaryHeader, BINARY_HEADER_BYTES, headerBytes - BINARY_HEADER_BYTES)) as { config?: { keyslots_size?: string } };
     const keyslotsBytes = Number(json.config?.keyslots_size);
-    return Number.isSafeInteger(keyslotsBytes) ? 2 * headerBytes + keyslotsBytes : undefined;
+    return Number.isSafeInteger(keyslotsBytes) && keyslotsBytes >= 0 && keyslotsBytes <= MAX_KEYSLOTS_BYTES ? 2 * headerBytes + keyslotsBytes : undefined;
   } catch {
     return undefined;
   }
@@ -75,6 +101,10 @@ export interface LuksSummary {
   dataOffsetBytes?: number;
   keyslots: Keyslot[];
   tokens: Token[];
+  /** LUKS2: bytes of both metadata copies and the keyslot area, when the primary JSON tells. */
+  metadataBytes?: number;
+  /** What was found damaged while reading (the report still shows what could be read). */
+  damage: string[];
 }
 
 interface Luks2Json {
@@ -107,6 +137,7 @@ export function summariseLuks2(header: LuksBinaryHeader, metadataJson: string): 
     dataOffsetBytes: segment?.offset === undefined ? undefined : Number(segment.offset),
     keyslots,
     tokens,
+    damage: [],
   };
 }
 
@@ -116,9 +147,21 @@ const DEFAULT_METADATA_BYTES = 16 * 1024 * 1024;
 /** Reads the LUKS header of the partition at `offset` (already known to start with LUKS_MAGIC). */
 export async function readLuks(host: ToolRunner, image: DiskImage, offset: number, partitionBytes: number, scratchDir: string): Promise<LuksSummary> {
   const header = parseLuksBinaryHeader(await image.read(offset, BINARY_HEADER_BYTES))!;
-  if (header.version !== 2) return { version: header.version, uuid: header.uuid, label: '', cipher: header.cipher ?? '', keySizeBits: header.keySizeBits ?? 0, keyslots: [], tokens: [] };
-  const primary = await image.read(offset, header.headerBytes!);
-  const needed = Math.min(partitionBytes, luks2MetadataBytes(primary, header.headerBytes!) ?? DEFAULT_METADATA_BYTES);
+  if (header.version !== 2) {
+    const damage = header.version === 1 ? [] : [`LUKS version ${header.version} is unknown`];
+    return { version: header.version, uuid: header.uuid, label: '', cipher: header.cipher ?? '', keySizeBits: header.keySizeBits ?? 0, keyslots: [], tokens: [], damage };
+  }
+  const damage: string[] = [];
+  let metadataBytes: number | undefined;
+  if (!isValidLuks2HeaderSize(header.headerBytes!)) damage.push(`the primary LUKS2 binary header is damaged (header size ${header.headerBytes}); read from the secondary copy`);
+  else {
+    const primary = await image.read(offset, header.headerBytes!);
+    if (luks2ChecksumMatches(primary) === false) damage.push('the primary LUKS2 header fails its checksum (damaged or altered); cryptsetup reads the secondary copy');
+    metadataBytes = luks2MetadataBytes(primary, header.headerBytes!);
+    if (metadataBytes === undefined) damage.push('the primary LUKS2 JSON area is damaged (not JSON, or no sane keyslots_size); read from the secondary copy');
+  }
+  const needed = Math.min(partitionBytes, metadataBytes ?? DEFAULT_METADATA_BYTES);
   const copy = await image.extract(offset, needed, join(scratchDir, `luks-header-${offset}`));
-  return summariseLuks2(header, await host.run('cryptsetup', ['luksDump', '--dump-json-metadata', copy]));
+  const summary = summariseLuks2(header, await host.run('cryptsetup', ['luksDump', '--dump-json-metadata', copy]));
+  return { ...summary, metadataBytes, damage };
 }

@@ -16,7 +16,7 @@ export interface Manifest {
   nbde?: { binding?: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> } | null };
   partitions?: Array<{ label: string; startBytes: number; sizeBytes: number }>;
   dropbear?: { hostKeys?: Array<{ type: string; fingerprint: string }>; authorizedKeys?: Array<{ type: string; fingerprint: string }> };
-  outputs?: Array<{ format: string; path: string; bytes: number }>;
+  outputs?: Array<{ format: string; path: string; bytes: number; sha256?: string }>;
 }
 
 /** The manifest at `path`, undefined if there is none; a file that is not JSON is reported as such. */

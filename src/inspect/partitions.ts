@@ -33,6 +33,8 @@ function parseGpt(disk: Buffer): Partition[] | undefined {
   const entriesLba = Number(header.readBigUInt64LE(72));
   const count = header.readUInt32LE(80);
   const entryBytes = header.readUInt32LE(84);
+  // The spec's entry size is 128 * 2^n; anything else is a damaged header, not a loop of 2^32 empty entries.
+  if (entryBytes < 128 || (entryBytes & (entryBytes - 1)) !== 0) return [];
   const partitions: Partition[] = [];
   for (let index = 0; index < count; index++) {
     const offset = entriesLba * SECTOR + index * entryBytes;

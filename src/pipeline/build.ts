@@ -18,7 +18,9 @@ import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from './cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
+import { reapDeadBuilds, recordOutDir } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
+import { currentOwner, formatOwner, markOwned, OWNER_ENV } from './owner.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
 import { readPassphraseFile, SecretStore } from './secrets.js';
 
@@ -105,7 +107,8 @@ async function checkOutDir(outDir: string): Promise<void> {
   if (problem) throw new InputError(dir === resolve(outDir) ? `output directory ${problem}` : `cannot create output directory: ${dir} ${problem}`, outDir);
 }
 
-async function toolVersion(): Promise<string> {
+/** keylessgo's version (package.json). */
+export async function toolVersion(): Promise<string> {
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
@@ -148,6 +151,11 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
   const checked = await preflight(options);
   const { recipe } = checked.loaded;
   await mkdir(options.outDir, { recursive: true });
+  // Every process the build starts carries its owner, so a later build can find them if this one is killed.
+  process.env[OWNER_ENV] = formatOwner(await currentOwner());
+  const cache = options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log);
+  await reapDeadBuilds(new HostRunner(log), log);
+  await cache?.reapDeadBuilds();
 
   const guard = new SignalGuard(log);
   const cleanup = new CleanupStack(log);
@@ -158,6 +166,8 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
     await chmod(workDir, 0o700);
     const host = new HostRunner(log, guard.controller.signal);
     cleanup.add(`remove ${workDir}`, () => removeTree(host.forCleanup, workDir));
+    await markOwned(workDir);
+    await recordOutDir(workDir, resolve(options.outDir));
     const ctx: BuildContext = {
       loaded: checked.loaded,
       recipe,
@@ -177,7 +187,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       kernelCmdline: kernelCmdline(recipe),
       exportBoot: options.exportBoot ?? false,
       toolVersion: await toolVersion(),
-      cache: options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log),
+      cache,
       state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {} },
     };
     await runStages(ctx, STAGES, guard);

@@ -11,6 +11,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
+import { currentOwner, formatOwner, ownerAlive, parseOwner } from './owner.js';
 
 export type CacheKind = 'bootstrap' | 'initramfs';
 export const CACHE_KINDS: readonly CacheKind[] = ['bootstrap', 'initramfs'];
@@ -51,15 +52,6 @@ export interface CacheEntry {
 const ENTRY_JSON = 'entry.json';
 const LOCK_POLL_MS = 500;
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 async function directoryBytes(dir: string): Promise<number> {
   let total = 0;
   for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
@@ -93,18 +85,18 @@ export class StageCache {
     for (;;) {
       signal?.throwIfAborted();
       try {
-        await writeFile(lockFile, String(process.pid), { flag: 'wx', mode: 0o600 });
+        await writeFile(lockFile, formatOwner(await currentOwner()), { flag: 'wx', mode: 0o600 });
         return () => rm(lockFile, { force: true });
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
-      const holder = Number(await readFile(lockFile, 'utf8').catch(() => ''));
-      if (Number.isInteger(holder) && holder > 0 && !processAlive(holder)) {
-        this.log.warn(`cache: taking over the ${kind} lock of process ${holder}, which is gone`);
+      const holder = parseOwner(await readFile(lockFile, 'utf8').catch(() => ''));
+      if (holder && !(await ownerAlive(holder))) {
+        this.log.warn(`cache: taking over the ${kind} lock of process ${holder.pid}, which is gone`);
         await rm(lockFile, { force: true });
         continue;
       }
-      if (!waiting) this.log.info(`      cache: waiting for process ${holder || '?'} to finish the ${kind} entry ${key}`);
+      if (!waiting) this.log.info(`      cache: waiting for process ${holder?.pid ?? '?'} to finish the ${kind} entry ${key}`);
       waiting = true;
       await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
     }
@@ -168,10 +160,25 @@ export class StageCache {
         await release();
       }
     }
+    await this.reapDeadBuilds();
+    return removed;
+  }
+
+  /**
+   * Removes lock files and partly filled entries of processes that are gone (a build killed
+   * while it held a lock or filled an entry); returns one line per thing removed (also logged).
+   */
+  async reapDeadBuilds(): Promise<string[]> {
+    const removed: string[] = [];
     for (const kind of CACHE_KINDS) {
       for (const name of await readdir(this.kindDir(kind)).catch(() => [] as string[])) {
-        const pid = Number(/\.partial-(\d+)$/.exec(name)?.[1]);
-        if (pid && !processAlive(pid)) await rm(join(this.kindDir(kind), name), { recursive: true, force: true });
+        const path = join(this.kindDir(kind), name);
+        const partialOf = Number(/\.partial-(\d+)$/.exec(name)?.[1]);
+        const holder = name.endsWith('.lock') ? parseOwner(await readFile(path, 'utf8').catch(() => '')) : partialOf ? { pid: partialOf, startTime: '' } : undefined;
+        if (!holder || (await ownerAlive(holder))) continue;
+        await rm(path, { recursive: true, force: true });
+        removed.push(`removed ${path} of dead build process ${holder.pid}`);
+        this.log.info(`reaped: ${removed.at(-1)!}`);
       }
     }
     return removed;

@@ -2,12 +2,13 @@
  * Secrets live only in a 0700 directory of 0600 files, are passed to tools by path, and
  * are overwritten before removal. Nothing here ever puts a secret into argv.
  */
-import { chmod, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { CleanupStack } from './cleanup.js';
 import type { Redactor } from '../log.js';
+import { markOwned } from './owner.js';
 
 export const MIN_PASSPHRASE_LENGTH = 8;
 
@@ -41,12 +42,12 @@ export class SecretStore {
   static async create(cleanup: CleanupStack): Promise<SecretStore> {
     const dir = await mkdtemp(join(tmpdir(), 'keylessgo-secrets-'));
     await chmod(dir, 0o700);
+    // If this process dies without cleaning up, the next build finds the store by its owner and wipes it.
+    await markOwned(dir);
     const store = new SecretStore(dir);
     cleanup.add(`wipe secrets in ${dir}`, () => store.wipe());
     return store;
   }
-
-  private readonly files: string[] = [];
 
   /**
    * Writes a secret to a 0600 file and registers it for redaction (binary secrets in the hex
@@ -56,19 +57,23 @@ export class SecretStore {
     redactor.add(typeof value === 'string' ? value : value.toString('hex'));
     const path = join(this.dir, name);
     await writeFile(path, value, { mode: 0o600, flag: 'wx' });
-    this.files.push(path);
     return path;
   }
 
-  private async wipe(): Promise<void> {
-    for (const path of this.files) {
-      const handle = await open(path, 'r+').catch(() => undefined);
-      if (!handle) continue;
-      const { size } = await handle.stat();
-      await handle.write(Buffer.alloc(size), 0, size, 0);
-      await handle.sync();
-      await handle.close();
-    }
-    await rm(this.dir, { recursive: true, force: true });
+  private wipe(): Promise<void> {
+    return wipeSecretDir(this.dir);
   }
+}
+
+/** Overwrites every file of a secret store with zeros, then removes the store. */
+export async function wipeSecretDir(dir: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const handle = await open(join(dir, name), 'r+').catch(() => undefined);
+    if (!handle) continue;
+    const { size } = await handle.stat();
+    await handle.write(Buffer.alloc(size), 0, size, 0);
+    await handle.sync();
+    await handle.close();
+  }
+  await rm(dir, { recursive: true, force: true });
 }

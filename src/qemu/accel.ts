@@ -25,12 +25,12 @@ const PROBE_TIMEOUT_MS = 20_000;
 const PANIC_MARKER = 'Kernel panic - not syncing';
 
 /** Copies /vmlinuz-<version> out of the image's /boot file system (read-only: qemu-img dd + debugfs). */
-export async function extractKernel(host: HostRunner, image: string, manifest: BootManifest, workDir: string): Promise<string> {
+export async function extractKernel(host: HostRunner, image: string, format: string, manifest: BootManifest, workDir: string): Promise<string> {
   const boot = bootPartition(manifest);
   const bootFs = join(workDir, 'boot-fs.raw');
   const kernel = join(workDir, 'vmlinuz');
   try {
-    await host.run('qemu-img', qemuImgDdArgs(undefined, image, boot.startBytes, boot.sizeBytes, bootFs));
+    await host.run('qemu-img', qemuImgDdArgs(format, image, boot.startBytes, boot.sizeBytes, bootFs));
     await host.run('debugfs', ['-R', `dump /vmlinuz-${manifest.kernel.version} ${kernel}`, bootFs]);
   } finally {
     await rm(bootFs, { force: true });
@@ -53,6 +53,8 @@ async function kvmBootsKernel(kernel: string, serialLog: string): Promise<string
 export interface ProbeInput {
   host: HostRunner;
   image: string;
+  /** The image's format as probeImageFormat decided it. */
+  format: string;
   manifest: BootManifest;
   workDir: string;
 }
@@ -62,7 +64,7 @@ export async function chooseAccel(choice: AccelChoice, input: ProbeInput): Promi
   if (!(await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false))) return { accel: 'tcg', reason: 'no usable /dev/kvm' };
   let kernel: string | undefined;
   try {
-    kernel = await extractKernel(input.host, input.image, input.manifest, input.workDir);
+    kernel = await extractKernel(input.host, input.image, input.format, input.manifest, input.workDir);
     const failure = await kvmBootsKernel(kernel, join(input.workDir, 'kvm-probe-serial.log'));
     return failure ? { accel: 'tcg', reason: `KVM probe failed: ${failure}` } : { accel: 'kvm', reason: 'KVM probe booted a kernel' };
   } catch (error) {

@@ -18,6 +18,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { AnyAuthMethod } from 'ssh2';
 import { HostError, InputError, InterruptedError } from '../errors.js';
 import { HostRunner } from '../host/run.js';
+import { probeImageFormat, type FormatPolicy, type ImageFormat } from '../inspect/disk-format.js';
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
 import { CleanupStack } from '../pipeline/cleanup.js';
@@ -48,6 +49,8 @@ export interface BootTestOptions {
   negativeChecks: boolean;
   /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
   diskSizeBytes?: number;
+  /** Which formats and qcow2 features are booted (default: raw and self-contained qcow2, as inspect). */
+  formatPolicy?: FormatPolicy;
   log: Logger;
 }
 
@@ -66,6 +69,8 @@ const BOOT_ANALYSIS_EXTRA_MS = 120_000;
 const UNLOCKED = /set up successfully/;
 
 interface Inputs {
+  /** Checked before anything boots: the same refusals as inspect (backing files, unknown features, ...). */
+  image: { path: string } & ImageFormat;
   manifest: BootManifest;
   keyAuth: AnyAuthMethod;
   passphrase: string;
@@ -75,13 +80,14 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
   await access(options.image, constants.R_OK).catch((error: Error) => {
     throw new InputError(`cannot read image: ${error.message}`, options.image);
   });
+  const image = { path: options.image, ...(await probeImageFormat(new HostRunner(log), options.image, options.formatPolicy)) };
   const manifest = await readBootManifest(options.manifestFile ?? join(dirname(options.image), 'manifest.json'));
   const keyText = await readPrivateKey(options.privateKeyFile);
   const passphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(passphrase);
   const missing = await missingTools([QEMU, 'qemu-img', ...firmwareFiles(options.firmware)]);
   if (missing.length > 0) throw new HostError(`missing for the boot test: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}`);
-  return { manifest, keyAuth: { type: 'publickey', username: USER, key: keyText }, passphrase };
+  return { image, manifest, keyAuth: { type: 'publickey', username: USER, key: keyText }, passphrase };
 }
 
 /** State shared by the phases of one run. */
@@ -192,7 +198,7 @@ async function runPhases(run: Run, negative: boolean, setPhase: (phase: string) 
 
 interface Launch {
   options: BootTestOptions;
-  manifest: BootManifest;
+  inputs: Inputs;
   accel: Accel;
   host: HostRunner;
   workDir: string;
@@ -200,9 +206,9 @@ interface Launch {
 }
 
 /** The overlay and firmware copy go to `workDir`; QEMU's own messages to qemu.log beside the serial log. */
-async function launchVm({ options, manifest, accel, host, workDir, serialLog }: Launch): Promise<Vm> {
+async function launchVm({ options, inputs, accel, host, workDir, serialLog }: Launch): Promise<Vm> {
   const overlay = join(workDir, 'overlay.qcow2');
-  await createOverlay(host, options.image, overlay, options.diskSizeBytes);
+  await createOverlay(host, inputs.image, overlay, options.diskSizeBytes);
   const config = {
     accel,
     cpus: options.cpus,
@@ -210,7 +216,7 @@ async function launchVm({ options, manifest, accel, host, workDir, serialLog }: 
     firmwareArgs: await firmwareArgs(options.firmware, workDir),
     overlay,
     hostPort: await freePort(),
-    guestPort: manifest.dropbear.port,
+    guestPort: inputs.manifest.dropbear.port,
     serialLog,
   };
   return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
@@ -260,11 +266,11 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     const workDir = await mkdtemp(join(tmpdir(), 'keylessgo-boot-test-'));
     cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
     phase = 'probing KVM';
-    const decision = await chooseAccel(options.accel, { host, image: options.image, manifest: inputs.manifest, workDir });
+    const decision = await chooseAccel(options.accel, { host, image: options.image, format: inputs.image.format, manifest: inputs.manifest, workDir });
     Object.assign(result, { accel: decision.accel, accelReason: decision.reason });
     log.info(`boot-test ${basename(options.image)}: ${options.firmware}, ${decision.accel} (${decision.reason})`);
 
-    const vm = await launchVm({ options, manifest: inputs.manifest, accel: decision.accel, host, workDir, serialLog });
+    const vm = await launchVm({ options, inputs, accel: decision.accel, host, workDir, serialLog });
     cleanup.add('stop QEMU', () => vm.stop());
     follow(stop, vm.exited.signal);
     const run: Run = {

@@ -10,6 +10,7 @@ import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { InputError } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
+import type { ImageFormat } from '../inspect/disk-format.js';
 import type { Logger } from '../log.js';
 import { GUEST_HOST } from './ssh.js';
 
@@ -81,14 +82,14 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * Creates a qcow2 overlay backed by `image`, which QEMU then opens read-only. With
- * `sizeBytes` the overlay is a larger disk than the image (the guest sees the extra space
- * after the image's end), as when an image is written to a bigger disk.
+ * Creates a qcow2 overlay backed by `image`, which QEMU then opens read-only. The image's
+ * format was decided by probeImageFormat (never guessed by qemu-img). With `sizeBytes` the
+ * overlay is a larger disk than the image (the guest sees the extra space after the image's
+ * end), as when an image is written to a bigger disk.
  */
-export async function createOverlay(host: HostRunner, image: string, overlay: string, sizeBytes?: number): Promise<void> {
-  const info = JSON.parse(await host.run('qemu-img', ['info', '--output=json', image])) as { format: string; 'virtual-size': number };
-  if (sizeBytes !== undefined && sizeBytes < info['virtual-size']) throw new InputError(`--disk-size ${sizeBytes} is smaller than the image (${info['virtual-size']} bytes)`);
-  await host.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', info.format, '-b', resolve(image), overlay, ...(sizeBytes === undefined ? [] : [String(sizeBytes)])]);
+export async function createOverlay(host: HostRunner, image: { path: string } & ImageFormat, overlay: string, sizeBytes?: number): Promise<void> {
+  if (sizeBytes !== undefined && sizeBytes < image.virtualBytes) throw new InputError(`--disk-size ${sizeBytes} is smaller than the image (${image.virtualBytes} bytes)`);
+  await host.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', image.format, '-b', resolve(image.path), overlay, ...(sizeBytes === undefined ? [] : [String(sizeBytes)])]);
 }
 
 const STOP_GRACE_MS = 5000;

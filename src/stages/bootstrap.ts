@@ -7,7 +7,7 @@
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
  * installation and run once, after configuration, by the initramfs stage.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
@@ -116,10 +116,14 @@ async function removeGeneratedHostKeys(rootfs: string): Promise<void> {
 }
 
 async function installTree(ctx: BuildContext): Promise<void> {
+  // The tools' own temp dirs (mmdebstrap's gpghome) inside the work tree: a killed build's are reaped with it.
+  const tmp = join(ctx.workDir, 'tmp');
+  await mkdir(tmp, { recursive: true, mode: 0o700 });
+  const options = { stream: true, env: { TMPDIR: tmp } };
   if (ctx.recipe.bootstrap.tool === 'mmdebstrap') {
-    await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx), { stream: true });
+    await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx), options);
   } else {
-    await ctx.host.run('debootstrap', debootstrapArgs(ctx), { stream: true });
+    await ctx.host.run('debootstrap', debootstrapArgs(ctx), options);
   }
   await removeGeneratedHostKeys(ctx.rootfs);
 }

@@ -4,6 +4,7 @@
  * stages, a second Ctrl-C during cleanup, and two builds at once. After each: no loop device,
  * mount, temp dir, cache lock or partial entry of ours, no output (partial or final), and an
  * exit code and message that name what happened. Builds use the run's warm stage cache.
+ * After a SIGKILL (no cleanup possible) the next build reaps what the dead one left.
  */
 import { execa, type ResultPromise } from 'execa';
 import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
@@ -55,8 +56,8 @@ async function recipeFile(name: string, patch: Record<string, unknown> = {}): Pr
   return path;
 }
 
-function startBuild(recipe: string, outDir: string, env: Record<string, string> = {}): ResultPromise<{ all: true; reject: false }> {
-  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', image.passphraseFile, '--authorized-keys', image.publicKey, '--cache-dir', cacheDirOf(image.dir), '--log-format', 'json'];
+function startBuild(recipe: string, outDir: string, env: Record<string, string> = {}, extraArgs: string[] = []): ResultPromise<{ all: true; reject: false }> {
+  const args = [CLI, 'build', recipe, '--out', outDir, '--passphrase-file', image.passphraseFile, '--authorized-keys', image.publicKey, '--cache-dir', cacheDirOf(image.dir), '--log-format', 'json', ...extraArgs];
   // No SIGKILL after a grace period: cleanup after a signal may take longer than execa's default 5 s.
   return execa('node', args, { all: true, reject: false, env: { ...env, TMPDIR: buildTmp }, forceKillAfterDelay: false });
 }
@@ -150,6 +151,71 @@ describe('builds in parallel', () => {
     expect(manifests.map((m) => m.recipe.name)).toEqual(['parallel-a', 'parallel-b']);
     expect(manifests[0]!.luks.uuid).not.toBe(manifests[1]!.luks.uuid);
     expect(added(before, await hostState())).toEqual({ loops: [], mounts: [], temps: [], cache: [] });
+  });
+});
+
+/** Resolves once `condition` holds, polling; rejects after `seconds`. */
+async function pollFor(condition: () => Promise<boolean>, seconds: number, what: string): Promise<void> {
+  for (const deadline = Date.now() + seconds * 1000; !(await condition()); ) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+const stageStarted = (child: ResultPromise<{ all: true; reject: false }>, stage: string) =>
+  new Promise<void>((resolve) => child.all!.on('data', (chunk: Buffer) => chunk.toString().includes(`"event":"stage-start","stage":"${stage}"`) && resolve()));
+
+describe('SIGKILL (no cleanup at all): the next build reaps what the dead one left', () => {
+  it('during mmdebstrap (its mounts), encryption (the loop device) and export; each next build reaps, the last succeeds', async () => {
+    const recipe = await recipeFile('faults');
+    const before = await hostState();
+    const leftoverCounts: Array<Record<string, number>> = [];
+    const outputs: string[] = [];
+    const started = performance.now();
+    /** Starts a build, SIGKILLs it once `ready` resolves, and records what it left. */
+    const killWhen = async (ready: (child: ResultPromise<{ all: true; reject: false }>) => Promise<void>, extraArgs: string[] = []) => {
+      const child = startBuild(recipe, await mkdtemp(join(dir, 'killed-')), {}, extraArgs);
+      await ready(child);
+      child.kill('SIGKILL');
+      const done = await child;
+      outputs.push(String(done.all));
+      expect(done.signal).toBe('SIGKILL');
+      const left = added(before, await hostState());
+      leftoverCounts.push(Object.fromEntries(Object.entries(left).map(([k, list]) => [k, list.length])));
+      return left;
+    };
+    // Without the cache mmdebstrap really runs; killed once it has mounted /proc and friends in the tree.
+    const duringBootstrap = await killWhen(async (child) => {
+      await stageStarted(child, 'bootstrap');
+      await pollFor(async () => (await hostState()).mounts.length > before.mounts.length, 300, "mmdebstrap's mounts");
+    }, ['--no-cache']);
+    expect(duringBootstrap.mounts.length, 'mmdebstrap mounts left by the killed build').toBeGreaterThan(0);
+    expect(duringBootstrap.temps.length, 'work tree and secret store left by the killed build').toBeGreaterThanOrEqual(2);
+
+    const duringEncrypt = await killWhen(async (child) => {
+      await stageStarted(child, 'encrypt');
+      await new Promise((resolve) => setTimeout(resolve, 700));
+    });
+    expect(outputs[1]).toMatch(/reaped: unmounted .*keylessgo-faults-/);
+    expect(outputs[1]).toMatch(/reaped: removed secret store /);
+    expect(duringEncrypt.loops.length, 'loop device left by the build killed while encrypting').toBeGreaterThan(0);
+    expect(duringEncrypt.mounts, 'the bootstrap leftovers were reaped').toEqual([]);
+
+    const duringExport = await killWhen(async (child) => {
+      await stageStarted(child, 'export');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    });
+    expect(outputs[2]).toMatch(/reaped: detached \/dev\/loop\d+ \(.*\.raw\.partial\)/);
+    expect(duringExport.temps.length).toBeGreaterThanOrEqual(2);
+
+    const survivor = await mkdtemp(join(dir, 'after-kills-'));
+    const next = await startBuild(recipe, survivor);
+    expect(next.exitCode, String(next.all).slice(-2000)).toBe(0);
+    expect(String(next.all)).toMatch(/reaped: removed work tree .*keylessgo-faults-/);
+    expect(added(before, await hostState())).toEqual({ loops: [], mounts: [], temps: [], cache: [] });
+    const killedOutDirs = (await readdir(dir)).filter((name) => name.startsWith('killed-'));
+    for (const out of killedOutDirs) expect(await readdir(join(dir, out)), `partial outputs in ${out}`).toEqual([]);
+    process.stderr.write(`SIGKILL recovery: leftovers after each kill ${JSON.stringify(leftoverCounts)}, ${((performance.now() - started) / 1000).toFixed(0)} s in all\n`);
   });
 });
 

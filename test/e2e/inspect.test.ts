@@ -1,12 +1,13 @@
 /**
  * `keylessgo inspect` on the shared image (bound to the test Tang), through the real CLI:
  * its JSON against the manifest and against facts known independently (the test key's
- * ssh-keygen fingerprint, the Tang key's file name), the human table, the qcow2 twin, and
- * exit 2 on a file that is no disk image.
+ * ssh-keygen fingerprint, the Tang key's file name), the human table, the qcow2 twin,
+ * --check as a gate (passing, and failing on a tampered manifest and SHA256SUMS), a qcow2
+ * backed by the image refused, and exit 2 on a file that is no disk image.
  */
 import { execa } from 'execa';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { InspectReport } from '../../src/inspect/inspect.js';
 import { CLI } from './fixture.js';
@@ -120,15 +121,41 @@ describe('keylessgo inspect, human table and other inputs', () => {
     expect(out).toMatch(/^ {2}compared +\d+ fields with the image, all match$/m);
   });
 
-  it('reports the same for the qcow2 image', async () => {
-    const result = await inspect(image.qcow2, '--json');
+  it('reports the same for the qcow2 image, which passes --check (manifest and SHA256SUMS)', async () => {
+    const result = await inspect(image.qcow2, '--json', '--check');
     expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/check passed: \d+ manifest fields, SHA-256 against .*SHA256SUMS, SHA-256 against .*manifest\.json outputs/);
     const fromQcow2 = JSON.parse(result.stdout) as InspectReport;
     expect(fromQcow2.format).toBe('qcow2');
     // The manifest comparison differs only in which output's size it checked.
     expect({ ...fromQcow2, image: image.raw, format: 'raw', manifest: null }).toEqual({ ...report, manifest: null });
     expect(fromQcow2.manifest?.compared).toContain('outputs e2e-bookworm.qcow2 bytes');
     expect(fromQcow2.manifest?.mismatches).toEqual([]);
+  });
+
+  it('--check exits 1 naming each difference when the manifest or SHA256SUMS does not match the image', async () => {
+    const dir = await mkdtemp(join(scratch, 'tampered-'));
+    const raw = join(dir, basename(image.raw));
+    await symlink(image.raw, raw);
+    const tampered = { ...(JSON.parse(await readFile(image.manifestFile, 'utf8')) as Manifest), luks: { ...manifest.luks, uuid: '00000000-0000-4000-8000-000000000000' } };
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify(tampered));
+    await writeFile(join(dir, 'SHA256SUMS'), `${'0'.repeat(64)}  ${basename(image.raw)}\n`);
+    const result = await inspect(raw, '--check', '--log-format', 'json');
+    expect(result.exitCode, result.stderr).toBe(1);
+    const errors = result.stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: string; message: string }).filter((e) => e.level === 'error').map((e) => e.message);
+    expect(errors).toEqual([
+      `check: manifest luks.uuid: manifest 00000000-0000-4000-8000-000000000000, image ${manifest.luks.uuid}`,
+      expect.stringMatching(new RegExp(`^check: SHA-256 differs from ${join(dir, 'SHA256SUMS')}: expected 0{64}, file has [0-9a-f]{64}$`)),
+    ]);
+  });
+
+  it('refuses a qcow2 whose backing file is the image (exit 2, one line, nothing read)', async () => {
+    const overlay = join(scratch, 'backed.qcow2');
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', image.raw, overlay]);
+    const refused = await inspect(overlay);
+    expect(refused.exitCode).toBe(2);
+    expect(refused.stderr).toBe(`error: ${overlay}: qcow2 with a backing file (${JSON.stringify(image.raw)}) would be read from the host; pass --allow-external-files if you trust it`);
+    expect(refused.stdout).toBe('');
   });
 
   it('exits 2 with one line on a file that is no disk image, and on a missing one', async () => {

@@ -6,6 +6,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HostRunner } from '../../src/host/run.js';
+import { probeImageFormat } from '../../src/inspect/disk-format.js';
 import { Logger } from '../../src/log.js';
 import { firmwareArgs } from '../../src/qemu/firmware.js';
 import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
@@ -32,7 +33,8 @@ export class TestVm {
   static async create(image: ImageFixture, dir: string): Promise<TestVm> {
     await mkdir(dir, { recursive: true });
     const overlay = join(dir, 'disk.qcow2');
-    await createOverlay(new HostRunner(log), image.qcow2, overlay);
+    const host = new HostRunner(log);
+    await createOverlay(host, { path: image.qcow2, ...(await probeImageFormat(host, image.qcow2)) }, overlay);
     return new TestVm(image, dir, overlay, await readFile(image.privateKey, 'utf8'));
   }
 

@@ -4,8 +4,7 @@
  * disk (GPT, ext4 /boot with grub.cfg and an initramfs, LUKS2 root) as raw and qcow2.
  */
 import { execa } from 'execa';
-import { generateKeyPairSync } from 'node:crypto';
-import { mkdir, open, readFile, symlink, truncate, writeFile } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
@@ -13,7 +12,7 @@ import { blockSizeFor, qemuImgDdArgs } from '../../src/host/qemu-img.js';
 import { HostRunner } from '../../src/host/run.js';
 import { jwkThumbprint } from '../../src/host/tang.js';
 import { bootPath, parseGrubCfg } from '../../src/inspect/boot.js';
-import { fileDecompressor, S_IFLNK, S_IFREG, unpackInitramfs } from '../../src/inspect/cpio.js';
+import { fileDecompressor, S_IFLNK, unpackInitramfs } from '../../src/inspect/cpio.js';
 import { dropbearHostKey } from '../../src/inspect/dropbear.js';
 import { formatInspectReport } from '../../src/inspect/format.js';
 import { inspectImage } from '../../src/inspect/inspect.js';
@@ -22,70 +21,12 @@ import { parsePartitionTable, TABLE_BYTES } from '../../src/inspect/partitions.j
 import { parseAuthorizedKeys, parseInstalledAuthorizedKeys } from '../../src/recipe/authorized-keys.js';
 import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, ed25519Line, expectInputError, tempDir } from './helpers.js';
+import { dropbearEd25519, KEY_OPTIONS, luksContainer, newc, SIGNING_JWK, sparseFile, syntheticDisk, TANG_URL, zstd } from './synthetic-disk.js';
 
 const host = new HostRunner(captureLogger('quiet').log);
 
-/** A newc cpio archive of regular files and symlinks, with its trailer. */
-function newc(entries: Array<{ path: string; data: string | Buffer; mode?: number }>): Buffer {
-  const pad = (buffer: Buffer) => Buffer.concat([buffer, Buffer.alloc((4 - (buffer.length % 4)) % 4)]);
-  const member = (path: string, data: Buffer, mode: number) => {
-    const name = Buffer.from(`${path}\0`);
-    const fields = [1, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, name.length, 0];
-    const header = Buffer.from(`070701${fields.map((f) => f.toString(16).padStart(8, '0')).join('')}`);
-    return Buffer.concat([pad(Buffer.concat([header, name])), pad(data)]);
-  };
-  return Buffer.concat([...entries.map((e) => member(e.path, Buffer.from(e.data), e.mode ?? S_IFREG | 0o644)), member('TRAILER!!!', Buffer.alloc(0), 0)]);
-}
-
-async function zstd(data: Buffer): Promise<Buffer> {
-  return Buffer.from((await execa('zstd', ['-cq'], { input: data, encoding: 'buffer' })).stdout);
-}
-
 async function unpack(images: Buffer[]) {
   return unpackInitramfs(images, fileDecompressor((file, args) => host.run(file, args), await tempDir()));
-}
-
-/** A dropbear-format ed25519 host key (string type, string seed||public) and its public line for ssh-keygen. */
-function dropbearEd25519(): { file: Buffer; publicLine: string } {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const seed = Buffer.from(privateKey.export({ format: 'jwk' }).d!, 'base64url');
-  const pub = Buffer.from(publicKey.export({ format: 'jwk' }).x!, 'base64url');
-  const str = (b: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, b.length]), b]);
-  const type = Buffer.from('ssh-ed25519');
-  return { file: Buffer.concat([str(type), str(Buffer.concat([seed, pub]))]), publicLine: `ssh-ed25519 ${Buffer.concat([str(type), str(pub)]).toString('base64')}` };
-}
-
-const KEY_OPTIONS = 'no-port-forwarding,command="cryptroot-unlock --verbose"';
-const TANG_URL = 'http://tang.example:7500';
-const SIGNING_JWK = { kty: 'EC', crv: 'P-521', x: 'AXg', y: 'AYw', key_ops: ['verify'], alg: 'ES512' };
-
-/** A clevis tang token as `clevis luks bind` stores it: the pin config travels in the JWE protected header. */
-function clevisToken(keyslot: number): string {
-  const header = { alg: 'ECDH-ES', enc: 'A256GCM', clevis: { pin: 'tang', tang: { url: TANG_URL, adv: { keys: [SIGNING_JWK, { kty: 'EC', crv: 'P-521', x: 'Ax', y: 'Ay', key_ops: ['deriveKey'] }] } } } };
-  return JSON.stringify({ type: 'clevis', keyslots: [String(keyslot)], jwe: { ciphertext: '', encrypted_key: '', iv: '', protected: Buffer.from(JSON.stringify(header)).toString('base64url'), tag: '' } });
-}
-
-async function luksContainer(dir: string): Promise<{ file: string; uuid: string }> {
-  const file = join(dir, 'luks.img');
-  const keyFile = join(dir, 'key');
-  await writeFile(keyFile, 'unit-test-passphrase', { mode: 0o600 });
-  await sparseFile(file, 20 * MiB);
-  const pbkdf = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
-  await execa('cryptsetup', ['luksFormat', '--batch-mode', '--type', 'luks2', '--sector-size', '4096', ...pbkdf, '--key-file', keyFile, file]);
-  await execa('cryptsetup', ['luksAddKey', '--batch-mode', ...pbkdf, '--key-file', keyFile, '--new-keyfile', keyFile, '--key-slot', '1', file]);
-  await execa('cryptsetup', ['token', 'import', file], { input: clevisToken(1) });
-  return { file, uuid: (await execa('cryptsetup', ['luksUUID', file])).stdout.trim() };
-}
-
-async function sparseFile(path: string, bytes: number): Promise<void> {
-  await writeFile(path, '');
-  await truncate(path, bytes);
-}
-
-async function writeAt(disk: string, offset: number, data: Buffer): Promise<void> {
-  const handle = await open(disk, 'r+');
-  await handle.write(data, 0, data.length, offset);
-  await handle.close();
 }
 
 describe('initramfs unpacking', () => {
@@ -191,7 +132,7 @@ describe('partition table and grub.cfg', () => {
 describe('manifest comparison', () => {
   it('flags a LUKS UUID and a command line that differ, and skips what the image could not tell', () => {
     const manifest = { luks: { uuid: 'aaaa', keyslots: [0, 1] }, kernel: { cmdline: 'root=/dev/mapper/cryptroot ro' }, dropbear: { hostKeys: [{ type: 'ssh-ed25519', fingerprint: 'SHA256:x' }] } };
-    const luks = { version: 2, uuid: 'bbbb', label: '', cipher: 'aes-xts-plain64', keySizeBits: 512, keyslots: [{ slot: 1, type: 'luks2', kdf: 'pbkdf2' }, { slot: 0, type: 'luks2', kdf: 'argon2id' }], tokens: [] };
+    const luks = { version: 2, uuid: 'bbbb', label: '', cipher: 'aes-xts-plain64', keySizeBits: 512, keyslots: [{ slot: 1, type: 'luks2', kdf: 'pbkdf2' }, { slot: 0, type: 'luks2', kdf: 'argon2id' }], tokens: [], damage: [] };
     const result = compareWithManifest(manifest, { imageName: 'x.raw', imageBytes: 1, partitions: [], luks, cmdline: 'root=/dev/sda2 ro' });
     expect(result.compared).toEqual(['luks.uuid', 'luks.keyslots', 'kernel.cmdline']);
     expect(result.mismatches).toEqual([
@@ -203,42 +144,6 @@ describe('manifest comparison', () => {
 
 // cryptsetup, mkfs and qemu-img for each disk: seconds on a loaded 2-core host.
 describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
-  /** GPT with keylessgo-boot (ext4: grub.cfg, initrd.img -> initrd.img-test) and keylessgo-root (LUKS2, clevis token). */
-  async function syntheticDisk(dir: string) {
-    const hostKey = dropbearEd25519();
-    const key = ed25519Line('operator@example');
-    const luks = await luksContainer(dir);
-    const initrd = Buffer.concat([
-      newc([{ path: 'kernel/x86/microcode/AuthenticAMD.bin', data: 'ucode' }]),
-      await zstd(
-        newc([
-          { path: 'usr/sbin/cryptsetup', data: 'ELF' },
-          { path: 'usr/sbin/dropbear', data: 'ELF' },
-          { path: 'root-Xy12ab/.ssh/authorized_keys', data: `${KEY_OPTIONS} ${key}\n` },
-          { path: 'etc/dropbear/dropbear_ed25519_host_key', data: hostKey.file },
-          { path: 'etc/dropbear/dropbear.conf', data: 'DROPBEAR_OPTIONS="-s -p 2222"\n' },
-          { path: 'cryptroot/crypttab', data: `cryptroot UUID=${luks.uuid} none luks,initramfs\n` },
-          { path: 'conf/initramfs.conf', data: 'MODULES=most\nDEVICE=eth0\n' },
-        ]),
-      ),
-    ]);
-    const tree = join(dir, 'boot-tree');
-    await mkdir(join(tree, 'grub'), { recursive: true });
-    await writeFile(join(tree, 'grub/grub.cfg'), 'menuentry "t" {\n\tlinux /vmlinuz root=/dev/mapper/cryptroot ro ip=:::::eth0:dhcp\n\tinitrd /initrd.img\n}\n');
-    await writeFile(join(tree, 'initrd.img-test'), initrd);
-    await symlink('initrd.img-test', join(tree, 'initrd.img'));
-    const bootFs = join(dir, 'boot.ext4');
-    await sparseFile(bootFs, 8 * MiB);
-    await execa('mkfs.ext4', ['-q', '-F', '-d', tree, bootFs]);
-
-    const disk = join(dir, 'disk.raw');
-    await sparseFile(disk, 32 * MiB);
-    await execa('sfdisk', ['--quiet', disk], { input: 'label: gpt\nstart=2048, size=16384, name="keylessgo-boot"\nstart=18432, size=40960, name="keylessgo-root"\n' });
-    await writeAt(disk, MiB, await readFile(bootFs));
-    await writeAt(disk, 9 * MiB, await readFile(luks.file));
-    return { disk, luksUuid: luks.uuid, hostKey, key };
-  }
-
   it('reports partitions, LUKS2 with the Tang token, grub cmdline and the initramfs, the same for raw and qcow2', async () => {
     const dir = await tempDir();
     const { disk, luksUuid, hostKey } = await syntheticDisk(dir);
