@@ -48,6 +48,12 @@ export interface BootTestOptions {
   negativeChecks: boolean;
   /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
   diskSizeBytes?: number;
+  /** NICs in all; the first nics-1 are connected to nothing (default 1). */
+  nics?: number;
+  /** A config drive (ISO 9660) attached as a CD. */
+  configDrive?: string;
+  /** The guest's static address to forward SSH to (default: the one QEMU's DHCP gives). */
+  guestAddress?: string;
   log: Logger;
 }
 
@@ -212,6 +218,9 @@ async function launchVm({ options, manifest, accel, host, workDir, serialLog }: 
     hostPort: await freePort(),
     guestPort: manifest.dropbear.port,
     serialLog,
+    nics: options.nics,
+    guestAddress: options.guestAddress,
+    cdrom: options.configDrive && resolve(options.configDrive),
   };
   return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
 }
