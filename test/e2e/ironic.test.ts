@@ -4,7 +4,8 @@
  *
  *   - disk level: on a disk of the image's size + 64 MiB IPA's commands succeed (the root
  *     leaves ~1 MiB of alignment free at the end); on the image's own size sgdisk exits 4.
- *   - boot, from a disk 1 GiB larger than the image with IPA's config drive after the root,
+ *   - boot, two NICs (the first connected to nothing), from a disk 1 GiB larger than the
+ *     image with IPA's config drive after the root,
  *     whose network_data.json gives the NIC's MAC 10.0.2.50/24 (QEMU's DHCP would give .15):
  *     the initramfs answers SSH on 10.0.2.50 (the forward goes there only), the booted system
  *     has that address, no DHCP lease, the drive's host name and its root key; the root grew
@@ -12,7 +13,7 @@
  */
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdtemp, readFile, rm, stat, truncate } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { USER_NIC_MAC } from '../../src/qemu/vm.js';
@@ -78,7 +79,8 @@ describe("Ironic's config drive, IPA's commands re-enacted", () => {
 
     const vm = await TestVm.create(image, join(dir, 'boot'), disk);
     try {
-      await vm.boot(undefined, { guestAddress: STATIC_ADDRESS });
+      // Behind a NIC connected to nothing: the drive's network finds its NIC by MAC (eth1), not by name.
+      await vm.boot(undefined, { nics: 2, guestAddress: STATIC_ADDRESS });
       // The forward reaches 10.0.2.50 only: dropbear answering proves the initramfs took the drive's address.
       const dropbear = await vm.waitFor(/dropbear/, BOOT_TIMEOUT_MS);
       const unlock = await vm.ssh('cryptroot-unlock', image.passphrase);
@@ -88,19 +90,19 @@ describe("Ironic's config drive, IPA's commands re-enacted", () => {
 
       // Logged in with the drive's key (the image's own key is in root's authorized_keys too).
       const facts = (await vm.ssh(
-        'hostname; ip -o -4 address show dev eth0; ls /run/systemd/netif/leases/ | wc -l; ' +
-          'ls /run/systemd/network/; resolvectl dns eth0; ' +
+        'hostname; ip -o -4 address show; ls /run/systemd/netif/leases/ | wc -l; ' +
+          'ls /run/systemd/network/; resolvectl dns eth1; ' +
           'for p in 4 5; do echo "vda$p $(cat /sys/class/block/vda$p/start) $(cat /sys/class/block/vda$p/size)"; done; ' +
           `head -c ${isoBytes.length} /dev/vda${deployed.partition} | sha256sum`,
         undefined,
         await readFile(key, 'utf8'),
       )).output;
       expect(facts).toMatch(new RegExp(`^${HOSTNAME}$`, 'm'));
-      expect(facts).toMatch(new RegExp(`eth0\\s+inet ${STATIC_ADDRESS.replaceAll('.', '\\.')}/24 `));
+      expect(facts).toMatch(new RegExp(`eth1\\s+inet ${STATIC_ADDRESS.replaceAll('.', '\\.')}/24 `));
       expect(facts).not.toMatch(/inet 10\.0\.2\.15\//);
       expect(facts).toMatch(/^0$/m);
       expect(facts).toContain(`10-keylessgo-config-drive-${USER_NIC_MAC.replaceAll(':', '')}.network`);
-      expect(facts).toMatch(/eth0\): 10\.0\.2\.3/);
+      expect(facts).toMatch(/eth1\): 10\.0\.2\.3/);
 
       // The root (vda4) grew by the disk's extra GiB less the drive, up to where the config drive (vda5) starts (MiB-aligned).
       const [root, drive] = [4, 5].map((n) => facts.match(new RegExp(`^vda${n} (\\d+) (\\d+)$`, 'm'))!.slice(1).map(Number)) as [number[], number[]];
