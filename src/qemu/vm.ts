@@ -48,8 +48,8 @@ export interface VmConfig {
   cdrom?: string;
 }
 
-/** MAC of the user-network NIC: fixed, so that a config drive's network_data.json can name it. */
-export const USER_NIC_MAC = '52:54:00:12:34:56';
+/** MAC of the user-network NIC: fixed, so that a config drive's network_data.json can name it; not one of QEMU's defaults (52:54:00:12:34:56 and up, which the other NICs get). */
+export const USER_NIC_MAC = '52:54:00:6b:67:01';
 
 /**
  * NICs connected to nothing come first (the kernel names them eth0, eth1, ...): socket
