@@ -13,6 +13,7 @@ packages=(
   openssh-client                 # ssh-keygen, boot-test login
   clevis clevis-luks tang socat curl  # NBDE
   zstd cpio xz-utils bzip2 lz4   # initramfs inspection (every compressor initramfs-tools may use)
+  gdisk genisoimage jq           # Ironic tests: IPA's sgdisk steps, a config drive, network_data.json conversion
 )
 
 if [ "$(id -u)" -ne 0 ]; then

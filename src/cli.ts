@@ -139,6 +139,13 @@ function diskSize(value: string): number {
   return bytes;
 }
 
+/** QEMU's user network is 10.0.2.0/24: .2 is the host, .3 DNS, .15 the DHCP address. */
+function guestAddress(value: string): string {
+  const match = /^10\.0\.2\.(\d{1,3})$/.exec(value);
+  if (!match || Number(match[1]) < 4 || Number(match[1]) > 254) throw new InvalidArgumentError("--guest-address must be an address in QEMU's user network, 10.0.2.4 to 10.0.2.254");
+  return value;
+}
+
 program
   .command('boot-test')
   .description('boot an image in a throwaway QEMU VM, unlock it over SSH and check the booted system')
@@ -154,13 +161,16 @@ program
   .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .option('--disk-size <size>', 'boot from a disk this large (e.g. 6GiB), the image at its start: tests growing the root at first boot', diskSize)
+  .option('--nics <n>', 'NICs in all; the first n-1 are connected to nothing (tests that every NIC is tried)', positiveInteger('--nics'), 1)
+  .option('--config-drive <iso>', 'attach this config drive (ISO 9660, volume config-2) as a CD')
+  .option('--guest-address <ipv4>', "forward SSH to this static guest address in QEMU's user network (10.0.2.0/24), e.g. one the config drive sets", guestAddress)
   .addOption(allowExternalFilesOption)
   .addOption(allowFormatOption)
   .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number } & FormatOptions & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -179,6 +189,9 @@ program
       negativeChecks: opts.negativeChecks ?? false,
       diskSizeBytes: opts.diskSize,
       formatPolicy: formatPolicy(opts),
+      nics: opts.nics,
+      configDrive: opts.configDrive,
+      guestAddress: opts.guestAddress,
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);

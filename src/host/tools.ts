@@ -28,6 +28,10 @@ export const TOOL_PACKAGES: Record<string, string> = {
   ssh: 'openssh-client',
   clevis: 'clevis',
   socat: 'socat',
+  // The Ironic tests: IPA's partitioning, a config drive, network_data.json as the image converts it.
+  sgdisk: 'gdisk',
+  genisoimage: 'genisoimage',
+  jq: 'jq',
 };
 
 /** Files (not commands) the boot test needs. */

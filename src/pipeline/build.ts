@@ -39,14 +39,22 @@ export interface BuildOptions {
 
 export const MAPPER_NAME = 'cryptroot';
 
-/** The `ip=` kernel parameter; the device is always named (a bare `ip=dhcp` is mis-parsed by some initramfs scripts). */
-export function kernelIpParameter(network: InitramfsNetwork, hostname: string): string {
-  if (network.mode === 'dhcp') return `ip=:::::${network.device}:dhcp`;
-  return `ip=${network.address}::${network.gateway ?? ''}:${network.netmask}:${hostname}:${network.device}:none`;
+/**
+ * The `ip=` kernel parameter, and BOOTIF= when the recipe pins the interface by MAC
+ * (initramfs-tools' configure_networking picks the interface with that address). Without a
+ * device the sixth field stays empty, never a bare `ip=dhcp`: clevis-initramfs reads the
+ * device from that field and waits for an interface named "dhcp"; with it empty, ipconfig
+ * asks on every interface and the first lease wins.
+ */
+export function kernelIpParameters(network: InitramfsNetwork, hostname: string): string[] {
+  const bootif = network.mac ? [`BOOTIF=01-${network.mac.replaceAll(':', '-')}`] : [];
+  if (network.mode === 'dhcp') return [`ip=:::::${network.device ?? ''}:dhcp`, ...bootif];
+  const device = network.mac ? '' : (network.device ?? 'eth0');
+  return [`ip=${network.address}::${network.gateway ?? ''}:${network.netmask}:${hostname}:${device}:none`, ...bootif];
 }
 
 export function kernelCmdline(recipe: Recipe): string {
-  return [`root=/dev/mapper/${MAPPER_NAME}`, 'ro', kernelIpParameter(recipe.initramfs.network, recipe.hostname), ...recipe.kernel.cmdline].join(' ');
+  return [`root=/dev/mapper/${MAPPER_NAME}`, 'ro', ...kernelIpParameters(recipe.initramfs.network, recipe.hostname), ...recipe.kernel.cmdline].join(' ');
 }
 
 /** dropbear's command line in the initramfs: no passwords, no forwarding, idle timeout. */

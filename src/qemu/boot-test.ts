@@ -51,6 +51,12 @@ export interface BootTestOptions {
   diskSizeBytes?: number;
   /** Which formats and qcow2 features are booted (default: raw and self-contained qcow2, as inspect). */
   formatPolicy?: FormatPolicy;
+  /** NICs in all; the first nics-1 are connected to nothing (default 1). */
+  nics?: number;
+  /** A config drive (ISO 9660) attached as a CD. */
+  configDrive?: string;
+  /** The guest's static address to forward SSH to (default: the one QEMU's DHCP gives). */
+  guestAddress?: string;
   log: Logger;
 }
 
@@ -218,6 +224,9 @@ async function launchVm({ options, inputs, accel, host, workDir, serialLog }: La
     hostPort: await freePort(),
     guestPort: inputs.manifest.dropbear.port,
     serialLog,
+    nics: options.nics,
+    guestAddress: options.guestAddress,
+    cdrom: options.configDrive && resolve(options.configDrive),
   };
   return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
 }

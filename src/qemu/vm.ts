@@ -1,7 +1,8 @@
 /**
  * One throwaway QEMU VM: a qcow2 overlay over the image (the image is only ever read),
  * user-mode networking with a single forward from 127.0.0.1:<free port> to the guest's SSH
- * port, the serial console in a log file, and nothing else attached.
+ * port, the serial console in a log file; optionally NICs connected to nothing in front of
+ * that NIC (as on a server with several ports, one cabled) and a config drive as a CD.
  */
 import { execa, type ResultPromise } from 'execa';
 import { createWriteStream } from 'node:fs';
@@ -40,6 +41,32 @@ export interface VmConfig {
   serialLog: string;
   /** Serve a Tang server from these keys to the guest at TANG_GUEST_ADDRESS (nothing listens on the host). */
   tang?: { keyDir: string; logFile: string };
+  /** NICs in all (default 1): the first nics-1 are connected to nothing, the last is the user network. */
+  nics?: number;
+  /** Forward to this guest address (a static one, e.g. from a config drive) instead of the one DHCP gives. */
+  guestAddress?: string;
+  /** An ISO 9660 image attached as a CD (e.g. a config drive). */
+  cdrom?: string;
+}
+
+/** MAC of the user-network NIC: fixed, so that a config drive's network_data.json can name it; not one of QEMU's defaults (52:54:00:12:34:56 and up, which the other NICs get). */
+export const USER_NIC_MAC = '52:54:00:6b:67:01';
+
+/**
+ * NICs connected to nothing come first (the kernel names them eth0, eth1, ...): socket
+ * netdevs listening on ports nobody joins. Then the user-mode NIC with the SSH forward.
+ */
+export function nicArgs(config: Pick<VmConfig, 'nics' | 'hostPort' | 'guestPort' | 'guestAddress'>, deadPorts: number[], userOptions = ''): string[] {
+  const nics = config.nics ?? 1;
+  if (deadPorts.length !== nics - 1) throw new Error(`${nics} NICs need ${nics - 1} free ports, got ${deadPorts.length}`);
+  const dead = deadPorts.flatMap((port, index) => ['-netdev', `socket,id=dead${index},listen=${GUEST_HOST}:${port}`, '-device', `virtio-net-pci,netdev=dead${index}`]);
+  const forward = `hostfwd=tcp:${GUEST_HOST}:${config.hostPort}-${config.guestAddress ?? ''}:${config.guestPort}`;
+  return [
+    ...dead,
+    // restrict=on: the guest reaches neither the host nor any other machine; the forward still works.
+    '-netdev', `user,id=net0,restrict=on,${forward}${userOptions}`,
+    '-device', `virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`,
+  ];
 }
 
 /** Where the guest finds the Tang server of `VmConfig.tang` (http, port 80). */
@@ -51,7 +78,7 @@ function tangForward(tang: NonNullable<VmConfig['tang']>): string {
   return `,guestfwd=tcp:${TANG_GUEST_ADDRESS}:80-cmd:/bin/sh -c 'exec /usr/libexec/tangd ${tang.keyDir} 2>>${tang.logFile}'`;
 }
 
-export function qemuArgs(config: VmConfig): string[] {
+export function qemuArgs(config: VmConfig, deadPorts: number[] = []): string[] {
   return [
     '-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc',
     // A guest that reboots (e.g. after a panic) ends the test instead of booting again.
@@ -60,9 +87,8 @@ export function qemuArgs(config: VmConfig): string[] {
     '-m', String(config.memoryMiB),
     ...config.firmwareArgs,
     '-drive', `file=${config.overlay},if=virtio,format=qcow2,discard=unmap`,
-    // restrict=on: the guest reaches neither the host nor any other machine; the forward still works.
-    '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:${GUEST_HOST}:${config.hostPort}-:${config.guestPort}${config.tang ? tangForward(config.tang) : ''}`,
-    '-device', 'virtio-net-pci,netdev=net0',
+    ...(config.cdrom ? ['-drive', `file=${config.cdrom},if=ide,media=cdrom,format=raw,readonly=on`] : []),
+    ...nicArgs(config, deadPorts, config.tang ? tangForward(config.tang) : ''),
     // An entropy source as cloud VMs have one (qemu64 has no RDRAND).
     '-device', 'virtio-rng-pci',
     '-serial', `file:${config.serialLog}`,
@@ -104,8 +130,9 @@ export class Vm {
     readonly config: VmConfig,
   ) {}
 
-  static start(config: VmConfig, qemuLog: string, log: Logger): Vm {
-    const args = qemuArgs(config);
+  static async start(config: VmConfig, qemuLog: string, log: Logger): Promise<Vm> {
+    const deadPorts = await Promise.all(Array.from({ length: (config.nics ?? 1) - 1 }, () => freePort()));
+    const args = qemuArgs(config, deadPorts);
     log.verbose(`$ ${QEMU} ${args.join(' ')}`);
     const child = execa(QEMU, args, { stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', reject: false });
     const logFile = createWriteStream(qemuLog);

@@ -53,7 +53,7 @@ export const MIRROR_URL_MESSAGE = 'expected an http://, https:// or file:// mirr
 const mirrorUrl = z.string().refine(isMirrorUrl, MIRROR_URL_MESSAGE);
 
 /** Parameters keylessgo sets itself: root= is the unlocked LUKS volume, ip= comes from initramfs.network. */
-const OWN_KERNEL_PARAMETERS = ['root', 'ip'];
+const OWN_KERNEL_PARAMETERS = ['root', 'ip', 'BOOTIF'];
 const parameterName = (parameter: string) => parameter.split('=')[0]!;
 const kernelParameter = z
   .string()
@@ -68,11 +68,20 @@ export const SUITES = ['bookworm', 'trixie'] as const;
 /** Debian release numbers, as image catalogues (Glance's os_version) name them. */
 export const SUITE_VERSIONS: Record<(typeof SUITES)[number], string> = { bookworm: '12', trixie: '13' };
 
-const dhcpNetwork = z.object({ mode: z.literal('dhcp'), device: interfaceName.default('eth0') }).strict();
+const macAddress = z
+  .string()
+  .regex(/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/, 'expected a MAC address such as 52:54:00:12:34:56')
+  .transform((mac) => mac.toLowerCase());
+const oneInterface = (network: { device?: string; mac?: string }) => !(network.device && network.mac);
+const oneInterfaceMessage = { message: 'give device or mac, not both' };
+// No device and no mac: DHCP on whichever interface answers first.
+const dhcpNetwork = z.object({ mode: z.literal('dhcp'), device: interfaceName.optional(), mac: macAddress.optional() }).strict();
 const staticNetwork = z
   .object({
     mode: z.literal('static'),
-    device: interfaceName.default('eth0'),
+    // A static address needs one interface: the one with this MAC, else this name (default eth0).
+    device: interfaceName.optional(),
+    mac: macAddress.optional(),
     address: ipv4,
     netmask: ipv4,
     gateway: ipv4.optional(),
@@ -107,7 +116,8 @@ export const recipeSchema = z
     network: z
       .object({
         manager: z.enum(['systemd-networkd']).default('systemd-networkd'),
-        match: z.string().default('en* eth*'),
+        // Unset: DHCP on every Ethernet interface. Set: systemd-networkd's Name= patterns.
+        match: z.string().regex(/^\S+( \S+)*$/, 'expected interface name patterns separated by spaces, such as "eth0 en*"').optional(),
       })
       .strict()
       .default({}),
@@ -143,7 +153,10 @@ export const recipeSchema = z
       .default({}),
     initramfs: z
       .object({
-        network: z.discriminatedUnion('mode', [dhcpNetwork, staticNetwork]).default({ mode: 'dhcp' }),
+        network: z
+          .discriminatedUnion('mode', [dhcpNetwork, staticNetwork])
+          .refine(oneInterface, oneInterfaceMessage)
+          .default({ mode: 'dhcp' }),
         modules: z.enum(['most', 'dep', 'netboot', 'list']).default('most'),
         compress: z.enum(['zstd', 'gzip', 'xz', 'lz4']).default('zstd'),
         dropbear: z

@@ -25,6 +25,8 @@ export const BASE_PACKAGES = [
   'kmod',
   'e2fsprogs',
   'iproute2',
+  // Reads the config drive's JSON, in the initramfs and in the booted system.
+  'jq',
   'systemd-resolved',
   'initramfs-tools',
   'zstd',

@@ -35,7 +35,7 @@ export const configureStage: Stage = {
 
     await withChroot(ctx.host, ctx.cleanup, rootfs, async (chroot) => {
       await chroot.run('passwd', ['--lock', 'root']);
-      const units = ['systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service'];
+      const units = ['systemd-networkd.service', 'systemd-resolved.service', 'keylessgo-ssh-host-keys.service', 'keylessgo-config-drive.service'];
       if (recipe.disk.growOnFirstBoot) units.push('keylessgo-grow-root.service');
       await chroot.run('systemctl', ['enable', ...units]);
       // Nothing in a default image needs the network before boot completes: don't wait for it.

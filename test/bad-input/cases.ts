@@ -50,6 +50,8 @@ export const RECIPE_CASES: Record<string, string> = {
   'static-network-without-address.yaml': ':5: initramfs.network.address: required field missing (expected string)',
   'static-network-bad-ipv4.yaml': ':7: initramfs.network.address: expected an IPv4 address',
   'network-unknown-mode.yaml': ':6: initramfs.network.mode: Invalid discriminator value. Expected \'dhcp\' | \'static\'',
+  'network-device-and-mac.yaml': ':5: initramfs.network: give device or mac, not both',
+  'network-bad-mac.yaml': ':7: initramfs.network.mac: expected a MAC address such as 52:54:00:12:34:56',
   'pbkdf-memory-too-small.yaml': ':6: luks.pbkdf.memoryKiB: Number must be greater than or equal to 32768',
   'luks-key-size.yaml': ':5: luks.keySize: expected 256 or 512',
   'variables-nested.yaml': ':5: variables.site: expected a string, number or boolean',

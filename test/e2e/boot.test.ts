@@ -67,9 +67,10 @@ function expectFullPass(run: Run): void {
 }
 
 describe('keylessgo boot-test', () => {
-  it('boots with UEFI, refuses what dropbear must refuse, unlocks and passes every check', async () => {
+  // Two NICs, the first connected to nothing: dropbear must come up on the second.
+  it('boots with UEFI and two NICs (the first dead), refuses what dropbear must refuse, unlocks and passes every check', async () => {
     const before = await stat(image.qcow2);
-    const run = await bootTest('boot-uefi', ['--firmware', 'uefi', '--negative-checks']);
+    const run = await bootTest('boot-uefi', ['--firmware', 'uefi', '--negative-checks', '--nics', '2']);
     expectFullPass(run);
     const negatives = run.result.checks.filter((c) => NEGATIVE_CHECKS.includes(c.name));
     expect(negatives.map((c) => c.name).sort()).toEqual([...NEGATIVE_CHECKS].sort());

@@ -40,15 +40,21 @@ async function expectEncryptedRoot(vm: TestVm): Promise<void> {
 }
 
 describe('Tang reachable at boot', () => {
-  it('boots to a running system without any SSH input, asking Tang for the key', async () => {
+  it('boots to a running system without any SSH input, asking Tang for the key over the second of two NICs', async () => {
     const vm = await TestVm.create(image, join(dir, 'keyless'));
     const tangLog = join(vm.dir, 'tang.log');
     try {
-      await vm.boot({ keyDir: image.tang.keyDir, logFile: tangLog });
+      // eth0 is connected to nothing: clevis must reach Tang over eth1, the NIC with a DHCP server.
+      await vm.boot({ keyDir: image.tang.keyDir, logFile: tangLog }, { nics: 2 });
       const seconds = await vm.waitFor(/OpenSSH/, BOOT_TIMEOUT_MS);
-      process.stderr.write(`nbde: keyless boot reached OpenSSH after ${seconds} s\n`);
+      process.stderr.write(`nbde: keyless boot with 2 NICs reached OpenSSH after ${seconds} s\n`);
       await expectEncryptedRoot(vm);
       expect(await readFile(tangLog, 'utf8')).toMatch(/POST \/rec\/\S+ => 200/);
+      // The booted system too: the lease is on eth1, eth0 has no address, and nothing waits for it.
+      const { output } = await vm.ssh('ip -o -4 address show scope global; systemctl is-enabled systemd-networkd-wait-online.service');
+      expect(output).toMatch(/^\d+: eth1\s+inet 10\.0\.2\.15\//m);
+      expect(output).not.toMatch(/: eth0\s+inet /);
+      expect(output).toMatch(/^masked$/m);
     } finally {
       await vm.stop();
     }

@@ -29,12 +29,12 @@ export class TestVm {
     private readonly key: string,
   ) {}
 
-  /** A machine whose disk is a fresh overlay over the fixture image. */
-  static async create(image: ImageFixture, dir: string): Promise<TestVm> {
+  /** A machine whose disk is a fresh overlay over the fixture image, or over `disk` (e.g. a copy of it as Ironic's agent left it). */
+  static async create(image: ImageFixture, dir: string, disk = image.qcow2): Promise<TestVm> {
     await mkdir(dir, { recursive: true });
     const overlay = join(dir, 'disk.qcow2');
     const host = new HostRunner(log);
-    await createOverlay(host, { path: image.qcow2, ...(await probeImageFormat(host, image.qcow2)) }, overlay);
+    await createOverlay(host, { path: disk, ...(await probeImageFormat(host, disk)) }, overlay);
     return new TestVm(image, dir, overlay, await readFile(image.privateKey, 'utf8'));
   }
 
@@ -46,8 +46,11 @@ export class TestVm {
     return join(this.dir, `serial-${this.boots}.log`);
   }
 
-  /** Powers on (UEFI); `tang` serves a Tang server from those keys to the guest. */
-  async boot(tang?: VmConfig['tang']): Promise<void> {
+  /**
+   * Powers on (UEFI); `tang` serves a Tang server from those keys to the guest; `network`:
+   * NICs connected to nothing in front of the user-network one, a static guest address.
+   */
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}): Promise<void> {
     this.boots++;
     const config: VmConfig = {
       accel: 'tcg',
@@ -59,8 +62,9 @@ export class TestVm {
       guestPort: 22,
       serialLog: this.serialLog,
       tang,
+      ...network,
     };
-    this.vm = Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
+    this.vm = await Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
     this.started = performance.now();
   }
 
@@ -74,9 +78,10 @@ export class TestVm {
     return secondsSince(this.started);
   }
 
-  async ssh(command: string, stdin?: string): Promise<ExecResult> {
+  /** Runs `command` as root, logged in with the fixture's key or with `key` (a private key's text). */
+  async ssh(command: string, stdin?: string, key = this.key): Promise<ExecResult> {
     const options = { timeoutMs: SSH_TIMEOUT_MS, signal: this.vm!.exited.signal, stdin };
-    const { client } = await openSession(this.port, { type: 'publickey', username: 'root', key: this.key }, options);
+    const { client } = await openSession(this.port, { type: 'publickey', username: 'root', key }, options);
     try {
       return await exec(client, command, options);
     } finally {

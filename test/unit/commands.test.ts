@@ -1,6 +1,6 @@
 /** Command lines and parsers of host tools: built and read here, never run. */
 import { describe, expect, it } from 'vitest';
-import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameter } from '../../src/pipeline/build.js';
+import { dropbearKeyOptions, dropbearOptions, kernelCmdline, kernelIpParameters } from '../../src/pipeline/build.js';
 import { injectedFailure, type FaultPoint } from '../../src/pipeline/runner.js';
 import { luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { formatCommand } from '../../src/host/run.js';
@@ -203,17 +203,20 @@ describe('export qemuImgConvertArgs', () => {
 
 describe('kernel command line', () => {
   it.each([
-    ['dhcp on the default device', 'network: {mode: dhcp}', 'ip=:::::eth0:dhcp'],
-    ['dhcp on a named device', 'network: {mode: dhcp, device: ens3}', 'ip=:::::ens3:dhcp'],
-    ['static with gateway', 'network: {mode: static, address: 192.0.2.10, netmask: 255.255.255.0, gateway: 192.0.2.1}', 'ip=192.0.2.10::192.0.2.1:255.255.255.0:vault:eth0:none'],
-    ['static without gateway', 'network: {mode: static, device: eth1, address: 10.0.0.5, netmask: 255.0.0.0}', 'ip=10.0.0.5:::255.0.0.0:vault:eth1:none'],
-  ])('kernelIpParameter: %s', (_what, network, expected) => {
+    // The device field stays empty (never a bare ip=dhcp, which clevis-initramfs reads as a device named "dhcp").
+    ['dhcp on every interface', 'network: {mode: dhcp}', ['ip=::::::dhcp']],
+    ['dhcp on a named device', 'network: {mode: dhcp, device: ens3}', ['ip=:::::ens3:dhcp']],
+    ['dhcp on the interface with a MAC', 'network: {mode: dhcp, mac: "52:54:00:AB:CD:EF"}', ['ip=::::::dhcp', 'BOOTIF=01-52-54-00-ab-cd-ef']],
+    ['static with gateway', 'network: {mode: static, address: 192.0.2.10, netmask: 255.255.255.0, gateway: 192.0.2.1}', ['ip=192.0.2.10::192.0.2.1:255.255.255.0:vault:eth0:none']],
+    ['static without gateway', 'network: {mode: static, device: eth1, address: 10.0.0.5, netmask: 255.0.0.0}', ['ip=10.0.0.5:::255.0.0.0:vault:eth1:none']],
+    ['static on the interface with a MAC', 'network: {mode: static, mac: "52:54:00:ab:cd:ef", address: 10.0.0.5, netmask: 255.0.0.0}', ['ip=10.0.0.5:::255.0.0.0:vault::none', 'BOOTIF=01-52-54-00-ab-cd-ef']],
+  ])('kernelIpParameters: %s', (_what, network, expected) => {
     const recipe = recipeWith(`hostname: vault\ninitramfs:\n  ${network}\n`);
-    expect(kernelIpParameter(recipe.initramfs.network, recipe.hostname)).toBe(expected);
+    expect(kernelIpParameters(recipe.initramfs.network, recipe.hostname)).toEqual(expected);
   });
 
   it('kernelCmdline: mapper root, read-only, ip=, then the recipe parameters in order', () => {
-    expect(kernelCmdline(recipeWith('kernel:\n  cmdline: [quiet, console=ttyS1]\n'))).toBe('root=/dev/mapper/cryptroot ro ip=:::::eth0:dhcp quiet console=ttyS1');
+    expect(kernelCmdline(recipeWith('kernel:\n  cmdline: [quiet, console=ttyS1]\n'))).toBe('root=/dev/mapper/cryptroot ro ip=::::::dhcp quiet console=ttyS1');
   });
 });
 

@@ -43,15 +43,21 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/hostname',
       'etc/hosts',
       'etc/initramfs-tools/conf.d/keylessgo.conf',
+      'etc/initramfs-tools/hooks/keylessgo-config-drive',
       'etc/initramfs-tools/hooks/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-premount/keylessgo-grow-root',
+      'etc/initramfs-tools/scripts/init-top/keylessgo-config-drive',
       'etc/kernel-img.conf',
       'etc/ssh/sshd_config.d/keylessgo.conf',
       'etc/systemd/network/20-wired.network',
+      'etc/systemd/system/keylessgo-config-drive.service',
       'etc/systemd/system/keylessgo-grow-root.service',
       'etc/systemd/system/keylessgo-ssh-host-keys.service',
       'root/.ssh/authorized_keys',
+      'usr/lib/keylessgo/config-drive',
+      'usr/lib/keylessgo/config-drive-functions',
       'usr/lib/keylessgo/grow-root-fs',
+      'usr/lib/keylessgo/network-data.jq',
     ]);
   });
 
@@ -92,13 +98,14 @@ describe('the base overlay rendered for the default recipe', () => {
     const grub = files['boot/grub/grub.cfg']!;
     expect(grub).toContain(`search --no-floppy --fs-uuid --set=root ${IDS.bootFsUuid}\n`);
     expect(grub).toContain("menuentry 'Debian 12 (bookworm), LUKS2 root, SSH unlock' {");
-    expect(grub).toMatch(/^\s*linux \/vmlinuz root=\/dev\/mapper\/cryptroot ro ip=:::::eth0:dhcp console=tty0 console=ttyS0,115200n8 net\.ifnames=0$/m);
+    expect(grub).toMatch(/^\s*linux \/vmlinuz root=\/dev\/mapper\/cryptroot ro ip=::::::dhcp console=tty0 console=ttyS0,115200n8 net\.ifnames=0$/m);
   });
 
   it('hostname, hosts, network and initramfs settings come from the recipe', () => {
     expect(files['etc/hostname']).toBe('keylessgo\n');
     expect(files['etc/hosts']).toContain('127.0.1.1\tkeylessgo\n');
-    expect(files['etc/systemd/network/20-wired.network']).toContain('Name=en* eth*\n');
+    // Every Ethernet NIC, whatever the kernel named it and whichever is cabled.
+    expect(files['etc/systemd/network/20-wired.network']).toContain('[Match]\nType=ether\n');
     expect(files['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^MODULES=most\nCOMPRESS=zstd$/m);
   });
 
@@ -119,6 +126,11 @@ describe('renderOverlays with recipe settings', () => {
     expect(files['boot/grub/grub.cfg']).toContain(' ip=192.0.2.10::192.0.2.1:255.255.255.0:vault:eth0:none ');
     expect(files['etc/dropbear/initramfs/dropbear.conf']).toContain('DROPBEAR_OPTIONS="-s -j -k -p 22"');
     expect(files['etc/dropbear/initramfs/authorized_keys']).toBe(`no-port-forwarding,no-agent-forwarding,no-X11-forwarding ${KEY_LINE}\n`);
+  });
+
+  it('limits the booted system\'s DHCP to network.match when the recipe sets it', async () => {
+    const files = texts(await render([BASE_OVERLAY], recipeWith('network: {match: "eth1 enp*"}\n')));
+    expect(files['etc/systemd/network/20-wired.network']).toContain('[Match]\nName=eth1 enp*\n');
   });
 
   it('gives templates the recipe variables as it.vars', async () => {

@@ -16,7 +16,7 @@ const DEFAULTS = {
   packages: [],
   hostname: 'keylessgo',
   root: { login: 'key-only' },
-  network: { manager: 'systemd-networkd', match: 'en* eth*' },
+  network: { manager: 'systemd-networkd' },
   disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB, growOnFirstBoot: true },
   luks: {
     cipher: 'aes-xts-plain64',
@@ -25,7 +25,7 @@ const DEFAULTS = {
     pbkdf: { type: 'argon2id', memoryKiB: 65536, iterations: 4, parallel: 1 },
   },
   initramfs: {
-    network: { mode: 'dhcp', device: 'eth0' },
+    network: { mode: 'dhcp' },
     modules: 'most',
     compress: 'zstd',
     dropbear: { port: 22, idleTimeoutSeconds: 180, forceUnlockCommand: true, extraOptions: [] },
@@ -88,9 +88,9 @@ describe('parseRecipeText', () => {
     expect(recipe.luks).toEqual({ ...DEFAULTS.luks, pbkdf: { ...DEFAULTS.luks.pbkdf, memoryKiB: 131072 } });
   });
 
-  it('accepts a static initramfs network and defaults its device', () => {
+  it('accepts a static initramfs network (its device defaults to eth0 on the kernel command line)', () => {
     const recipe = recipeWith('initramfs:\n  network:\n    mode: static\n    address: 192.0.2.10\n    netmask: 255.255.255.0\n');
-    expect(recipe.initramfs.network).toEqual({ mode: 'static', device: 'eth0', address: '192.0.2.10', netmask: '255.255.255.0' });
+    expect(recipe.initramfs.network).toEqual({ mode: 'static', address: '192.0.2.10', netmask: '255.255.255.0' });
   });
 });
 
