@@ -24,8 +24,8 @@ import { CleanupStack } from '../pipeline/cleanup.js';
 import { SignalGuard, unwindAll } from '../pipeline/runner.js';
 import { readPassphraseFile } from '../pipeline/secrets.js';
 import { chooseAccel, type AccelChoice } from './accel.js';
-import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check } from './checks.js';
-import { firmwareArgs, firmwareFiles, type Firmware } from './firmware.js';
+import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check, type GuestCheckOptions } from './checks.js';
+import { firmwareArgs, firmwareFiles, isSecureBoot, type Firmware } from './firmware.js';
 import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
 import { exec, isAuthRefusal, openSession, readBanner, readPrivateKey, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
@@ -48,6 +48,8 @@ export interface BootTestOptions {
   negativeChecks: boolean;
   /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
   diskSizeBytes?: number;
+  /** Logical (and physical) sector size of the guest's disk: 4096 for an image built for 4Kn disks. */
+  sectorSize: number;
   log: Logger;
 }
 
@@ -87,6 +89,7 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
 /** State shared by the phases of one run. */
 interface Run {
   inputs: Inputs;
+  checkOptions: GuestCheckOptions;
   port: number;
   guestPort: number;
   started: number;
@@ -157,7 +160,7 @@ async function checkBootedSystem(run: Run, dropbearKey: HostKey): Promise<string
   try {
     // The initramfs key sits unencrypted on /boot: the booted system must not reuse it.
     run.checks.push(check('OpenSSH host key differs from dropbear\'s', hostKey.fingerprint !== dropbearKey.fingerprint, `${hostKey.type} ${hostKey.fingerprint}`));
-    for (const guestCheck of guestChecks(run.inputs.manifest)) {
+    for (const guestCheck of guestChecks(run.inputs.manifest, run.checkOptions)) {
       const { output } = await exec(client, guestCheck.command, sshOptions(run, SYSTEM_RUNNING_WAIT_SECONDS * 1000));
       run.checks.push(guestCheck.judge(output));
       if (guestCheck.name === 'systemctl is-system-running') run.milestones.running = secondsSince(run.started);
@@ -209,6 +212,7 @@ async function launchVm({ options, manifest, accel, host, workDir, serialLog }: 
     memoryMiB: options.memoryMiB,
     firmwareArgs: await firmwareArgs(options.firmware, workDir),
     overlay,
+    sectorSize: options.sectorSize,
     hostPort: await freePort(),
     guestPort: manifest.dropbear.port,
     serialLog,
@@ -269,6 +273,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     follow(stop, vm.exited.signal);
     const run: Run = {
       inputs,
+      checkOptions: { secureBoot: isSecureBoot(options.firmware), sectorSize: options.sectorSize },
       port: vm.config.hostPort,
       guestPort: vm.config.guestPort,
       started: performance.now(),
