@@ -22,6 +22,7 @@ import { parsePartitionTable, TABLE_BYTES } from '../../src/inspect/partitions.j
 import { parseAuthorizedKeys, parseInstalledAuthorizedKeys } from '../../src/recipe/authorized-keys.js';
 import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, ed25519Line, expectInputError, tempDir } from './helpers.js';
+import { peWithSignature, signedData } from './signed-pe.js';
 
 const host = new HostRunner(captureLogger('quiet').log);
 
@@ -164,6 +165,7 @@ describe('partition table and grub.cfg', () => {
     await handle.close();
     expect(parsePartitionTable(buffer)).toEqual({
       scheme: 'gpt',
+      sectorSize: 512,
       partitions: [
         { number: 1, label: 'keylessgo-esp', type: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B', startBytes: MiB, sizeBytes: 2 * MiB },
         { number: 2, label: 'data', type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4', startBytes: 3 * MiB, sizeBytes: MiB },
@@ -203,7 +205,10 @@ describe('manifest comparison', () => {
 
 // cryptsetup, mkfs and qemu-img for each disk: seconds on a loaded 2-core host.
 describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
-  /** GPT with keylessgo-boot (ext4: grub.cfg, initrd.img -> initrd.img-test) and keylessgo-root (LUKS2, clevis token). */
+  /**
+   * GPT with keylessgo-boot (ext4: grub.cfg, a signed vmlinuz, initrd.img -> initrd.img-test),
+   * keylessgo-root (LUKS2, clevis token) and keylessgo-esp (FAT: a signed BOOTX64.EFI, grub.cfg).
+   */
   async function syntheticDisk(dir: string) {
     const hostKey = dropbearEd25519();
     const key = ed25519Line('operator@example');
@@ -226,6 +231,13 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
     await mkdir(join(tree, 'grub'), { recursive: true });
     await writeFile(join(tree, 'grub/grub.cfg'), 'menuentry "t" {\n\tlinux /vmlinuz root=/dev/mapper/cryptroot ro ip=:::::eth0:dhcp\n\tinitrd /initrd.img\n}\n');
     await writeFile(join(tree, 'initrd.img-test'), initrd);
+    await writeFile(join(tree, 'vmlinuz'), peWithSignature(await signedData(await tempDir(), 'Test Kernel Signer', 'Test CA')));
+    const esp = join(dir, 'esp.fat');
+    await execa('mkfs.vfat', ['-C', esp, '2048']);
+    await writeFile(join(dir, 'BOOTX64.EFI'), peWithSignature(await signedData(await tempDir(), 'Test Shim Signer', 'Test UEFI CA')));
+    await execa('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT', '::/EFI/debian']);
+    await execa('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI']);
+    await execa('mcopy', ['-i', esp, join(tree, 'grub/grub.cfg'), '::/EFI/debian/grub.cfg']);
     await symlink('initrd.img-test', join(tree, 'initrd.img'));
     const bootFs = join(dir, 'boot.ext4');
     await sparseFile(bootFs, 8 * MiB);
@@ -233,8 +245,10 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
 
     const disk = join(dir, 'disk.raw');
     await sparseFile(disk, 32 * MiB);
-    await execa('sfdisk', ['--quiet', disk], { input: 'label: gpt\nstart=2048, size=16384, name="keylessgo-boot"\nstart=18432, size=40960, name="keylessgo-root"\n' });
+    const espPartition = 'start=59392, size=4096, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="keylessgo-esp"';
+    await execa('sfdisk', ['--quiet', disk], { input: `label: gpt\nstart=2048, size=16384, name="keylessgo-boot"\nstart=18432, size=40960, name="keylessgo-root"\n${espPartition}\n` });
     await writeAt(disk, MiB, await readFile(bootFs));
+    await writeAt(disk, 29 * MiB, await readFile(esp));
     await writeAt(disk, 9 * MiB, await readFile(luks.file));
     return { disk, luksUuid: luks.uuid, hostKey, key };
   }
@@ -246,7 +260,16 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
     expect(report.partitionTable.partitions.map((p) => [p.label, p.contents, p.startBytes, p.sizeBytes])).toEqual([
       ['keylessgo-boot', 'ext', MiB, 8 * MiB],
       ['keylessgo-root', 'luks', 9 * MiB, 20 * MiB],
+      ['keylessgo-esp', 'other', 29 * MiB, 2 * MiB],
     ]);
+    expect(report.efi).toEqual({
+      partition: 3,
+      files: [
+        { path: 'EFI/BOOT/BOOTX64.EFI', bytes: expect.any(Number), pe: true, signatures: [{ subject: 'O=Example\nCN=Test Shim Signer', issuer: 'CN=Test UEFI CA' }] },
+        { path: 'EFI/debian/grub.cfg', bytes: expect.any(Number), pe: false, signatures: [] },
+      ],
+    });
+    expect(report.boot?.kernelSignatures).toEqual([{ subject: 'O=Example\nCN=Test Kernel Signer', issuer: 'CN=Test CA' }]);
     expect(report.luks).toHaveLength(1);
     expect(report.luks[0]).toMatchObject({ partition: 2, version: 2, uuid: luksUuid, cipher: 'aes-xts-plain64', keySizeBits: 512, sectorSize: 4096 });
     expect(report.luks[0]!.keyslots.map((k) => [k.slot, k.kdf, k.iterations])).toEqual([[0, 'pbkdf2', 1000], [1, 'pbkdf2', 1000]]);
@@ -266,6 +289,9 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
     expect(human).toMatch(/^ {2}2 +keylessgo-root +.* +luks$/m);
     expect(human).toContain(`token 0    clevis tang -> keyslot 1: ${TANG_URL} (signing key ${jwkThumbprint(SIGNING_JWK)})`);
     expect(human).toMatch(/^ {2}curl +NO$/m);
+    expect(human).toMatch(/^ {2}EFI\/BOOT\/BOOTX64\.EFI +\d+ B, signed by Test Shim Signer \(issuer Test UEFI CA\)$/m);
+    expect(human).toMatch(/^ {2}EFI\/debian\/grub\.cfg +\d+ B, not a PE image$/m);
+    expect(human).toMatch(/^ {2}kernel +\/vmlinuz, signed by Test Kernel Signer \(issuer Test CA\)$/m);
 
     const qcow2 = join(dir, 'disk.qcow2');
     await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', disk, qcow2]);
