@@ -117,11 +117,11 @@ program
   .option('--timeout <seconds>', 'give up (and stop the VM) after this long', positiveInteger('--timeout'), 900)
   .option('--negative-checks', 'also check that dropbear refuses passwords, unknown keys, port forwarding and a wrong passphrase')
   .option('--disk-size <size>', 'boot from a disk this large (e.g. 6GiB), the image at its start: tests growing the root at first boot', diskSize)
-  .addOption(new Option('--sector-size <bytes>', "the disk's logical and physical sector size (4096: a 4Kn disk, for images built with disk.sectorSize 4096)").choices(['512', '4096']).default('512'))
+  .addOption(new Option('--sector-size <bytes>', "the disk's logical and physical sector size (4096: a 4Kn disk); default: the manifest's disk.sectorSize").choices(['512', '4096']))
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; sectorSize: string } & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; sectorSize?: string } & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -139,7 +139,7 @@ program
       timeoutSeconds: opts.timeout,
       negativeChecks: opts.negativeChecks ?? false,
       diskSizeBytes: opts.diskSize,
-      sectorSize: Number(opts.sectorSize),
+      sectorSize: opts.sectorSize === undefined ? undefined : Number(opts.sectorSize),
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);

@@ -48,8 +48,8 @@ export interface BootTestOptions {
   negativeChecks: boolean;
   /** The guest's disk: the image followed by empty space up to this size (default: the image's size). */
   diskSizeBytes?: number;
-  /** Logical (and physical) sector size of the guest's disk: 4096 for an image built for 4Kn disks. */
-  sectorSize: number;
+  /** Logical (and physical) sector size of the guest's disk (default: the one the image was built for). */
+  sectorSize?: number;
   log: Logger;
 }
 
@@ -77,7 +77,12 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
   await access(options.image, constants.R_OK).catch((error: Error) => {
     throw new InputError(`cannot read image: ${error.message}`, options.image);
   });
-  const manifest = await readBootManifest(options.manifestFile ?? join(dirname(options.image), 'manifest.json'));
+  const manifestFile = options.manifestFile ?? join(dirname(options.image), 'manifest.json');
+  const manifest = await readBootManifest(manifestFile);
+  const mode = options.firmware === 'bios' ? 'bios' : 'uefi';
+  if (!manifest.bootModes.includes(mode)) {
+    throw new InputError(`the image boots with ${manifest.bootModes.join(', ')} only (built for ${manifest.disk.sectorSize}-byte sectors): --firmware ${options.firmware} cannot boot it`, manifestFile);
+  }
   const keyText = await readPrivateKey(options.privateKeyFile);
   const passphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(passphrase);
@@ -212,7 +217,7 @@ async function launchVm({ options, manifest, accel, host, workDir, serialLog }: 
     memoryMiB: options.memoryMiB,
     firmwareArgs: await firmwareArgs(options.firmware, workDir),
     overlay,
-    sectorSize: options.sectorSize,
+    sectorSize: options.sectorSize ?? manifest.disk.sectorSize,
     hostPort: await freePort(),
     guestPort: manifest.dropbear.port,
     serialLog,
@@ -273,7 +278,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     follow(stop, vm.exited.signal);
     const run: Run = {
       inputs,
-      checkOptions: { secureBoot: isSecureBoot(options.firmware), sectorSize: options.sectorSize },
+      checkOptions: { secureBoot: isSecureBoot(options.firmware), sectorSize: vm.config.sectorSize },
       port: vm.config.hostPort,
       guestPort: vm.config.guestPort,
       started: performance.now(),

@@ -1,7 +1,11 @@
 /** QEMU's command line for the boot test: firmware, machine and the disk's sector size. */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { bootTest } from '../../src/qemu/boot-test.js';
 import { firmwareFiles, firmwareQemuArgs } from '../../src/qemu/firmware.js';
 import { qemuArgs, type VmConfig } from '../../src/qemu/vm.js';
+import { captureLogger, expectInputError, tempDir } from './helpers.js';
 
 const CONFIG: VmConfig = {
   accel: 'tcg',
@@ -49,5 +53,24 @@ describe('the guest disk', () => {
     expect(values(args, '-drive')).toEqual(['file=/tmp/overlay.qcow2,if=none,id=disk0,format=qcow2,discard=unmap']);
     expect(values(args, '-device')).toContain('virtio-blk-pci,drive=disk0,logical_block_size=4096,physical_block_size=4096');
     expect(values(qemuArgs(CONFIG), '-device')).toContain('virtio-blk-pci,drive=disk0,logical_block_size=512,physical_block_size=512');
+  });
+});
+
+describe('boot-test and the image it is given', () => {
+  it('refuses BIOS for an image built for 4Kn disks (UEFI only), before starting anything', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'image.qcow2'), '');
+    const manifest = {
+      recipe: { name: 't', suite: 'trixie' },
+      kernel: { version: 'v' },
+      luks: { uuid: 'u', cipher: 'aes-xts-plain64', keySize: 512, mapperName: 'cryptroot' },
+      disk: { growOnFirstBoot: true, sectorSize: 4096 },
+      bootModes: ['uefi'],
+      partitions: [],
+      dropbear: { port: 22, hostKeys: [{ type: 'ssh-ed25519', fingerprint: 'SHA256:x' }] },
+    };
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest));
+    const options = { image: join(dir, 'image.qcow2'), privateKeyFile: join(dir, 'absent-key'), passphraseFile: join(dir, 'absent-passphrase'), outDir: dir, firmware: 'bios' as const, accel: 'tcg' as const, memoryMiB: 512, cpus: 1, timeoutSeconds: 1, negativeChecks: false, log: captureLogger().log };
+    await expectInputError(bootTest(options), 'the image boots with uefi only (built for 4096-byte sectors): --firmware bios cannot boot it');
   });
 });
