@@ -123,7 +123,8 @@ export function sectorSizeCheck(sectorSize: number): GuestCheck {
   const name = `disk has ${sectorSize}-byte logical sectors`;
   return {
     name,
-    command: 'dev=$(cryptsetup status "$(findmnt -n -o SOURCE /)" | sed -n "s/^ *device: *//p"); disk=/dev/$(lsblk -no PKNAME "$dev"); echo "$disk $(blockdev --getss "$disk")"',
+    // The disk holding the LUKS2 root: the partition's parent in sysfs.
+    command: 'dev=$(cryptsetup status "$(findmnt -n -o SOURCE /)" | sed -n "s/^ *device: *//p"); disk=/dev/$(basename "$(readlink -f /sys/class/block/${dev##*/}/..)"); echo "$disk $(blockdev --getss "$disk")"',
     judge: (output) => check(name, output.trim().split(/\s+/)[1] === String(sectorSize), output.trim()),
   };
 }
