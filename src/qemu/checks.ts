@@ -93,14 +93,15 @@ export const ROOT_GROWTH_CHECK: GuestCheck = {
   },
 };
 
-const EFI_GLOBAL_VARIABLE = '8be4df61-93ca-11d0-aa0d-00e098032b8c';
+/** EFI_GLOBAL_VARIABLE, the vendor GUID of the firmware's standard variables (SecureBoot, BootOrder, ...). */
+const EFI_GLOBAL_VARIABLE = '8be4df61-93ca-11d2-aa0d-00e098032b8c';
 
 /** The firmware's SecureBoot variable: 4 attribute bytes, then 1 when Secure Boot is on. */
 export const SECURE_BOOT_CHECK: GuestCheck = {
   name: 'Secure Boot enabled (SecureBoot EFI variable)',
   command: [
     `var=/sys/firmware/efi/efivars/SecureBoot-${EFI_GLOBAL_VARIABLE}`,
-    '[ -e "$var" ] || mount -t efivarfs efivarfs /sys/firmware/efi/efivars',
+    'mountpoint -q /sys/firmware/efi/efivars || mount -t efivarfs efivarfs /sys/firmware/efi/efivars',
     'echo "SecureBoot=$(od -An -tu1 -j4 -N1 "$var" | tr -d " ")"',
   ].join('; '),
   judge(output) {

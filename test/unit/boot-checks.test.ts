@@ -28,6 +28,7 @@ describe('Secure Boot and disk checks', () => {
 
   it('reads the SecureBoot variable\'s data byte', () => {
     expect(SECURE_BOOT_CHECK.command).toContain('od -An -tu1 -j4 -N1');
+    expect(SECURE_BOOT_CHECK.command).toContain('/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c');
     expect(SECURE_BOOT_CHECK.judge('SecureBoot=1\n').ok).toBe(true);
     expect(SECURE_BOOT_CHECK.judge('SecureBoot=0\n').ok).toBe(false);
     expect(SECURE_BOOT_CHECK.judge('od: /sys/firmware/efi/efivars/SecureBoot-x: No such file\nSecureBoot=\n').ok).toBe(false);
