@@ -164,13 +164,14 @@ program
   .option('--nics <n>', 'NICs in all; the first n-1 are connected to nothing (tests that every NIC is tried)', positiveInteger('--nics'), 1)
   .option('--config-drive <iso>', 'attach this config drive (ISO 9660, volume config-2) as a CD')
   .option('--guest-address <ipv4>', "forward SSH to this static guest address in QEMU's user network (10.0.2.0/24), e.g. one the config drive sets", guestAddress)
+  .addOption(new Option('--sector-size <bytes>', "the disk's logical and physical sector size (4096: a 4Kn disk); default: the manifest's disk.sectorSize").choices(['512', '4096']))
   .addOption(allowExternalFilesOption)
   .addOption(allowFormatOption)
   .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string } & FormatOptions & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string; sectorSize?: string } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -192,6 +193,7 @@ program
       nics: opts.nics,
       configDrive: opts.configDrive,
       guestAddress: opts.guestAddress,
+      sectorSize: opts.sectorSize === undefined ? undefined : Number(opts.sectorSize),
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);

@@ -13,16 +13,23 @@ export interface LoopDevice {
 
 const exists = (path: string) => access(path).then(() => true, () => false);
 
-export async function attachLoop(host: HostRunner, cleanup: CleanupStack, file: string, partitions: number): Promise<LoopDevice> {
-  const device = (await host.run('losetup', ['--find', '--show', '--partscan', file])).trim();
+export function losetupArgs(file: string, sectorSize: number): string[] {
+  return ['--find', '--show', '--partscan', '--sector-size', String(sectorSize), file];
+}
+
+/**
+ * Attaches `file` with `sectorSize`-byte logical sectors (as the target disk will have them),
+ * lets `writeTable` write the partition table to the device, and waits for the partition nodes.
+ */
+export async function attachLoop(host: HostRunner, cleanup: CleanupStack, file: string, sectorSize: number, partitions: number, writeTable: (device: string) => Promise<void>): Promise<LoopDevice> {
+  const device = (await host.run('losetup', losetupArgs(file, sectorSize))).trim();
   const handle = cleanup.add(`detach ${device}`, () => detachLoop(host.forCleanup, device));
   const partition = (n: number) => `${device}p${n}`;
-  // Without udev the kernel's partition scan can be missing or late: wait briefly, then ask
-  // partx to add the partitions explicitly.
-  for (let attempt = 0; attempt < 20 && !(await exists(partition(partitions))); attempt++) {
-    if (attempt === 5) await host.run('partx', ['--add', device]).catch(() => undefined);
-    await sleep(100);
-  }
+  await writeTable(device);
+  // The table was written after the kernel's scan of the empty device (and without udev
+  // nothing rescans): partx adds the partitions explicitly.
+  await host.run('partx', ['--add', device]);
+  for (let attempt = 0; attempt < 20 && !(await exists(partition(partitions))); attempt++) await sleep(100);
   if (!(await exists(partition(partitions)))) throw new Error(`partition nodes of ${device} did not appear`);
   return { device, partition, handle };
 }

@@ -38,6 +38,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
 export const FILE_PACKAGES: Record<string, string> = {
   '/usr/share/OVMF/OVMF_CODE_4M.fd': 'ovmf',
   '/usr/share/OVMF/OVMF_VARS_4M.fd': 'ovmf',
+  '/usr/share/OVMF/OVMF_CODE_4M.ms.fd': 'ovmf',
+  '/usr/share/OVMF/OVMF_VARS_4M.ms.fd': 'ovmf',
 };
 
 // Root's PATH is not always the caller's: sbin tools must be found for `doctor` run as a user.

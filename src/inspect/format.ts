@@ -1,6 +1,7 @@
 /** The inspect report for people: one section per part of the image, labels aligned. */
 import { formatSize } from '../recipe/size.js';
 import type { InspectReport } from './inspect.js';
+import { commonName, type Signature } from './authenticode.js';
 import type { Keyslot, Token } from './luks.js';
 
 type Row = [label: string, value: string];
@@ -29,13 +30,19 @@ function describeToken(t: Token): string {
 
 const yesNo = (present: boolean) => (present ? 'yes' : 'NO');
 
+/** "signed by CN (issuer CN)", one per signature; "unsigned" without any. */
+function describeSigners(signatures: readonly Signature[]): string {
+  if (signatures.length === 0) return 'unsigned';
+  return `signed by ${signatures.map((s) => `${commonName(s.subject)} (issuer ${commonName(s.issuer)})`).join('; ')}`;
+}
+
 export function formatInspectReport(report: InspectReport): string {
   const parts: string[] = [section('Image', [['file', report.image], ['format', `${report.format}, ${formatSize(report.virtualBytes)} virtual`]])];
 
   const table = report.partitionTable;
   parts.push(
     [
-      `Partitions (${table.scheme === 'none' ? 'no partition table: the whole disk' : table.scheme})`,
+      `Partitions (${table.scheme === 'none' ? 'no partition table: the whole disk' : `${table.scheme}, ${table.sectorSize}-byte sectors`})`,
       ...columns([
         ['#', 'label', 'type', 'start', 'size', 'contents'],
         ...table.partitions.map((p) => [String(p.number), p.label || '-', p.typeName || '-', formatSize(p.startBytes), formatSize(p.sizeBytes), p.contents === 'other' ? '-' : p.contents]),
@@ -56,11 +63,20 @@ export function formatInspectReport(report: InspectReport): string {
     );
   }
 
+  if (report.efi) {
+    parts.push(
+      section(
+        `EFI loader chain (partition ${report.efi.partition})`,
+        report.efi.files.map((f): Row => [f.path, `${formatSize(f.bytes)}, ${f.pe ? describeSigners(f.signatures) : 'not a PE image'}`]),
+      ),
+    );
+  }
+
   if (report.boot) {
     const ip = report.boot.cmdline.split(/\s+/).filter((word) => word.startsWith('ip='));
     parts.push(
       section(`Boot (partition ${report.boot.partition}, ${report.boot.grubCfg})`, [
-        ['kernel', report.boot.kernel],
+        ['kernel', `${report.boot.kernel}, ${report.boot.kernelSignatures ? describeSigners(report.boot.kernelSignatures) : 'not a PE image'}`],
         ['cmdline', report.boot.cmdline],
         ['initrd', report.boot.initrds.join(' ') || '-'],
         ['network', ip.join(' ') || 'no ip= (the initramfs brings up no network from the command line)'],

@@ -8,9 +8,12 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { InputError, isReported } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
+import { PARTITION_TYPES } from '../stages/partition.js';
+import { peSignatures, type Signature } from './authenticode.js';
 import { bootPath, findBootFiles, guessInitrd, parseGrubCfg, resolveLinks, type GrubEntry } from './boot.js';
 import { fileDecompressor, unpackInitramfs } from './cpio.js';
 import { Ext4Reader, isExtSuperblock } from './ext4.js';
+import { readEfiChain, type EfiFile } from './efi.js';
 import { openDiskImage, type DiskImage } from './image.js';
 import { summariseInitramfs, type InitramfsReport } from './initramfs.js';
 import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary } from './luks.js';
@@ -30,9 +33,12 @@ export interface InspectReport {
   image: string;
   format: string;
   virtualBytes: number;
-  partitionTable: { scheme: string; partitions: InspectedPartition[] };
+  partitionTable: { scheme: string; sectorSize: number; partitions: InspectedPartition[] };
   luks: Array<LuksSummary & { partition: number }>;
-  boot: (GrubEntry & { partition: number; grubCfg: string }) | null;
+  /** The files under EFI/ on the EFI system partition, with their signers. */
+  efi: { partition: number; files: EfiFile[] } | null;
+  /** kernelSignatures: who signed the kernel grub.cfg boots (null: not a PE image). */
+  boot: (GrubEntry & { partition: number; grubCfg: string; kernelSignatures: Signature[] | null }) | null;
   initramfs: InitramfsReport | null;
   manifest: ({ file: string; summary: Manifest } & Comparison) | null;
   /** What could not be read or looked wrong, in words. */
@@ -57,7 +63,7 @@ function partitionNotes(partitions: readonly Partition[], virtualBytes: number):
   return notes;
 }
 
-async function probePartitions(image: DiskImage, notes: string[]): Promise<{ scheme: string; partitions: InspectedPartition[] }> {
+async function probePartitions(image: DiskImage, notes: string[]): Promise<InspectReport['partitionTable']> {
   const table = parsePartitionTable(await image.read(0, TABLE_BYTES));
   // No partition table: the whole image may be one LUKS container or file system.
   const partitions = table.partitions.length > 0 ? table.partitions : [{ number: 0, label: '', type: '', startBytes: 0, sizeBytes: image.virtualBytes }];
@@ -70,7 +76,28 @@ async function probePartitions(image: DiskImage, notes: string[]): Promise<{ sch
     const contents: PartitionContents = parseLuksBinaryHeader(start) ? 'luks' : isExtSuperblock(start) ? 'ext' : 'other';
     inspected.push({ ...partition, typeName: partitionTypeName(partition.type), contents });
   }
-  return { scheme: table.scheme, partitions: inspected };
+  return { scheme: table.scheme, sectorSize: table.sectorSize, partitions: inspected };
+}
+
+async function kernelSignatures(fs: Ext4Reader, path: string, notes: string[]): Promise<Signature[] | null> {
+  try {
+    const signed = peSignatures(await fs.read(await resolveLinks(fs, path)));
+    return signed.pe ? signed.signatures : null;
+  } catch (error) {
+    notes.push(`kernel ${path}: signatures not read: ${(error as Error).message}`);
+    return null;
+  }
+}
+
+async function inspectEfi(host: ToolRunner, image: DiskImage, partitions: InspectedPartition[], scratchDir: string, notes: string[]): Promise<InspectReport['efi']> {
+  const esp = partitions.find((p) => p.type === PARTITION_TYPES.esp);
+  if (!esp) return null;
+  try {
+    return { partition: esp.number, files: await readEfiChain(host, image, esp, scratchDir) };
+  } catch (error) {
+    notes.push(`partition ${esp.number} (EFI system): EFI/ not read: ${firstLine(error)}`);
+    return null;
+  }
 }
 
 interface BootSection {
@@ -95,7 +122,7 @@ async function inspectBoot(host: ToolRunner, image: DiskImage, partitions: Inspe
     if (!entry) notes.push(hasGrubCfg ? `${grubCfg} has no linux entry` : `no ${grubCfg} on partition ${partition.number}`);
     const guessed = guessInitrd(files);
     const initrdPaths = entry?.initrds.length ? entry.initrds.map((path) => bootPath(files.prefix, path)) : guessed ? [guessed] : [];
-    const boot = entry ? { partition: partition.number, grubCfg, ...entry } : null;
+    const boot = entry ? { partition: partition.number, grubCfg, ...entry, kernelSignatures: await kernelSignatures(fs, bootPath(files.prefix, entry.kernel), notes) } : null;
     if (initrdPaths.length === 0) {
       notes.push(`no initramfs found on partition ${partition.number}`);
       return { boot, initramfs: null };
@@ -182,6 +209,7 @@ async function inspectOpened(host: ToolRunner, image: DiskImage, scratchDir: str
     }
   }
   if (!partitionTable.partitions.some((p) => p.contents === 'luks')) notes.push('no LUKS header found in any partition');
+  const efi = await inspectEfi(host, image, partitionTable.partitions, scratchDir, notes);
   const { boot, initramfs } = await inspectBoot(host, image, partitionTable.partitions, scratchDir, notes).catch((error: unknown) => {
     notes.push(`/boot could not be read: ${firstLine(error)}`);
     return { boot: null, initramfs: null };
@@ -205,5 +233,5 @@ async function inspectOpened(host: ToolRunner, image: DiskImage, scratchDir: str
         }),
       }
     : null;
-  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, boot, initramfs, manifest, notes };
+  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, efi, boot, initramfs, manifest, notes };
 }

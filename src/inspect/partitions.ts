@@ -2,8 +2,10 @@
 import { PARTITION_TYPES } from '../stages/partition.js';
 
 export const SECTOR = 512;
-/** Enough for the protective MBR, the GPT header and 128 entries of 128 bytes. */
-export const TABLE_BYTES = 34 * SECTOR;
+/** GPT's logical block sizes: 512 bytes, or 4096 on 4Kn disks (the header is then at byte 4096). */
+const GPT_SECTOR_SIZES = [512, 4096];
+/** Enough for the protective MBR, the GPT header and 128 entries of 128 bytes, with 4096-byte sectors too. */
+export const TABLE_BYTES = 2 * 4096 + 128 * 128;
 
 export interface Partition {
   number: number;
@@ -17,6 +19,8 @@ export interface Partition {
 
 export interface PartitionTable {
   scheme: 'gpt' | 'mbr' | 'none';
+  /** The logical sector size the table was written for (where the GPT header was found). */
+  sectorSize: number;
   partitions: Partition[];
 }
 
@@ -27,8 +31,8 @@ function guid(bytes: Buffer): string {
   return [swapped(bytes.subarray(0, 4)), swapped(bytes.subarray(4, 6)), swapped(bytes.subarray(6, 8)), hex(bytes.subarray(8, 10)), hex(bytes.subarray(10, 16))].join('-').toUpperCase();
 }
 
-function parseGpt(disk: Buffer): Partition[] | undefined {
-  const header = disk.subarray(SECTOR, 2 * SECTOR);
+function parseGpt(disk: Buffer, sector: number): Partition[] | undefined {
+  const header = disk.subarray(sector, 2 * sector);
   if (header.toString('latin1', 0, 8) !== 'EFI PART') return undefined;
   const entriesLba = Number(header.readBigUInt64LE(72));
   const count = header.readUInt32LE(80);
@@ -37,7 +41,7 @@ function parseGpt(disk: Buffer): Partition[] | undefined {
   if (entryBytes < 128 || (entryBytes & (entryBytes - 1)) !== 0) return [];
   const partitions: Partition[] = [];
   for (let index = 0; index < count; index++) {
-    const offset = entriesLba * SECTOR + index * entryBytes;
+    const offset = entriesLba * sector + index * entryBytes;
     if (offset + entryBytes > disk.length) break;
     const entry = disk.subarray(offset, offset + entryBytes);
     if (entry.subarray(0, 16).every((b) => b === 0)) continue;
@@ -47,8 +51,8 @@ function parseGpt(disk: Buffer): Partition[] | undefined {
       number: index + 1,
       label: entry.subarray(56, 128).toString('utf16le').replace(/\0.*$/s, ''),
       type: guid(entry.subarray(0, 16)),
-      startBytes: first * SECTOR,
-      sizeBytes: (last - first + 1) * SECTOR,
+      startBytes: first * sector,
+      sizeBytes: (last - first + 1) * sector,
     });
   }
   return partitions;
@@ -69,11 +73,13 @@ function parseMbr(disk: Buffer): Partition[] | undefined {
 
 /** Parses the first TABLE_BYTES of a disk. A boot sector with no partitions is 'none'. */
 export function parsePartitionTable(disk: Buffer): PartitionTable {
-  const gpt = parseGpt(disk);
-  if (gpt) return { scheme: 'gpt', partitions: gpt };
+  for (const sectorSize of GPT_SECTOR_SIZES) {
+    const gpt = parseGpt(disk, sectorSize);
+    if (gpt) return { scheme: 'gpt', sectorSize, partitions: gpt };
+  }
   const mbr = parseMbr(disk);
-  if (mbr) return { scheme: 'mbr', partitions: mbr };
-  return { scheme: 'none', partitions: [] };
+  if (mbr) return { scheme: 'mbr', sectorSize: SECTOR, partitions: mbr };
+  return { scheme: 'none', sectorSize: SECTOR, partitions: [] };
 }
 
 const TYPE_NAMES: Record<string, string> = {

@@ -25,8 +25,8 @@ import { CleanupStack } from '../pipeline/cleanup.js';
 import { SignalGuard, unwindAll } from '../pipeline/runner.js';
 import { readPassphraseFile } from '../pipeline/secrets.js';
 import { chooseAccel, type AccelChoice } from './accel.js';
-import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check } from './checks.js';
-import { firmwareArgs, firmwareFiles, type Firmware } from './firmware.js';
+import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check, type GuestCheckOptions } from './checks.js';
+import { firmwareArgs, firmwareFiles, isSecureBoot, type Firmware } from './firmware.js';
 import { readBootManifest, type BootManifest } from './manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
 import { exec, isAuthRefusal, openSession, readBanner, readPrivateKey, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
@@ -57,6 +57,8 @@ export interface BootTestOptions {
   configDrive?: string;
   /** The guest's static address to forward SSH to (default: the one QEMU's DHCP gives). */
   guestAddress?: string;
+  /** Logical (and physical) sector size of the guest's disk (default: the one the image was built for). */
+  sectorSize?: number;
   log: Logger;
 }
 
@@ -87,7 +89,12 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
     throw new InputError(`cannot read image: ${error.message}`, options.image);
   });
   const image = { path: options.image, ...(await probeImageFormat(new HostRunner(log), options.image, options.formatPolicy)) };
-  const manifest = await readBootManifest(options.manifestFile ?? join(dirname(options.image), 'manifest.json'));
+  const manifestFile = options.manifestFile ?? join(dirname(options.image), 'manifest.json');
+  const manifest = await readBootManifest(manifestFile);
+  const mode = options.firmware === 'bios' ? 'bios' : 'uefi';
+  if (!manifest.bootModes.includes(mode)) {
+    throw new InputError(`the image boots with ${manifest.bootModes.join(', ')} only (built for ${manifest.disk.sectorSize}-byte sectors): --firmware ${options.firmware} cannot boot it`, manifestFile);
+  }
   const keyText = await readPrivateKey(options.privateKeyFile);
   const passphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(passphrase);
@@ -99,6 +106,7 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
 /** State shared by the phases of one run. */
 interface Run {
   inputs: Inputs;
+  checkOptions: GuestCheckOptions;
   port: number;
   guestPort: number;
   started: number;
@@ -169,7 +177,7 @@ async function checkBootedSystem(run: Run, dropbearKey: HostKey): Promise<string
   try {
     // The initramfs key sits unencrypted on /boot: the booted system must not reuse it.
     run.checks.push(check('OpenSSH host key differs from dropbear\'s', hostKey.fingerprint !== dropbearKey.fingerprint, `${hostKey.type} ${hostKey.fingerprint}`));
-    for (const guestCheck of guestChecks(run.inputs.manifest)) {
+    for (const guestCheck of guestChecks(run.inputs.manifest, run.checkOptions)) {
       const { output } = await exec(client, guestCheck.command, sshOptions(run, SYSTEM_RUNNING_WAIT_SECONDS * 1000));
       run.checks.push(guestCheck.judge(output));
       if (guestCheck.name === 'systemctl is-system-running') run.milestones.running = secondsSince(run.started);
@@ -221,6 +229,7 @@ async function launchVm({ options, inputs, accel, host, workDir, serialLog }: La
     memoryMiB: options.memoryMiB,
     firmwareArgs: await firmwareArgs(options.firmware, workDir),
     overlay,
+    sectorSize: options.sectorSize ?? inputs.manifest.disk.sectorSize,
     hostPort: await freePort(),
     guestPort: inputs.manifest.dropbear.port,
     serialLog,
@@ -284,6 +293,7 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
     follow(stop, vm.exited.signal);
     const run: Run = {
       inputs,
+      checkOptions: { secureBoot: isSecureBoot(options.firmware), sectorSize: vm.config.sectorSize },
       port: vm.config.hostPort,
       guestPort: vm.config.guestPort,
       started: performance.now(),

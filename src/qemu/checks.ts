@@ -93,10 +93,53 @@ export const ROOT_GROWTH_CHECK: GuestCheck = {
   },
 };
 
+/** EFI_GLOBAL_VARIABLE, the vendor GUID of the firmware's standard variables (SecureBoot, BootOrder, ...). */
+const EFI_GLOBAL_VARIABLE = '8be4df61-93ca-11d2-aa0d-00e098032b8c';
+
+/** The firmware's SecureBoot variable: 4 attribute bytes, then 1 when Secure Boot is on. */
+export const SECURE_BOOT_CHECK: GuestCheck = {
+  name: 'Secure Boot enabled (SecureBoot EFI variable)',
+  command: [
+    `var=/sys/firmware/efi/efivars/SecureBoot-${EFI_GLOBAL_VARIABLE}`,
+    'mountpoint -q /sys/firmware/efi/efivars || mount -t efivarfs efivarfs /sys/firmware/efi/efivars',
+    'echo "SecureBoot=$(od -An -tu1 -j4 -N1 "$var" | tr -d " ")"',
+  ].join('; '),
+  judge(output) {
+    return check(this.name, /^SecureBoot=1$/m.test(output), output.trim());
+  },
+};
+
+/** A kernel booted with Secure Boot locks itself down (Debian: integrity mode). */
+export const LOCKDOWN_CHECK: GuestCheck = {
+  name: 'kernel lockdown active',
+  command: 'f=/sys/kernel/security/lockdown; [ -e $f ] || mount -t securityfs securityfs /sys/kernel/security; cat $f',
+  judge(output) {
+    const mode = /\[(\w+)\]/.exec(output)?.[1];
+    return check(this.name, mode !== undefined && mode !== 'none', output.trim() || '(no lockdown file)');
+  },
+};
+
+/** The guest sees the disk with the logical sector size the VM was given. */
+export function sectorSizeCheck(sectorSize: number): GuestCheck {
+  const name = `disk has ${sectorSize}-byte logical sectors`;
+  return {
+    name,
+    // The disk holding the LUKS2 root: the partition's parent in sysfs.
+    command: 'dev=$(cryptsetup status "$(findmnt -n -o SOURCE /)" | sed -n "s/^ *device: *//p"); disk=/dev/$(basename "$(readlink -f /sys/class/block/${dev##*/}/..)"); echo "$disk $(blockdev --getss "$disk")"',
+    judge: (output) => check(name, output.trim().split(/\s+/)[1] === String(sectorSize), output.trim()),
+  };
+}
+
+/** What the VM was started with, as far as the guest checks depend on it. */
+export interface GuestCheckOptions {
+  secureBoot: boolean;
+  sectorSize: number;
+}
+
 /** How long `systemctl is-system-running --wait` may wait for the boot to settle. */
 export const SYSTEM_RUNNING_WAIT_SECONDS = 300;
 
-export function guestChecks(manifest: BootManifest): GuestCheck[] {
+export function guestChecks(manifest: BootManifest, options: GuestCheckOptions): GuestCheck[] {
   const { mapperName, cipher, keySize, uuid } = manifest.luks;
   return [
     {
@@ -139,6 +182,8 @@ export function guestChecks(manifest: BootManifest): GuestCheck[] {
       },
     },
     ...(manifest.disk.growOnFirstBoot ? [ROOT_GROWTH_CHECK] : []),
+    sectorSizeCheck(options.sectorSize),
+    ...(options.secureBoot ? [SECURE_BOOT_CHECK, LOCKDOWN_CHECK] : []),
   ];
 }
 

@@ -11,8 +11,10 @@ const manifestSchema = z.object({
   recipe: z.object({ name: z.string(), suite: z.enum(SUITES) }),
   kernel: z.object({ version: z.string() }),
   luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string() }),
-  // Absent in manifests from before the root grew at first boot.
-  disk: z.object({ growOnFirstBoot: z.boolean() }).default({ growOnFirstBoot: false }),
+  // Absent in manifests from before the root grew at first boot, sectorSize before 4Kn images.
+  disk: z.object({ growOnFirstBoot: z.boolean(), sectorSize: z.number().default(512) }).default({ growOnFirstBoot: false, sectorSize: 512 }),
+  // Absent in manifests from before 4Kn images (which boot with UEFI only).
+  bootModes: z.array(z.string()).default(['uefi', 'bios']),
   partitions: z.array(z.object({ role: z.string(), startBytes: z.number(), sizeBytes: z.number() })),
   dropbear: z.object({
     port: z.number(),

@@ -34,8 +34,11 @@ export interface VmConfig {
   accel: Accel;
   cpus: number;
   memoryMiB: number;
+  /** Machine type and firmware (see firmware.ts). */
   firmwareArgs: string[];
   overlay: string;
+  /** Logical and physical sector size of the guest's disk (4096: a 4Kn disk). */
+  sectorSize: number;
   hostPort: number;
   guestPort: number;
   serialLog: string;
@@ -80,13 +83,14 @@ function tangForward(tang: NonNullable<VmConfig['tang']>): string {
 
 export function qemuArgs(config: VmConfig, deadPorts: number[] = []): string[] {
   return [
-    '-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc',
+    '-nodefaults', '-no-user-config', '-display', 'none',
     // A guest that reboots (e.g. after a panic) ends the test instead of booting again.
     '-no-reboot',
     ...accelArgs(config.accel, config.cpus),
     '-m', String(config.memoryMiB),
     ...config.firmwareArgs,
-    '-drive', `file=${config.overlay},if=virtio,format=qcow2,discard=unmap`,
+    '-drive', `file=${config.overlay},if=none,id=disk0,format=qcow2,discard=unmap`,
+    '-device', `virtio-blk-pci,drive=disk0,logical_block_size=${config.sectorSize},physical_block_size=${config.sectorSize}`,
     ...(config.cdrom ? ['-drive', `file=${config.cdrom},if=ide,media=cdrom,format=raw,readonly=on`] : []),
     ...nicArgs(config, deadPorts, config.tang ? tangForward(config.tang) : ''),
     // An entropy source as cloud VMs have one (qemu64 has no RDRAND).

@@ -28,6 +28,14 @@ const size = (min: number, what: string) =>
 /** The image's one kernel, always installed: the bootstrap stage expects exactly one in /boot. */
 export const KERNEL_PACKAGE = 'linux-image-amd64';
 
+export type SectorSize = 512 | 4096;
+/**
+ * FAT32 needs at least 65525 clusters; with 4096-byte sectors (and clusters) that is 256 MiB,
+ * hence the 260 MiB that Windows setup also gives ESPs on 4Kn disks.
+ */
+export const MIN_4KN_ESP_BYTES = 260 * MiB;
+const ESP_DEFAULT_BYTES: Record<SectorSize, number> = { 512: 64 * MiB, 4096: MIN_4KN_ESP_BYTES };
+
 /** One of a few numbers, named in the message (a union of literals only says "Invalid input"). */
 const oneOf = (values: [number, ...number[]]) =>
   z.number().refine((value) => values.includes(value), `expected ${values.slice(0, -1).join(', ')} or ${values.at(-1)}`);
@@ -124,10 +132,21 @@ export const recipeSchema = z
     disk: z
       .object({
         size: size(1024 * MiB, 'disk.size').default('3GiB'),
-        esp: size(32 * MiB, 'disk.esp').default('64MiB'),
+        // Default by sector size: see espDefault.
+        esp: size(32 * MiB, 'disk.esp').optional(),
         boot: size(128 * MiB, 'disk.boot').default('384MiB'),
         // The image's root stays tight (small downloads); each machine grows it to its disk.
         growOnFirstBoot: z.boolean().default(true),
+        // 4096: the GPT and ESP are written for disks with 4096-byte logical sectors (4Kn).
+        sectorSize: oneOf([512, 4096]).default(512),
+      })
+      .strict()
+      .default({})
+      .transform((disk) => ({ ...disk, sectorSize: disk.sectorSize as SectorSize, esp: disk.esp ?? ESP_DEFAULT_BYTES[disk.sectorSize as SectorSize] })),
+    boot: z
+      .object({
+        // Debian's signed shim, GRUB and kernel on the ESP; false: an unsigned grub-mkimage GRUB.
+        secureBoot: z.boolean().default(true),
       })
       .strict()
       .default({}),
@@ -222,6 +241,12 @@ export const recipeSchema = z
     }
     if (tang.length > 0 && threshold > tang.length) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'threshold'], message: `threshold ${threshold} exceeds the ${tang.length} Tang server(s) listed` });
+    }
+    if (recipe.disk.sectorSize === 4096 && recipe.disk.esp < MIN_4KN_ESP_BYTES) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['disk', 'esp'], message: `with disk.sectorSize 4096 the ESP must be at least ${MIN_4KN_ESP_BYTES / MiB} MiB (FAT32 needs 65525 clusters of 4096 bytes)` });
+    }
+    if (recipe.luks.sectorSize < recipe.disk.sectorSize) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['luks', 'sectorSize'], message: `must be at least disk.sectorSize (${recipe.disk.sectorSize}): the kernel cannot map ${recipe.luks.sectorSize}-byte LUKS2 sectors on a disk with ${recipe.disk.sectorSize}-byte sectors` });
     }
     const fixed = recipe.disk.esp + recipe.disk.boot + 4 * MiB;
     if (recipe.disk.size - fixed < 512 * MiB) {

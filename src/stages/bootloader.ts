@@ -1,8 +1,12 @@
 /**
  * bootloader: the /boot filesystem, the ESP and GRUB for UEFI and BIOS on the same disk.
- * GRUB images are made with the image's own grub-mkimage (versions match its modules);
- * the BIOS core.img goes into the BIOS boot partition and boot.img into the MBR, patched
- * as grub-bios-setup would. The ESP is written with mtools (no vfat mount needed).
+ * UEFI, with boot.secureBoot (the default): Debian's signed chain from the image's own
+ * packages, shim as the removable-path loader EFI/BOOT/BOOTX64.EFI, the signed GRUB and
+ * MokManager beside it; it boots with Secure Boot on or off. Without: a GRUB made with the
+ * image's grub-mkimage as BOOTX64.EFI. BIOS: core.img from grub-mkimage goes into the BIOS
+ * boot partition and boot.img into the MBR, patched as grub-bios-setup would (not on disks
+ * with 4096-byte sectors, which BIOS cannot boot). The ESP is written with mtools (no vfat
+ * mount needed).
  *
  * Host commands: mkfs.ext4, dumpe2fs, mkfs.vfat, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
  */
@@ -58,6 +62,53 @@ async function makeGrubImage(ctx: BuildContext, target: keyof typeof GRUB_TARGET
   return image;
 }
 
+/**
+ * Debian's signed chain, as installed in the image: [path in the tree, name on the ESP].
+ * fbx64.efi (shim's fallback) is left out on purpose: beside BOOTX64.EFI shim would run it on
+ * every boot from the removable path, to create firmware boot entries from BOOTX64.CSV files.
+ * An image is written to many machines; its boot entry belongs to whoever deploys it (Ironic's
+ * manage_uefi registers EFI/BOOT/BOOTX64.EFI itself), and there is no CSV to act on.
+ */
+export const SIGNED_EFI_CHAIN: ReadonlyArray<[tree: string, esp: string]> = [
+  ['usr/lib/shim/shimx64.efi.signed', 'EFI/BOOT/BOOTX64.EFI'],
+  ['usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed', 'EFI/BOOT/grubx64.efi'],
+  ['usr/lib/shim/mmx64.efi.signed', 'EFI/BOOT/mmx64.efi'],
+];
+/**
+ * Debian's signed GRUB is one image with its modules and an early config built in; its prefix
+ * is /EFI/debian on the ESP. That config sources $prefix/grub.cfg when the directory exists;
+ * otherwise it searches every disk for /.disk/info (an installer medium attached would win)
+ * before falling back to grub.cfg beside the loader. So the config goes to EFI/debian only.
+ */
+export const SIGNED_GRUB_CONFIG = 'EFI/debian/grub.cfg';
+
+/** The files to put on the ESP (host path → ESP path) for UEFI boot. */
+async function efiFiles(ctx: BuildContext, configInImage: string, scratch: string): Promise<Array<[from: string, to: string]>> {
+  if (!ctx.recipe.boot.secureBoot) {
+    const grub = join(scratch, 'BOOTX64.EFI');
+    await writeFile(grub, await makeGrubImage(ctx, 'efi', configInImage));
+    return [[grub, 'EFI/BOOT/BOOTX64.EFI']];
+  }
+  const config = join(scratch, 'grub.cfg');
+  await writeFile(config, earlyGrubConfig(ctx.ids.bootFsUuid));
+  return [...SIGNED_EFI_CHAIN.map(([tree, esp]): [string, string] => [join(ctx.rootfs, tree), esp]), [config, SIGNED_GRUB_CONFIG]];
+}
+
+/** mkfs.vfat arguments: FAT32 with one sector per cluster, sectors as the disk's. */
+export function mkfsVfatArgs(device: string, sectorSize: number, volumeId: string): string[] {
+  return ['-F', '32', '-S', String(sectorSize), '-s', '1', '-n', 'ESP', '-i', volumeId, device];
+}
+
+/** The directories `mmd` must create, parents first, for files at `paths` on the ESP. */
+export function espDirectories(paths: readonly string[]): string[] {
+  const dirs = new Set<string>();
+  for (const path of paths) {
+    const parts = path.split('/').slice(0, -1);
+    for (let depth = 1; depth <= parts.length; depth++) dirs.add(parts.slice(0, depth).join('/'));
+  }
+  return [...dirs];
+}
+
 export const bootloaderStage: Stage = {
   name: 'bootloader',
   summary: '/boot, ESP and GRUB for UEFI and BIOS',
@@ -67,10 +118,12 @@ export const bootloaderStage: Stage = {
     const layout = ctx.state.layout!;
     const bootTree = bootTreeDir(ctx);
 
+    const bios = ctx.recipe.disk.sectorSize === 512;
+    const scratch = await mkdtemp(join(ctx.workDir, 'esp-'));
     const configInImage = '/tmp/keylessgo-grub-early.cfg';
     await writeFile(join(ctx.rootfs, configInImage), earlyGrubConfig(ctx.ids.bootFsUuid));
-    const efiImage = await makeGrubImage(ctx, 'efi', configInImage);
-    const coreImage = await makeGrubImage(ctx, 'bios', configInImage);
+    const efi = await efiFiles(ctx, configInImage, scratch);
+    const coreImage = bios ? await makeGrubImage(ctx, 'bios', configInImage) : undefined;
     await rm(join(ctx.rootfs, configInImage));
 
     // Modules beyond the built-in ones load from /boot/grub/<platform>.
@@ -81,12 +134,9 @@ export const bootloaderStage: Stage = {
     await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: loop.partition(boot.number), tree: bootTree, label: 'boot', uuid: ctx.ids.bootFsUuid }));
 
     const esp = loop.partition(partitionByRole(layout, 'esp').number);
-    await ctx.host.run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'ESP', '-i', ctx.ids.espVolumeId, esp]);
-    const scratch = await mkdtemp(join(ctx.workDir, 'esp-'));
-    const efiFile = join(scratch, 'BOOTX64.EFI');
-    await writeFile(efiFile, efiImage);
-    await ctx.host.run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
-    await ctx.host.run('mcopy', ['-i', esp, efiFile, '::/EFI/BOOT/BOOTX64.EFI']);
+    await ctx.host.run('mkfs.vfat', mkfsVfatArgs(esp, layout.sectorSize, ctx.ids.espVolumeId));
+    await ctx.host.run('mmd', ['-i', esp, ...espDirectories(efi.map(([, to]) => to)).map((dir) => `::/${dir}`)]);
+    for (const [from, to] of efi) await ctx.host.run('mcopy', ['-i', esp, from, `::/${to}`]);
 
     const espFree = Number(/([\d ]+) bytes free/.exec(await ctx.host.run('mdir', ['-i', esp, '::/']))?.[1]?.replaceAll(' ', ''));
     ctx.state.usedBytes = {
@@ -95,9 +145,14 @@ export const bootloaderStage: Stage = {
       esp: partitionByRole(layout, 'esp').sizeBytes - espFree,
     };
 
-    const bios = partitionByRole(layout, 'bios');
+    const uefi = `UEFI: ${efi.map(([, to]) => to).join(', ')}`;
+    if (!coreImage) {
+      ctx.log.info(`      ${uefi}; no BIOS boot: BIOS cannot boot from disks with ${layout.sectorSize}-byte sectors (the BIOS boot partition stays empty)`);
+      return;
+    }
+    const biosPartition = partitionByRole(layout, 'bios');
     const bootImg = await readFile(join(ctx.rootfs, 'usr/lib/grub/i386-pc/boot.img'));
-    await installBiosGrub(loop.device, bootImg, coreImage, bios.startBytes / 512, bios.sizeBytes);
-    ctx.log.info(`      BOOTX64.EFI ${efiImage.length} bytes, BIOS core.img ${coreImage.length} bytes`);
+    await installBiosGrub(loop.device, bootImg, coreImage, biosPartition.startBytes / 512, biosPartition.sizeBytes);
+    ctx.log.info(`      ${uefi}; BIOS core.img ${coreImage.length} bytes`);
   },
 };

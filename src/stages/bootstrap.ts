@@ -36,6 +36,10 @@ export const BASE_PACKAGES = [
   'openssh-server',
   'grub-efi-amd64-bin',
   'grub-pc-bin',
+  // Debian's signed chain (shim signed by Microsoft's UEFI CA, GRUB signed by Debian), installed
+  // with boot.secureBoot false too: one package set keeps the cached tree and initramfs shared.
+  'shim-signed',
+  'grub-efi-amd64-signed',
 ] as const;
 
 /** Unlock by Tang in the initramfs next to dropbear (clevis-initramfs fetches keys with curl). */

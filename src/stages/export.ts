@@ -19,8 +19,13 @@ import { packageList } from './bootstrap.js';
 import { bootTreeDir, partitionByRole, type PartitionLayout } from './partition.js';
 import { formatSize } from '../recipe/size.js';
 
-/** GRUB is installed for both: core.img in the BIOS boot partition, BOOTX64.EFI on the ESP. */
-export const BOOT_MODES = ['uefi', 'bios'] as const;
+/**
+ * How the image boots: UEFI always (EFI/BOOT/BOOTX64.EFI on the ESP), BIOS through GRUB's
+ * core.img in the BIOS boot partition except on 4Kn disks, which BIOS cannot boot from.
+ */
+export function bootModes(disk: Recipe['disk']): Array<'uefi' | 'bios'> {
+  return disk.sectorSize === 512 ? ['uefi', 'bios'] : ['uefi'];
+}
 
 const GLANCE_ARCHITECTURES: Record<Recipe['architecture'], string> = { amd64: 'x86_64' };
 
@@ -93,7 +98,8 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     recipe: { name: recipe.name, file: basename(ctx.loaded.file), sha256: ctx.loaded.sha256, suite: recipe.suite, architecture: recipe.architecture },
     mirror: { archive: ctx.mirror.archive, security: ctx.mirror.security ?? null, origin: ctx.mirror.origin, releases: ctx.state.archiveReleases ?? null },
     kernel: { version: ctx.state.kernelVersion, cmdline: ctx.kernelCmdline },
-    disk: { sizeBytes: recipe.disk.size, growOnFirstBoot: recipe.disk.growOnFirstBoot },
+    disk: { sizeBytes: recipe.disk.size, growOnFirstBoot: recipe.disk.growOnFirstBoot, sectorSize: recipe.disk.sectorSize },
+    secureBoot: recipe.boot.secureBoot,
     luks: {
       uuid: ctx.ids.luksUuid,
       cipher: recipe.luks.cipher,
@@ -115,7 +121,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
     cache: ctx.state.cacheKeys,
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
-    bootModes: BOOT_MODES,
+    bootModes: bootModes(recipe.disk),
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
     hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.toolSeconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
@@ -128,9 +134,10 @@ export const exportStage: Stage = {
   hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
     const { recipe, outDir } = ctx;
+    // Read through the loop device: sfdisk reads a plain file as 512-byte sectors, whatever the GPT's.
+    const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', ctx.state.loop!.device])) as unknown;
     await ctx.state.loop!.handle.release();
     const rawPartial = ctx.state.rawPartial!;
-    const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', rawPartial])) as unknown;
 
     // The raw image is hashed on this thread while qemu-img converts it on the other core; the
     // qcow2 (not written in order, so not hashable while written) is hashed once complete.

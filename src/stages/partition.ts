@@ -2,7 +2,7 @@
  * partition: checks that the trees fit, creates the sparse disk file (as *.partial), writes
  * the GPT and attaches it as a loop device with partition nodes.
  *
- * Host commands: du, sfdisk, losetup, partx.
+ * Host commands: du, losetup, sfdisk, partx.
  *
  * Partition labels are stable; post-deploy tooling finds partitions by them:
  *   keylessgo-bios  BIOS boot (GRUB core.img), 1 MiB
@@ -19,8 +19,6 @@ import type { BuildContext } from '../pipeline/context.js';
 import type { Stage } from '../pipeline/stage.js';
 import type { Recipe } from '../recipe/schema.js';
 import { formatSize, MiB } from '../recipe/size.js';
-
-const SECTOR = 512;
 
 export const PARTITION_TYPES = {
   bios: '21686148-6449-6E6F-744E-656564454649',
@@ -41,11 +39,15 @@ export interface PartitionSpec {
 
 export interface PartitionLayout {
   diskBytes: number;
+  /** Logical sector size the GPT is written for. */
+  sectorSize: number;
   partitions: PartitionSpec[];
 }
 
-// The backup GPT occupies the last 33 sectors; the root partition ends at the last whole MiB before it.
-const GPT_BACKUP_BYTES = 33 * SECTOR;
+/** The backup GPT: a header sector and 128 entries of 128 bytes, at the end of the disk. */
+export function gptBackupBytes(sectorSize: number): number {
+  return sectorSize + 128 * 128;
+}
 
 export function partitionLayout(disk: Recipe['disk']): PartitionLayout {
   const sizes: Array<[PartitionRole, number]> = [
@@ -59,15 +61,18 @@ export function partitionLayout(disk: Recipe['disk']): PartitionLayout {
     partitions.push({ role, number: partitions.length + 1, label: `keylessgo-${role}`, startBytes: start, sizeBytes: size });
     start += size;
   }
-  const rootEnd = Math.floor((disk.size - GPT_BACKUP_BYTES) / MiB) * MiB;
+  // The root partition ends at the last whole MiB before the backup GPT.
+  const rootEnd = Math.floor((disk.size - gptBackupBytes(disk.sectorSize)) / MiB) * MiB;
   partitions.push({ role: 'root', number: 4, label: 'keylessgo-root', startBytes: start, sizeBytes: rootEnd - start });
-  return { diskBytes: disk.size, partitions };
+  return { diskBytes: disk.size, sectorSize: disk.sectorSize, partitions };
 }
 
+/** sfdisk's input, in sectors of the device it is run on (a loop device with the layout's sector size). */
 export function sfdiskScript(layout: PartitionLayout): string {
-  const lines = ['label: gpt', 'first-lba: 2048'];
+  const sector = layout.sectorSize;
+  const lines = ['label: gpt', `first-lba: ${MiB / sector}`];
   for (const p of layout.partitions) {
-    lines.push(`start=${p.startBytes / SECTOR}, size=${p.sizeBytes / SECTOR}, type=${PARTITION_TYPES[p.role]}, name="${p.label}"`);
+    lines.push(`start=${p.startBytes / sector}, size=${p.sizeBytes / sector}, type=${PARTITION_TYPES[p.role]}, name="${p.label}"`);
   }
   return `${lines.join('\n')}\n`;
 }
@@ -140,10 +145,12 @@ export const partitionStage: Stage = {
     const file = await open(partial, 'w', 0o644);
     await file.truncate(layout.diskBytes);
     await file.close();
-    await ctx.host.run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', partial], { input: sfdiskScript(layout) });
+    // sfdisk writes a GPT for the sector size of the device it runs on (on a plain file: always
+    // 512 bytes), so the table is written through a loop device with the layout's sector size.
+    const writeTable = async (device: string) => void (await ctx.host.run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', device], { input: sfdiskScript(layout) }));
     ctx.state.layout = layout;
     ctx.state.rawPartial = partial;
-    ctx.state.loop = await attachLoop(ctx.host, ctx.cleanup, partial, layout.partitions.length);
-    ctx.log.verbose(`      attached ${ctx.state.loop.device}`);
+    ctx.state.loop = await attachLoop(ctx.host, ctx.cleanup, partial, layout.sectorSize, layout.partitions.length, writeTable);
+    ctx.log.verbose(`      attached ${ctx.state.loop.device} (${layout.sectorSize}-byte sectors)`);
   },
 };

@@ -1,7 +1,8 @@
 /**
- * `keylessgo boot-test` on the shared fixture image: a full UEFI boot with the negative
- * checks against dropbear, a full BIOS boot, a wrong passphrase, and the cleanup on the
- * overall timeout and on Ctrl-C. VMs run one at a time: each guest has 2 vCPUs and a CI
+ * `keylessgo boot-test` on the shared fixture image: a full UEFI Secure Boot boot with the
+ * negative checks against dropbear, a full BIOS boot, the firmware refusing an image built
+ * without Secure Boot, a wrong passphrase, and the cleanup on the overall timeout and on
+ * Ctrl-C. Plain UEFI is booted by trixie.test.ts and nbde.test.ts. VMs run one at a time: each guest has 2 vCPUs and a CI
  * machine may have 2 cores. No timing is asserted here (see `make bench`); the timeouts
  * only bound a hung run.
  */
@@ -67,11 +68,14 @@ function expectFullPass(run: Run): void {
 }
 
 describe('keylessgo boot-test', () => {
-  // Two NICs, the first connected to nothing: dropbear must come up on the second.
-  it('boots with UEFI and two NICs (the first dead), refuses what dropbear must refuse, unlocks and passes every check', async () => {
+  // Secure Boot, and two NICs with the first connected to nothing: dropbear must come up on the second.
+  it('boots with UEFI Secure Boot (Microsoft keys) through Debian\'s signed chain, with two NICs (the first dead), refuses what dropbear must refuse, unlocks and passes every check', async () => {
     const before = await stat(image.qcow2);
-    const run = await bootTest('boot-uefi', ['--firmware', 'uefi', '--negative-checks', '--nics', '2']);
+    const run = await bootTest('boot-uefi-secureboot', ['--firmware', 'uefi-secureboot', '--negative-checks', '--nics', '2']);
     expectFullPass(run);
+    for (const name of ['Secure Boot enabled (SecureBoot EFI variable)', 'kernel lockdown active']) {
+      expect(run.result.checks).toContainEqual(expect.objectContaining({ name, ok: true }));
+    }
     const negatives = run.result.checks.filter((c) => NEGATIVE_CHECKS.includes(c.name));
     expect(negatives.map((c) => c.name).sort()).toEqual([...NEGATIVE_CHECKS].sort());
     expect(run.output).toMatch(/PASS +dropbear refuses password login/);
@@ -96,6 +100,17 @@ describe('keylessgo boot-test', () => {
     expect(sizes.df, growth.detail).toBeGreaterThan(2 * imageRoot);
     expect(growth.detail).toMatch(/initramfs: grew \/dev\/vda4 from \d+ to \d+ sectors/);
     expect(growth.detail).toMatch(/unit: grew ext4 on \/dev\/mapper\/cryptroot/);
+    await expectCleanedUp(run);
+  });
+
+  // The rebuild has boot.secureBoot false: its GRUB from grub-mkimage carries no signature.
+  it('the Secure Boot firmware refuses the rebuild built with boot.secureBoot false', async () => {
+    const run = await bootTest('boot-uefi-secureboot-unsigned', ['--firmware', 'uefi-secureboot', '--timeout', '60'], rebuild);
+    expect(run.exitCode, run.output).toBe(1);
+    expect(run.result.error).toMatch(/timed out after 60 s while waiting for dropbear/);
+    expect(run.result.milestones.dropbear).toBeUndefined();
+    // OVMF's boot manager, on the serial console.
+    expect(await readFile(run.result.serialLog, 'utf8')).toMatch(/Access Denied/);
     await expectCleanedUp(run);
   });
 

@@ -241,7 +241,7 @@ describe('/boot and the initramfs', () => {
 
 describe('rebuild from the stage cache', () => {
   const rebuild = inject('rebuild');
-  let rebuilt: Manifest & { cache: Record<string, string>; kernel: { cmdline: string }; mirror: { releases: Record<string, string> } };
+  let rebuilt: Manifest & { cache: Record<string, string>; kernel: { cmdline: string }; mirror: { releases: Record<string, string> }; secureBoot: boolean; packages: { requested: string[] } };
 
   beforeAll(async () => {
     rebuilt = JSON.parse(await readFile(rebuild.manifestFile, 'utf8')) as typeof rebuilt;
@@ -266,6 +266,16 @@ describe('rebuild from the stage cache', () => {
     expect(rebuilt.filesystems.rootUuid).not.toBe(manifest.filesystems.rootUuid);
     expect(rebuilt.dropbear.hostKeys.map((k) => k.fingerprint)).not.toContain(manifest.dropbear.hostKeys[0]!.fingerprint);
     expect(rebuilt.kernel.cmdline).toMatch(/ keylessgo\.rebuild=1$/);
+  });
+
+  it('boot.secureBoot false: the same packages (signed shim and GRUB too), an unsigned GRUB alone on the ESP', async () => {
+    const first = JSON.parse(await readFile(image.manifestFile, 'utf8')) as typeof rebuilt;
+    expect([first.secureBoot, rebuilt.secureBoot]).toEqual([true, false]);
+    expect(rebuilt.packages.requested).toEqual(first.packages.requested);
+    expect(rebuilt.packages.requested).toEqual(expect.arrayContaining(['shim-signed', 'grub-efi-amd64-signed']));
+    const esp = rebuilt.partitions.find((p) => p.label === 'keylessgo-esp')!;
+    const listing = await execa('mdir', ['-/', '-b', '-i', `${rebuild.raw}@@${esp.startBytes}`, '::/EFI']);
+    expect(listing.stdout.split('\n').filter((line) => !line.endsWith('/'))).toEqual(['::/EFI/BOOT/BOOTX64.EFI']);
   });
 
   it('`keylessgo cache ls` lists the bootstrap and initramfs entries with their sizes', async () => {

@@ -131,8 +131,9 @@ export function cacheDirOf(fixtureDir: string): string {
 
 /**
  * A rebuild of the fixture's recipe after changes that leave the package set alone: new
- * key and passphrase (new secrets), an extra kernel parameter and an overlay file. It must
- * take the bootstrap tree and the base initramfs from the cache.
+ * key and passphrase (new secrets), an extra kernel parameter, an overlay file and
+ * boot.secureBoot false (an unsigned GRUB on the ESP). It must take the bootstrap tree and
+ * the base initramfs from the cache.
  */
 export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture> {
   const dir = join(fixture.dir, 'rebuild');
@@ -141,16 +142,23 @@ export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture>
   const recipe = parse(await readFile(fixture.recipeFile, 'utf8')) as Record<string, any>;
   recipe.kernel = { ...recipe.kernel, cmdline: [...(recipe.kernel?.cmdline ?? []), 'keylessgo.rebuild=1'] };
   recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
+  recipe.boot = { ...recipe.boot, secureBoot: false };
   // --verbose: every host command and its output is in the log, which the secret scan reads.
   const rebuild: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(fixture.dir), ['--verbose'])), canary: fixture.canary, tang: fixture.tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
   return rebuild;
 }
 
-/** The trixie image, as recipes/debian-trixie.yaml builds it, in `trixie/` under the shared fixture's directory. */
+/**
+ * The trixie image, as recipes/debian-trixie.yaml builds it but for disks with 4096-byte
+ * sectors (4Kn), in `trixie/` under the shared fixture's directory.
+ */
 export async function buildTrixieFixture(parent: string): Promise<BuiltImage> {
   const dir = join(parent, TRIXIE_DIR);
-  const built = await buildImage(dir, await testRecipe('debian-trixie', 'e2e-trixie'), cacheDirOf(parent));
+  const recipe = await testRecipe('debian-trixie', 'e2e-trixie');
+  // FAT32 with 4096-byte sectors needs a larger ESP than the recipe's 64 MiB.
+  recipe.disk = { ...recipe.disk, sectorSize: 4096, esp: '260MiB' };
+  const built = await buildImage(dir, recipe, cacheDirOf(parent));
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(built, null, 2));
   return built;
 }

@@ -74,8 +74,19 @@ describe('keylessgo inspect --json on the built image', () => {
     expect(token!.tang).toEqual(manifest.nbde.binding.servers);
   });
 
-  it('reads the kernel command line from grub.cfg on /boot', () => {
+  it('reads the kernel command line from grub.cfg on /boot, and who signed the kernel (Debian)', () => {
     expect(report.boot).toMatchObject({ partition: 3, grubCfg: '/grub/grub.cfg', kernel: '/vmlinuz', cmdline: manifest.kernel.cmdline, initrds: ['/initrd.img'] });
+    expect(report.boot!.kernelSignatures).toEqual([{ subject: expect.stringMatching(/^CN=Debian Secure Boot Signer .* - linux$/), issuer: 'CN=Debian Secure Boot CA' }]);
+  });
+
+  it('shows the signed EFI loader chain: shim by Microsoft, GRUB and MokManager by Debian, no fallback', () => {
+    const signer = (path: string) => report.efi!.files.find((f) => f.path === path)?.signatures.map((s) => s.issuer.split('\n').at(-1));
+    expect(report.efi!.partition).toBe(2);
+    expect(report.efi!.files.map((f) => f.path).sort()).toEqual(['EFI/BOOT/BOOTX64.EFI', 'EFI/BOOT/grubx64.efi', 'EFI/BOOT/mmx64.efi', 'EFI/debian/grub.cfg']);
+    expect(signer('EFI/BOOT/BOOTX64.EFI')).toContain('CN=Microsoft Corporation UEFI CA 2011');
+    expect(signer('EFI/BOOT/grubx64.efi')).toEqual(['CN=Debian Secure Boot CA']);
+    expect(signer('EFI/BOOT/mmx64.efi')).toEqual(['CN=Debian Secure Boot CA']);
+    expect(report.efi!.files.find((f) => f.path === 'EFI/debian/grub.cfg')).toMatchObject({ pe: false });
   });
 
   it('looks inside the initramfs: unlock tools, the forced-command key, dropbear host keys, crypttab', async () => {
@@ -118,6 +129,7 @@ describe('keylessgo inspect, human table and other inputs', () => {
     expect(out).toMatch(new RegExp(`^ {2}token 0 +clevis tang -> keyslot 1: ${image.tang.guestUrl} \\(signing key ${manifest.nbde.binding.servers[0]!.thumbprints[0]}\\)$`, 'm'));
     expect(out).toContain(`  cmdline  ${manifest.kernel.cmdline}`);
     expect(out).toMatch(/^ {2}cryptroot-unlock +yes$/m);
+    expect(out).toMatch(/^ {2}EFI\/BOOT\/BOOTX64\.EFI +.*, signed by Microsoft Windows UEFI Driver Publisher \(issuer Microsoft Corporation UEFI CA 2011\)/m);
     expect(out).toMatch(/^ {2}compared +\d+ fields with the image, all match$/m);
   });
 
@@ -156,6 +168,23 @@ describe('keylessgo inspect, human table and other inputs', () => {
     expect(refused.exitCode).toBe(2);
     expect(refused.stderr).toBe(`error: ${overlay}: qcow2 with a backing file (${JSON.stringify(image.raw)}) would be read from the host; pass --allow-external-files if you trust it`);
     expect(refused.stdout).toBe('');
+  });
+
+  // The trixie fixture is built for 4Kn disks (GPT in 4096-byte sectors).
+  it('reads the GPT of the 4Kn trixie image and its 4096-byte-sector ESP', async () => {
+    const trixie = inject('trixie');
+    const result = await inspect(trixie.qcow2, '--json');
+    expect(result.exitCode, result.stderr).toBe(0);
+    const fourK = JSON.parse(result.stdout) as InspectReport;
+    const trixieManifest = JSON.parse(await readFile(trixie.manifestFile, 'utf8')) as Manifest & { bootModes: string[] };
+    expect(fourK.partitionTable).toMatchObject({ scheme: 'gpt', sectorSize: 4096 });
+    expect(fourK.partitionTable.partitions.map(({ label, startBytes, sizeBytes }) => ({ label, startBytes, sizeBytes }))).toEqual(
+      trixieManifest.partitions.map(({ label, startBytes, sizeBytes }) => ({ label, startBytes, sizeBytes })),
+    );
+    expect(fourK.efi!.files.map((f) => f.path)).toContain('EFI/BOOT/BOOTX64.EFI');
+    expect(fourK.luks).toHaveLength(1);
+    expect(fourK.manifest?.mismatches).toEqual([]);
+    expect(trixieManifest.bootModes).toEqual(['uefi']);
   });
 
   it('exits 2 with one line on a file that is no disk image, and on a missing one', async () => {

@@ -58,6 +58,7 @@ export class TestVm {
       memoryMiB: 2048,
       firmwareArgs: await firmwareArgs('uefi', this.dir),
       overlay: this.overlay,
+      sectorSize: 512,
       hostPort: await freePort(),
       guestPort: 22,
       serialLog: this.serialLog,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { guestChecks, parseNumbers, ROOT_GROWTH_CHECK } from '../../src/qemu/checks.js';
+import { guestChecks, LOCKDOWN_CHECK, parseNumbers, ROOT_GROWTH_CHECK, SECURE_BOOT_CHECK, sectorSizeCheck } from '../../src/qemu/checks.js';
 import type { BootManifest } from '../../src/qemu/manifest.js';
 
 const MiB = 1024 * 1024;
@@ -16,8 +16,41 @@ function growthOutput(overrides: Partial<Record<'disk' | 'start' | 'partition' |
 
 const MANIFEST = { recipe: { name: 'test', suite: 'trixie' }, luks: { mapperName: 'cryptroot', cipher: 'aes-xts-plain64', keySize: 512, uuid: 'u' }, disk: { growOnFirstBoot: false } } as BootManifest;
 
+const PLAIN = { secureBoot: false, sectorSize: 512 };
+
+describe('Secure Boot and disk checks', () => {
+  it('run the Secure Boot checks only in Secure Boot runs, the sector size check always', () => {
+    const names = (options: typeof PLAIN) => guestChecks(MANIFEST, options).map((c) => c.name);
+    expect(names(PLAIN)).not.toContain(SECURE_BOOT_CHECK.name);
+    expect(names(PLAIN)).toContain('disk has 512-byte logical sectors');
+    expect(names({ secureBoot: true, sectorSize: 4096 })).toEqual(expect.arrayContaining([SECURE_BOOT_CHECK.name, LOCKDOWN_CHECK.name, 'disk has 4096-byte logical sectors']));
+  });
+
+  it('reads the SecureBoot variable\'s data byte', () => {
+    expect(SECURE_BOOT_CHECK.command).toContain('od -An -tu1 -j4 -N1');
+    expect(SECURE_BOOT_CHECK.command).toContain('/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c');
+    expect(SECURE_BOOT_CHECK.judge('SecureBoot=1\n').ok).toBe(true);
+    expect(SECURE_BOOT_CHECK.judge('SecureBoot=0\n').ok).toBe(false);
+    expect(SECURE_BOOT_CHECK.judge('od: /sys/firmware/efi/efivars/SecureBoot-x: No such file\nSecureBoot=\n').ok).toBe(false);
+  });
+
+  it.each([
+    ['none [integrity] confidentiality', true],
+    ['none integrity [confidentiality]', true],
+    ['[none] integrity confidentiality', false],
+    ['', false],
+  ])('judges lockdown %j: %s', (output, ok) => {
+    expect(LOCKDOWN_CHECK.judge(output).ok).toBe(ok);
+  });
+
+  it('compares the logical sector size the guest sees', () => {
+    expect(sectorSizeCheck(4096).judge('/dev/vda 4096\n').ok).toBe(true);
+    expect(sectorSizeCheck(4096).judge('/dev/vda 512\n').ok).toBe(false);
+  });
+});
+
 describe('Debian release check', () => {
-  const release = guestChecks(MANIFEST).find((c) => c.name === 'Debian release from the recipe')!;
+  const release = guestChecks(MANIFEST, PLAIN).find((c) => c.name === 'Debian release from the recipe')!;
 
   it('passes the release the recipe names', () => {
     expect(release.judge('13 trixie\n')).toMatchObject({ ok: true, detail: 'VERSION_ID=13 VERSION_CODENAME=trixie' });
@@ -54,9 +87,9 @@ describe('root growth check', () => {
 
   it('runs only for images that grow the root at first boot, after the boot settled', () => {
     const manifest = (grow: boolean) => ({ ...MANIFEST, disk: { growOnFirstBoot: grow } }) as BootManifest;
-    expect(guestChecks(manifest(false)).map((c) => c.name)).not.toContain(ROOT_GROWTH_CHECK.name);
-    const names = guestChecks(manifest(true)).map((c) => c.name);
-    expect(names.at(-1)).toBe(ROOT_GROWTH_CHECK.name);
+    expect(guestChecks(manifest(false), PLAIN).map((c) => c.name)).not.toContain(ROOT_GROWTH_CHECK.name);
+    const names = guestChecks(manifest(true), PLAIN).map((c) => c.name);
+    expect(names).toContain(ROOT_GROWTH_CHECK.name);
     expect(names.indexOf('systemctl is-system-running')).toBeLessThan(names.indexOf(ROOT_GROWTH_CHECK.name));
   });
 });

@@ -3,8 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { earlyGrubConfig, installBiosGrub } from '../../src/stages/bootloader.js';
-import { PARTITION_TYPES, partitionByRole, partitionLayout, sfdiskScript } from '../../src/stages/partition.js';
+import { losetupArgs } from '../../src/host/loop.js';
+import { earlyGrubConfig, espDirectories, installBiosGrub, mkfsVfatArgs, SIGNED_EFI_CHAIN, SIGNED_GRUB_CONFIG } from '../../src/stages/bootloader.js';
+import { bootModes } from '../../src/stages/export.js';
+import { gptBackupBytes, PARTITION_TYPES, partitionByRole, partitionLayout, sfdiskScript } from '../../src/stages/partition.js';
 import { IDS, recipeWith, tempDir } from './helpers.js';
 
 const MiB = 1024 ** 2;
@@ -22,6 +24,7 @@ describe('partitionLayout', () => {
   it('lays out the default disk: BIOS boot, ESP, /boot, then root to the last whole MiB', () => {
     expect(partitionLayout(disk())).toEqual({
       diskBytes: 3072 * MiB,
+      sectorSize: 512,
       partitions: [
         { role: 'bios', number: 1, label: 'keylessgo-bios', startBytes: 1 * MiB, sizeBytes: 1 * MiB },
         { role: 'esp', number: 2, label: 'keylessgo-esp', startBytes: 2 * MiB, sizeBytes: 64 * MiB },
@@ -64,6 +67,53 @@ describe('sfdiskScript', () => {
       'start=921600, size=5367808, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="keylessgo-root"',
       '',
     ]);
+  });
+});
+
+describe('4Kn disks (disk.sectorSize 4096)', () => {
+  it('lay out the same partitions, clear of the 4Kn backup GPT (5 sectors of 4096 bytes)', () => {
+    const layout = partitionLayout(disk('sectorSize: 4096, esp: 260MiB'));
+    expect(layout.sectorSize).toBe(4096);
+    expect(layout.partitions.map((p) => [p.label, p.startBytes / MiB, p.sizeBytes / MiB])).toEqual([
+      ['keylessgo-bios', 1, 1],
+      ['keylessgo-esp', 2, 260],
+      ['keylessgo-boot', 262, 384],
+      ['keylessgo-root', 646, 3071 - 646],
+    ]);
+    expect(gptBackupBytes(4096)).toBe(5 * 4096);
+    expect(gptBackupBytes(512)).toBe(33 * 512);
+  });
+
+  it('get a GPT in 4096-byte sectors, written through a loop device of that sector size', () => {
+    expect(sfdiskScript(partitionLayout(disk('sectorSize: 4096, esp: 260MiB'))).split('\n').slice(0, 4)).toEqual([
+      'label: gpt',
+      'first-lba: 256',
+      'start=256, size=256, type=21686148-6449-6E6F-744E-656564454649, name="keylessgo-bios"',
+      'start=512, size=66560, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="keylessgo-esp"',
+    ]);
+    expect(losetupArgs('disk.raw', 4096)).toEqual(['--find', '--show', '--partscan', '--sector-size', '4096', 'disk.raw']);
+  });
+
+  it('get a FAT32 ESP with 4096-byte sectors', () => {
+    expect(mkfsVfatArgs('/dev/loop0p2', 4096, 'A1B2C3D4')).toEqual(['-F', '32', '-S', '4096', '-s', '1', '-n', 'ESP', '-i', 'A1B2C3D4', '/dev/loop0p2']);
+    expect(mkfsVfatArgs('/dev/loop0p2', 512, 'A1B2C3D4')).toContain('512');
+  });
+
+  it('boot with UEFI only (BIOS cannot boot from 4Kn disks)', () => {
+    expect(bootModes(disk('sectorSize: 4096, esp: 260MiB'))).toEqual(['uefi']);
+    expect(bootModes(disk())).toEqual(['uefi', 'bios']);
+  });
+});
+
+describe('the ESP with Debian\'s signed chain', () => {
+  it('puts shim at the removable path with the signed GRUB and MokManager beside it, and no fallback', () => {
+    expect(SIGNED_EFI_CHAIN.map(([, esp]) => esp)).toEqual(['EFI/BOOT/BOOTX64.EFI', 'EFI/BOOT/grubx64.efi', 'EFI/BOOT/mmx64.efi']);
+    expect(SIGNED_EFI_CHAIN.map(([tree]) => tree).join(' ')).not.toMatch(/fbx64/);
+    expect(SIGNED_GRUB_CONFIG).toBe('EFI/debian/grub.cfg');
+  });
+
+  it('creates each directory once, parents first', () => {
+    expect(espDirectories([...SIGNED_EFI_CHAIN.map(([, esp]) => esp), SIGNED_GRUB_CONFIG])).toEqual(['EFI', 'EFI/BOOT', 'EFI/debian']);
   });
 });
 

@@ -22,6 +22,7 @@ import { parseAuthorizedKeys, parseInstalledAuthorizedKeys } from '../../src/rec
 import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, ed25519Line, expectInputError, tempDir } from './helpers.js';
 import { dropbearEd25519, KEY_OPTIONS, luksContainer, newc, SIGNING_JWK, sparseFile, syntheticDisk, TANG_URL, zstd } from './synthetic-disk.js';
+import { peWithSignature, signedData } from './signed-pe.js';
 
 const host = new HostRunner(captureLogger('quiet').log);
 
@@ -105,6 +106,7 @@ describe('partition table and grub.cfg', () => {
     await handle.close();
     expect(parsePartitionTable(buffer)).toEqual({
       scheme: 'gpt',
+      sectorSize: 512,
       partitions: [
         { number: 1, label: 'keylessgo-esp', type: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B', startBytes: MiB, sizeBytes: 2 * MiB },
         { number: 2, label: 'data', type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4', startBytes: 3 * MiB, sizeBytes: MiB },
@@ -151,7 +153,16 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
     expect(report.partitionTable.partitions.map((p) => [p.label, p.contents, p.startBytes, p.sizeBytes])).toEqual([
       ['keylessgo-boot', 'ext', MiB, 8 * MiB],
       ['keylessgo-root', 'luks', 9 * MiB, 20 * MiB],
+      ['keylessgo-esp', 'other', 29 * MiB, 2 * MiB],
     ]);
+    expect(report.efi).toEqual({
+      partition: 3,
+      files: [
+        { path: 'EFI/BOOT/BOOTX64.EFI', bytes: expect.any(Number), pe: true, signatures: [{ subject: 'O=Example\nCN=Test Shim Signer', issuer: 'CN=Test UEFI CA' }] },
+        { path: 'EFI/debian/grub.cfg', bytes: expect.any(Number), pe: false, signatures: [] },
+      ],
+    });
+    expect(report.boot?.kernelSignatures).toEqual([{ subject: 'O=Example\nCN=Test Kernel Signer', issuer: 'CN=Test CA' }]);
     expect(report.luks).toHaveLength(1);
     expect(report.luks[0]).toMatchObject({ partition: 2, version: 2, uuid: luksUuid, cipher: 'aes-xts-plain64', keySizeBits: 512, sectorSize: 4096 });
     expect(report.luks[0]!.keyslots.map((k) => [k.slot, k.kdf, k.iterations])).toEqual([[0, 'pbkdf2', 1000], [1, 'pbkdf2', 1000]]);
@@ -171,6 +182,9 @@ describe('inspectImage on a small synthetic disk', { timeout: 60_000 }, () => {
     expect(human).toMatch(/^ {2}2 +keylessgo-root +.* +luks$/m);
     expect(human).toContain(`token 0    clevis tang -> keyslot 1: ${TANG_URL} (signing key ${jwkThumbprint(SIGNING_JWK)})`);
     expect(human).toMatch(/^ {2}curl +NO$/m);
+    expect(human).toMatch(/^ {2}EFI\/BOOT\/BOOTX64\.EFI +\d+ B, signed by Test Shim Signer \(issuer Test UEFI CA\)$/m);
+    expect(human).toMatch(/^ {2}EFI\/debian\/grub\.cfg +\d+ B, not a PE image$/m);
+    expect(human).toMatch(/^ {2}kernel +\/vmlinuz, signed by Test Kernel Signer \(issuer Test CA\)$/m);
 
     const qcow2 = join(dir, 'disk.qcow2');
     await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', disk, qcow2]);

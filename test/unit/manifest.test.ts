@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { BuildContext, OutputFile } from '../../src/pipeline/context.js';
-import { BOOT_MODES, buildManifest, glanceProperties } from '../../src/stages/export.js';
+import { buildManifest, glanceProperties } from '../../src/stages/export.js';
 import { IDS, MIRROR, recipeWith } from './helpers.js';
 
 const SHA = 'ab'.repeat(32);
@@ -59,8 +59,9 @@ describe('buildManifest', () => {
     expect(manifest.outputs[1]).toMatchObject({ glance: { disk_format: 'raw', os_hash_value: 'cd'.repeat(32) } });
   });
 
-  it('says both firmwares boot the image and whether the root grows at first boot', () => {
-    expect(manifest.bootModes).toEqual(BOOT_MODES);
-    expect(manifest.disk).toEqual({ sizeBytes: 3 * 1024 ** 3, growOnFirstBoot: true });
+  it('says both firmwares boot the image, with Secure Boot, and whether the root grows at first boot', () => {
+    expect(manifest.bootModes).toEqual(['uefi', 'bios']);
+    expect(manifest.secureBoot).toBe(true);
+    expect(manifest.disk).toEqual({ sizeBytes: 3 * 1024 ** 3, growOnFirstBoot: true, sectorSize: 512 });
   });
 });

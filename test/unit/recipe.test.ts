@@ -17,7 +17,8 @@ const DEFAULTS = {
   hostname: 'keylessgo',
   root: { login: 'key-only' },
   network: { manager: 'systemd-networkd' },
-  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB, growOnFirstBoot: true },
+  disk: { size: 3072 * MiB, esp: 64 * MiB, boot: 384 * MiB, growOnFirstBoot: true, sectorSize: 512 },
+  boot: { secureBoot: true },
   luks: {
     cipher: 'aes-xts-plain64',
     keySize: 512,
@@ -91,6 +92,27 @@ describe('parseRecipeText', () => {
   it('accepts a static initramfs network (its device defaults to eth0 on the kernel command line)', () => {
     const recipe = recipeWith('initramfs:\n  network:\n    mode: static\n    address: 192.0.2.10\n    netmask: 255.255.255.0\n');
     expect(recipe.initramfs.network).toEqual({ mode: 'static', address: '192.0.2.10', netmask: '255.255.255.0' });
+  });
+});
+
+describe('boot and disk sector size', () => {
+  it('turns Secure Boot off with boot.secureBoot: false', () => {
+    expect(recipeWith('boot: {secureBoot: false}\n').boot).toEqual({ secureBoot: false });
+  });
+
+  it('gives a 4Kn disk a 260 MiB ESP by default (FAT32 needs 65525 clusters of 4096 bytes)', () => {
+    expect(recipeWith('disk: {sectorSize: 4096}\n').disk).toEqual({ ...DEFAULTS.disk, sectorSize: 4096, esp: 260 * MiB });
+    expect(recipeWith('disk: {sectorSize: 4096, esp: 300MiB}\n').disk.esp).toBe(300 * MiB);
+  });
+
+  it.each([
+    ['disk: {sectorSize: 1024}', 'disk.sectorSize: expected 512 or 4096'],
+    ['disk: {sectorSize: 4096, esp: 64MiB}', 'disk.esp: with disk.sectorSize 4096 the ESP must be at least 260 MiB'],
+    ['disk: {sectorSize: 4096}\nluks: {sectorSize: 512}', 'luks.sectorSize: must be at least disk.sectorSize (4096)'],
+    ['boot: {secureBoot: yes-please}', 'boot.secureBoot: '],
+  ])('refuses %s', async (yaml, message) => {
+    const error = await expectInputError(() => recipeWith(`${yaml}\n`));
+    expect(error.message).toContain(message);
   });
 });
 

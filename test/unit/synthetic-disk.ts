@@ -9,7 +9,8 @@ import { mkdir, open, readFile, symlink, truncate, writeFile } from 'node:fs/pro
 import { join } from 'node:path';
 import { S_IFREG } from '../../src/inspect/cpio.js';
 import { MiB } from '../../src/recipe/size.js';
-import { ed25519Line } from './helpers.js';
+import { ed25519Line, tempDir } from './helpers.js';
+import { peWithSignature, signedData } from './signed-pe.js';
 
 /** A newc cpio archive of regular files and symlinks, with its trailer. */
 export function newc(entries: Array<{ path: string; data: string | Buffer; mode?: number }>): Buffer {
@@ -93,6 +94,13 @@ export async function syntheticDisk(dir: string) {
   await mkdir(join(tree, 'grub'), { recursive: true });
   await writeFile(join(tree, 'grub/grub.cfg'), 'menuentry "t" {\n\tlinux /vmlinuz root=/dev/mapper/cryptroot ro ip=:::::eth0:dhcp\n\tinitrd /initrd.img\n}\n');
   await writeFile(join(tree, 'initrd.img-test'), initrd);
+  await writeFile(join(tree, 'vmlinuz'), peWithSignature(await signedData(await tempDir(), 'Test Kernel Signer', 'Test CA')));
+  const esp = join(dir, 'esp.fat');
+  await execa('mkfs.vfat', ['-C', esp, '2048']);
+  await writeFile(join(dir, 'BOOTX64.EFI'), peWithSignature(await signedData(await tempDir(), 'Test Shim Signer', 'Test UEFI CA')));
+  await execa('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT', '::/EFI/debian']);
+  await execa('mcopy', ['-i', esp, join(dir, 'BOOTX64.EFI'), '::/EFI/BOOT/BOOTX64.EFI']);
+  await execa('mcopy', ['-i', esp, join(tree, 'grub/grub.cfg'), '::/EFI/debian/grub.cfg']);
   await symlink('initrd.img-test', join(tree, 'initrd.img'));
   const bootFs = join(dir, 'boot.ext4');
   await sparseFile(bootFs, 8 * MiB);
@@ -100,8 +108,10 @@ export async function syntheticDisk(dir: string) {
 
   const disk = join(dir, 'disk.raw');
   await sparseFile(disk, 32 * MiB);
-  await execa('sfdisk', ['--quiet', disk], { input: 'label: gpt\nstart=2048, size=16384, name="keylessgo-boot"\nstart=18432, size=40960, name="keylessgo-root"\n' });
+  const espPartition = 'start=59392, size=4096, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="keylessgo-esp"';
+  await execa('sfdisk', ['--quiet', disk], { input: `label: gpt\nstart=2048, size=16384, name="keylessgo-boot"\nstart=18432, size=40960, name="keylessgo-root"\n${espPartition}\n` });
   await writeAt(disk, MiB, await readFile(bootFs));
+  await writeAt(disk, 29 * MiB, await readFile(esp));
   await writeAt(disk, 9 * MiB, await readFile(luks.file));
   return { disk, luksUuid: luks.uuid, hostKey, key };
 }
