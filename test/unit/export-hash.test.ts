@@ -120,7 +120,7 @@ describe('export stage', () => {
       log,
       host: new HostRunner(log),
       cleanup,
-      state: { loop: { handle: { release: async () => undefined } }, rawPartial, layout, encryptedRanges, outputs: [], publish: [], cacheKeys: {}, stageSeconds: {} },
+      state: { loop: { device: rawPartial, handle: { release: async () => undefined } }, rawPartial, layout, encryptedRanges, outputs: [], publish: [], cacheKeys: {}, stageSeconds: {} },
     } as unknown as BuildContext;
     await exportStage.run(ctx);
     for (const { from, to } of ctx.state.publish) await rename(from, to);

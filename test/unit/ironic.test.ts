@@ -34,7 +34,7 @@ describe('NICs of the test VM', () => {
   });
 
   it('attaches a config drive as a read-only CD', () => {
-    const args = qemuArgs({ ...BASE, accel: 'tcg', cpus: 1, memoryMiB: 512, firmwareArgs: [], overlay: 'o.qcow2', serialLog: 's.log', cdrom: '/x/cd.iso' });
+    const args = qemuArgs({ ...BASE, accel: 'tcg', cpus: 1, memoryMiB: 512, firmwareArgs: [], overlay: 'o.qcow2', sectorSize: 512, serialLog: 's.log', cdrom: '/x/cd.iso' });
     expect(args).toContain('file=/x/cd.iso,if=ide,media=cdrom,format=raw,readonly=on');
   });
 });
