@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
-import { removeTree } from '../host/mounts.js';
 import { HostRunner } from '../host/run.js';
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
@@ -18,7 +17,7 @@ import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from './cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
-import { reapDeadBuilds, recordOutDir } from './leftovers.js';
+import { reapDeadBuilds, recordOutDir, removeWorkTree } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
 import { currentOwner, formatOwner, markOwned, OWNER_ENV } from './owner.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
@@ -173,7 +172,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
     const workDir = await mkdtemp(join(tmpdir(), `keylessgo-${recipe.name}-`));
     await chmod(workDir, 0o700);
     const host = new HostRunner(log, guard.controller.signal);
-    cleanup.add(`remove ${workDir}`, () => removeTree(host.forCleanup, workDir));
+    cleanup.add(`remove ${workDir}`, () => removeWorkTree(host.forCleanup, workDir));
     await markOwned(workDir);
     await recordOutDir(workDir, resolve(options.outDir));
     const ctx: BuildContext = {

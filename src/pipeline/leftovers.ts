@@ -28,17 +28,26 @@ export async function recordOutDir(workDir: string, outDir: string): Promise<voi
 
 const inside = (path: string, dir: string) => path === dir || path.startsWith(dir + sep);
 
-/** Processes started by the dead owner (its environment marker) or chrooted into its tree. */
-async function orphans(owner: Owner, dir: string): Promise<number[]> {
-  const marker = `${OWNER_ENV}=${formatOwner(owner)}\0`;
+/** Processes chrooted into `dir`, and with an owner those started by it (its environment marker). */
+async function orphans(dir: string, owner?: Owner): Promise<number[]> {
+  const marker = owner && `${OWNER_ENV}=${formatOwner(owner)}\0`;
   const found: number[] = [];
   for (const name of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
     const pid = Number(name);
-    const environ = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
+    const environ = marker ? await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '') : '';
     const root = await readlink(`/proc/${pid}/root`).catch(() => '');
-    if (`${environ}\0`.includes(marker) || inside(root, dir)) found.push(pid);
+    if ((marker && `${environ}\0`.includes(marker)) || inside(root, dir)) found.push(pid);
   }
   return found.filter((pid) => pid !== process.pid);
+}
+
+/**
+ * A build's own work tree at its cleanup: an interrupted mmdebstrap leaves dpkg and its
+ * children running in the chroot, and they keep the tree's mounts busy until killed.
+ */
+export async function removeWorkTree(host: HostRunner, dir: string): Promise<void> {
+  await killAll(await orphans(dir));
+  await removeTree(host, dir);
 }
 
 async function killAll(pids: number[]): Promise<void> {
@@ -105,7 +114,7 @@ export async function reapDeadBuilds(host: HostRunner, log: Logger): Promise<str
   for (const { dir, owner, outDir } of dead) {
     const what = `of dead build process ${owner.pid}`;
     try {
-      const pids = await orphans(owner, dir);
+      const pids = await orphans(dir, owner);
       if (pids.length > 0) {
         await killAll(pids);
         note(`killed process ${pids.join(', ')} left running ${what}`);
