@@ -26,6 +26,7 @@ async function networkdFiles(networkData: object): Promise<Record<string, string
   return files;
 }
 
+const WRITTEN = "# Written by keylessgo-config-drive from the config drive's network_data.json.";
 const MAC1 = '52:54:00:ab:cd:01';
 const MAC2 = '52:54:00:ab:cd:02';
 const NETWORK_DATA = {
@@ -75,7 +76,7 @@ describe('network_data.json for systemd-networkd', () => {
     expect(Object.keys(files).sort()).toEqual(['10-keylessgo-config-drive-525400abcd01.network', '10-keylessgo-config-drive-525400abcd02.network']);
     expect(files['10-keylessgo-config-drive-525400abcd01.network']).toBe(
       [
-        "# Written by keylessgo-config-drive from the config drive's network_data.json.",
+        WRITTEN,
         '[Match]', `MACAddress=${MAC1}`,
         '[Link]', 'MTUBytes=9000',
         '[Network]', 'DHCP=no', 'IPv6AcceptRA=no', 'Address=192.0.2.10/24', 'Address=2001:db8::10/64', 'DNS=192.0.2.53', 'DNS=2001:db8::53',
@@ -144,12 +145,12 @@ describe('bonds and VLANs', () => {
     ]);
     expect(files['10-keylessgo-config-drive-525400abcd02.network']).toContain(`[Match]\nPermanentMACAddress=${MAC2}\n[Network]\nBond=bond0\n`);
     expect(files['10-keylessgo-config-drive-bond0.netdev']).toBe(
-      ['[NetDev]', 'Name=bond0', 'Kind=bond', '[Bond]', 'Mode=802.3ad', 'MIIMonitorSec=100ms', 'TransmitHashPolicy=layer3+4', ''].join('\n'),
+      [WRITTEN, '[NetDev]', 'Name=bond0', 'Kind=bond', '[Bond]', 'Mode=802.3ad', 'MIIMonitorSec=100ms', 'TransmitHashPolicy=layer3+4', ''].join('\n'),
     );
     expect(files['10-keylessgo-config-drive-bond0.network']).toContain(
       ['[Match]', 'Name=bond0', '[Link]', 'MTUBytes=9000', '[Network]', 'DHCP=no', 'IPv6AcceptRA=no', 'VLAN=vlan42', 'Address=192.0.2.10/24', '[Route]', 'Destination=0.0.0.0/0', 'Gateway=192.0.2.1', ''].join('\n'),
     );
-    expect(files['10-keylessgo-config-drive-vlan42.netdev']).toBe(['[NetDev]', 'Name=vlan42', 'Kind=vlan', '[VLAN]', 'Id=42', ''].join('\n'));
+    expect(files['10-keylessgo-config-drive-vlan42.netdev']).toBe([WRITTEN, '[NetDev]', 'Name=vlan42', 'Kind=vlan', '[VLAN]', 'Id=42', ''].join('\n'));
     expect(files['10-keylessgo-config-drive-vlan42.network']).toContain('[Match]\nName=vlan42\n[Network]\nDHCP=no\nIPv6AcceptRA=no\nAddress=203.0.113.5/24\n');
 
     const onNic = await networkdFiles(VLAN_ON_NIC);
@@ -168,6 +169,8 @@ describe('bonds and VLANs', () => {
         { id: 'v0', type: 'vlan', vlan_link: 'port0', vlan_id: 0 },
         { id: 'v4095', type: 'vlan', vlan_link: 'port0', vlan_id: 4095 },
         { id: 'vbond', type: 'vlan', vlan_link: 'bond', vlan_id: 5 },
+        { id: 'v9', type: 'vlan', vlan_link: 'port1', vlan_id: 9 },
+        { id: 'v9again', type: 'vlan', vlan_link: 'port0', vlan_id: '9' },
       ],
       networks: [{ id: 'onbond', type: 'ipv4', link: 'vbond', ip_address: '192.0.2.10/24' }],
     };
@@ -178,9 +181,12 @@ describe('bonds and VLANs', () => {
       'vlan link v0 dropped: vlan_id not an integer 1..4094',
       'vlan link v4095 dropped: vlan_id not an integer 1..4094',
       'vlan link vbond dropped: vlan_link not the id of a usable NIC or bond',
+      'vlan link v9again dropped: vlan_id used by an earlier vlan link',
       'network onbond dropped: its link vbond is unknown or dropped',
     ];
-    expect(await convert('initramfs', invalid)).toEqual(dropped.map((line) => `skip ${line}`));
-    expect(await networkdFiles(invalid)).toEqual({ '!': dropped.map((line) => `${line}\n`).join('') });
+    expect(await convert('initramfs', invalid)).toEqual([...dropped.map((line) => `skip ${line}`), `vlan vlan9 ${MAC2} 9 -`]);
+    const files = await networkdFiles(invalid);
+    expect(files['!']).toBe(dropped.map((line) => `${line}\n`).join(''));
+    expect(Object.keys(files).sort()).toEqual(['!', '10-keylessgo-config-drive-525400abcd02.network', '10-keylessgo-config-drive-vlan9.netdev', '10-keylessgo-config-drive-vlan9.network']);
   });
 });

@@ -33,6 +33,7 @@ def integer($lo; $hi): (if type == "string" and test("^[0-9]{1,9}$") then tonumb
   | select(type == "number" and . == floor and . >= $lo and . <= $hi);
 def linkmtu: (.mtu | integer(68; 65535)) // null;
 def safeid: tostring | gsub("[^A-Za-z0-9_.-]"; "") | .[:64];
+def written: "# Written by keylessgo-config-drive from the config drive's network_data.json.";
 def bondmodes: ["balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"];
 def hashpolicies: ["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan+srcmac"];
 
@@ -65,7 +66,7 @@ def hashpolicies: ["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vl
     | .error = (if .vid == null then "vlan_id not an integer 1..4094"
         elif .parent == null then "vlan_link not the id of a usable NIC or bond"
         elif .mac == "invalid" then "vlan_mac_address not a MAC address"
-        elif any($earlier[]; .error == null and .vid == $l.vlan_id) then "vlan_id used by an earlier vlan link"
+        elif (.vid as $vid | any($earlier[]; .error == null and .vid == $vid)) then "vlan_id used by an earlier vlan link"
         else null end)
     | $earlier + [.])) as $vlans
 | [($phys + $bonds + $vlans)[] | select(.error == null)] as $good
@@ -101,15 +102,15 @@ def hashpolicies: ["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vl
      | ($nets | map(.type | select(test("dhcp|slaac")) | family) | unique) as $dhcp
      | ([$bonds[] | select(.error == null and any(.members[]; . == $link.ref)) | .name] | first) as $bond
      | (if .kind == "bond" then
-          "\($name).netdev [NetDev]", "\($name).netdev Name=\($name)", "\($name).netdev Kind=bond",
+          "\($name).netdev \(written)", "\($name).netdev [NetDev]", "\($name).netdev Name=\($name)", "\($name).netdev Kind=bond",
           "\($name).netdev [Bond]", "\($name).netdev Mode=\(.mode)", "\($name).netdev MIIMonitorSec=\(.miimon)ms",
           (.hash | select(. != null) | "\($name).netdev TransmitHashPolicy=\(.)")
         elif .kind == "vlan" then
-          "\($name).netdev [NetDev]", "\($name).netdev Name=\($name)", "\($name).netdev Kind=vlan",
+          "\($name).netdev \(written)", "\($name).netdev [NetDev]", "\($name).netdev Name=\($name)", "\($name).netdev Kind=vlan",
           (.mac | select(. != null) | "\($name).netdev MACAddress=\(.)"),
           "\($name).netdev [VLAN]", "\($name).netdev Id=\(.vid)"
         else empty end),
-       "\($name).network # Written by keylessgo-config-drive from the config drive's network_data.json.",
+       "\($name).network \(written)",
        "\($name).network [Match]",
        # A bond or VLAN takes over its NIC's MAC, a bond member its bond's: NICs under them
        # are matched by their permanent address, which virtual links do not have.
