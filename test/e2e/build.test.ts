@@ -201,10 +201,10 @@ describe('LUKS2 root', () => {
 });
 
 describe('/boot and the initramfs', () => {
-  it('grub.cfg boots the stable kernel links with the LUKS root and a named-device ip=', async () => {
+  it('grub.cfg boots the stable kernel links with the LUKS root and DHCP on every NIC (ip= with every field empty)', async () => {
     const grub = await readExt4File(bootPart, '/grub/grub.cfg');
     expect(grub).toContain(`search --no-floppy --fs-uuid --set=root ${manifest.filesystems.bootUuid}`);
-    expect(grub).toMatch(/linux \/vmlinuz root=\/dev\/mapper\/cryptroot ro ip=:::::eth0:dhcp /);
+    expect(grub).toMatch(/linux \/vmlinuz root=\/dev\/mapper\/cryptroot ro ip=::::::dhcp /);
     expect(grub).toContain('initrd /initrd.img');
   });
 
