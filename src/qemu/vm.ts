@@ -81,6 +81,11 @@ function tangForward(tang: NonNullable<VmConfig['tang']>): string {
   return `,guestfwd=tcp:${TANG_GUEST_ADDRESS}:80-cmd:/bin/sh -c 'exec /usr/libexec/tangd ${tang.keyDir} 2>>${tang.logFile}'`;
 }
 
+/** QEMU reads a comma in an option value as the next option unless it is doubled. */
+export function qemuOptionValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
 export function qemuArgs(config: VmConfig, deadPorts: number[] = []): string[] {
   return [
     '-nodefaults', '-no-user-config', '-display', 'none',
@@ -89,9 +94,9 @@ export function qemuArgs(config: VmConfig, deadPorts: number[] = []): string[] {
     ...accelArgs(config.accel, config.cpus),
     '-m', String(config.memoryMiB),
     ...config.firmwareArgs,
-    '-drive', `file=${config.overlay},if=none,id=disk0,format=qcow2,discard=unmap`,
+    '-drive', `file=${qemuOptionValue(config.overlay)},if=none,id=disk0,format=qcow2,discard=unmap`,
     '-device', `virtio-blk-pci,drive=disk0,logical_block_size=${config.sectorSize},physical_block_size=${config.sectorSize}`,
-    ...(config.cdrom ? ['-drive', `file=${config.cdrom},if=ide,media=cdrom,format=raw,readonly=on`] : []),
+    ...(config.cdrom ? ['-drive', `file=${qemuOptionValue(config.cdrom)},if=ide,media=cdrom,format=raw,readonly=on`] : []),
     ...nicArgs(config, deadPorts, config.tang ? tangForward(config.tang) : ''),
     // An entropy source as cloud VMs have one (qemu64 has no RDRAND).
     '-device', 'virtio-rng-pci',

@@ -36,6 +36,10 @@ describe('NICs of the test VM', () => {
   it('attaches a config drive as a read-only CD', () => {
     const args = qemuArgs({ ...BASE, accel: 'tcg', cpus: 1, memoryMiB: 512, firmwareArgs: [], overlay: 'o.qcow2', sectorSize: 512, serialLog: 's.log', cdrom: '/x/cd.iso' });
     expect(args).toContain('file=/x/cd.iso,if=ide,media=cdrom,format=raw,readonly=on');
+    // A comma in a path is data, not the start of another option.
+    const commaArgs = qemuArgs({ ...BASE, accel: 'tcg', cpus: 1, memoryMiB: 512, firmwareArgs: [], overlay: '/a,b/o.qcow2', sectorSize: 512, serialLog: 's.log', cdrom: '/x,format=qcow2/cd.iso' });
+    expect(commaArgs).toContain('file=/x,,format=qcow2/cd.iso,if=ide,media=cdrom,format=raw,readonly=on');
+    expect(commaArgs).toContain('file=/a,,b/o.qcow2,if=none,id=disk0,format=qcow2,discard=unmap');
   });
 });
 
