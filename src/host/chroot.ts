@@ -4,7 +4,7 @@
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CleanupHandle, CleanupStack } from '../pipeline/cleanup.js';
+import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
 import type { HostRunner, RunOptions } from './run.js';
 
 const MOUNTS: Array<{ target: string; args: (host: string) => string[] }> = [

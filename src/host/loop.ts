@@ -1,7 +1,7 @@
 /** Loop devices with partition nodes; detaching is registered for cleanup on attach. */
 import { access } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { CleanupHandle, CleanupStack } from '../pipeline/cleanup.js';
+import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
 import type { HostRunner } from './run.js';
 
 export interface LoopDevice {

@@ -46,6 +46,11 @@ export class HostRunner {
     return this.signal ? new HostRunner(this.log, undefined, this.toolSeconds) : this;
   }
 
+  /** A runner of its own for one stage (its own fault-injection hook), with the same signal and tool times. */
+  forStage(): HostRunner {
+    return new HostRunner(this.log, this.signal, this.toolSeconds);
+  }
+
   /** Called before each command (the build's fault injection); throwing stops the command. */
   beforeCommand?: (display: string) => void;
 
