@@ -123,6 +123,16 @@ async function runStage(ctx: BuildContext, stage: AnyStage, index: number, total
   ctx.log.stageEnd(seconds, 'done', stage.name);
 }
 
+/** Reorders a record keyed by stage name as the stages are declared (the manifest reads the same whatever ran first). */
+function inDeclaredOrder(record: Record<string, unknown>, stages: readonly AnyStage[]): void {
+  for (const { name } of stages) {
+    if (!(name in record)) continue;
+    const value = record[name];
+    delete record[name];
+    record[name] = value;
+  }
+}
+
 /**
  * Runs the stage graph: each stage starts as soon as every product it needs exists, so
  * independent stages run side by side. The first failure (or a signal) stops the build: the
@@ -145,7 +155,11 @@ export async function runStages(ctx: BuildContext, stages: readonly AnyStage[], 
         const done = ctx.log
           .inStage(stage.name, () => runStage(ctx, stage, started.size, stages.length, buildStart))
           .then(
-            () => stage.produces.forEach((p) => made.add(p)),
+            () => {
+              stage.produces.forEach((p) => made.add(p));
+              inDeclaredOrder(ctx.state.stageSeconds, stages);
+              inDeclaredOrder(ctx.state.stageTimes, stages);
+            },
             (error: unknown) => {
               if (failure) return;
               failure = { error };

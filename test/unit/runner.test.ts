@@ -167,6 +167,7 @@ describe('runStages as a graph', () => {
     const order = events.filter((e) => e.event.startsWith('stage-')).map((e) => `${e.event === 'stage-start' ? '+' : '-'}${e.stage}`);
     expect(order.slice(0, 4)).toEqual(['+a', '-a', '+b', '+c']);
     expect(order.at(-2)).toBe('+d');
+    expect(Object.keys(ctx.state.stageSeconds)).toEqual(['a', 'b', 'c', 'd']);
     const times = ctx.state.stageTimes;
     expect(times.d!.start).toBeGreaterThanOrEqual(Math.max(times.b!.end, times.c!.end));
   });
