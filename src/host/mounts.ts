@@ -40,7 +40,7 @@ export async function removeTree(host: HostRunner, dir: string): Promise<void> {
 export async function withOverlay<T>(host: HostRunner, cleanup: CleanupStack, lower: string, scratch: string, fn: (merged: string, upper: string) => Promise<T>): Promise<T> {
   const [upper, work, merged] = ['upper', 'work', 'merged'].map((name) => join(scratch, name)) as [string, string, string];
   for (const dir of [upper, work, merged]) await mkdir(dir, { recursive: true, mode: 0o700 });
-  await host.run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged]);
+  await host.run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged], { acquires: true });
   const handle = cleanup.add(`unmount ${merged}`, () => unmount(host.forCleanup, merged));
   try {
     return await fn(merged, upper);
@@ -59,7 +59,7 @@ export async function withTreeView<T>(host: HostRunner, cleanup: CleanupStack, t
   await mkdir(view, { recursive: true, mode: 0o700 });
   const handles: CleanupHandle[] = [];
   const mount = async (args: string[], target: string) => {
-    await host.run('mount', [...args, target]);
+    await host.run('mount', [...args, target], { acquires: true });
     handles.push(cleanup.add(`unmount ${target}`, () => unmount(host.forCleanup, target)));
   };
   try {

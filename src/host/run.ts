@@ -15,6 +15,12 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Stream the child's output to the log at verbose level instead of buffering only. */
   stream?: boolean;
+  /**
+   * Let the command finish even when the build is stopped: for commands that acquire what
+   * cleanup must undo (attach a loop device, mount), which killed midway would leave it
+   * acquired but unregistered. The next command sees the stop.
+   */
+  acquires?: boolean;
 }
 
 export class CommandError extends Error {
@@ -62,7 +68,7 @@ export class HostRunner {
       input: options.input,
       cwd: options.cwd,
       env: { LC_ALL: 'C.UTF-8', ...options.env },
-      cancelSignal: options.signal ?? this.signal,
+      cancelSignal: options.acquires ? undefined : (options.signal ?? this.signal),
       reject: false,
       stripFinalNewline: true,
       all: true,

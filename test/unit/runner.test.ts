@@ -245,3 +245,13 @@ describe('runStages as a graph', () => {
     expect([...upstream('export')].sort()).toEqual(STAGES.map((s) => s.name).filter((n) => n !== 'export').sort());
   });
 });
+
+describe('a command that acquires something (mount, losetup)', () => {
+  it('runs to the end even when the build was stopped, so that its undo gets registered; others are cancelled', async () => {
+    const { log } = captureLogger('info');
+    const stopped = AbortSignal.abort(new Error('stopped'));
+    const host = new HostRunner(log, stopped);
+    expect(await host.run('echo', ['attached'], { acquires: true })).toBe('attached');
+    await expect(host.run('echo', ['other'])).rejects.toThrow();
+  });
+});
