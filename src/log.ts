@@ -6,6 +6,8 @@
  * (one event object per line, for CI systems to parse). Callers say what happened (a stage
  * started, a warning, the result); the logger decides how it looks.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
+
 export type LogLevel = 'quiet' | 'info' | 'verbose';
 
 export const LOG_FORMATS = ['human', 'json'] as const;
@@ -103,7 +105,10 @@ export class Logger {
   readonly redactor: Redactor;
   private readonly output: LogOutput;
   private readonly clock: () => Date;
-  private stage?: RunningStage;
+  /** Stages running now (side by side when the build's graph allows). */
+  private readonly running = new Map<string, RunningStage>();
+  /** The stage whose code is running, for attributing messages when several run at once. */
+  private readonly current = new AsyncLocalStorage<string>();
   private statusShown = false;
 
   constructor(
@@ -133,21 +138,28 @@ export class Logger {
     this.emit({ level: 'error', event: 'error', message, ...(stage === undefined ? {} : { stage }) }, `error: ${message}`);
   }
 
-  /** A stage begins; events until stageEnd belong to it. `index` is 1-based. */
+  /** A stage begins; events logged inside `inStage(name, ...)` until stageEnd belong to it. `index` is 1-based. */
   stageStart(name: string, summary: string, index: number, total: number): void {
-    this.stage = { name, index, total };
+    const stage = { name, index, total };
+    this.running.set(name, stage);
     this.emit({ level: 'info', event: 'stage-start', stage: name, index, total, message: summary }, `[${index}/${total}] ${name}: ${summary}`);
-    this.startTicker(this.stage);
+    this.startTicker(stage);
   }
 
-  stageEnd(seconds: number, outcome: StageOutcome): void {
-    const stage = this.stage;
-    this.stage = undefined;
-    if (stage?.ticker) clearInterval(stage.ticker);
-    this.clearStatus();
+  /** Runs `fn` with its messages attributed to stage `name` (other stages may be logging meanwhile). */
+  inStage<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    return this.current.run(name, fn);
+  }
+
+  /** Ends stage `name` (by default: the one whose code is running, or the only one running). */
+  stageEnd(seconds: number, outcome: StageOutcome, name = this.currentStage()?.name): void {
+    const stage = name === undefined ? undefined : this.running.get(name);
     const message = `${outcome === 'done' ? 'done in' : 'failed after'} ${formatSeconds(seconds)}`;
     const position = stage ? { stage: stage.name, index: stage.index, total: stage.total } : {};
+    // Emitted while the stage still counts as running, so that the human format names it if others run too.
     this.emit({ level: 'info', event: 'stage-end', ...position, seconds: Math.round(seconds * 10) / 10, outcome, message }, `      ${message}`);
+    if (name !== undefined) this.running.delete(name);
+    if (stage?.ticker) clearInterval(stage.ticker);
   }
 
   /** The command's outcome: `message` for people, `result` (json format only) for machines. */
@@ -166,13 +178,17 @@ export class Logger {
     if (this.format === 'json') {
       const { level, event: name, ...details } = event;
       // Messages logged inside a stage carry its name; the human format shows that by position.
-      const stage = this.stage && details.stage === undefined ? { stage: this.stage.name } : {};
+      const running = this.currentStage();
+      const stage = running && details.stage === undefined ? { stage: running.name } : {};
       const full: LogEvent = { time: this.clock().toISOString(), level, event: name, ...stage, ...details, message: details.message.trim() };
       this.output.line(JSON.stringify(this.redactor.redactValue(full)));
       return;
     }
     this.clearStatus();
-    for (const line of this.redactor.redact(human).split('\n')) this.output.line(line);
+    // With stages side by side, position no longer tells whose line it is: the stage's name does.
+    const running = this.running.size > 1 ? this.currentStage() : undefined;
+    const text = running && event.event !== 'stage-start' ? human.replace(/^(\s*)/, `$1${running.name}: `) : human;
+    for (const line of this.redactor.redact(text).split('\n')) this.output.line(line);
   }
 
   /** Elapsed time of the running stage, once a second, on a terminal at the info level only. */
@@ -186,6 +202,12 @@ export class Logger {
     }, 1000);
     // The runner always ends the stage; unref keeps a forgotten ticker from holding the process.
     stage.ticker.unref();
+  }
+
+  private currentStage(): RunningStage | undefined {
+    const name = this.current.getStore();
+    if (name !== undefined) return this.running.get(name);
+    return this.running.size === 1 ? [...this.running.values()][0] : undefined;
   }
 
   private clearStatus(): void {

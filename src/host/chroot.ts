@@ -4,7 +4,7 @@
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CleanupHandle, CleanupStack } from '../pipeline/cleanup.js';
+import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
 import type { HostRunner, RunOptions } from './run.js';
 
 const MOUNTS: Array<{ target: string; args: (host: string) => string[] }> = [
@@ -39,7 +39,7 @@ export class ChrootSession {
       for (const mount of MOUNTS) {
         const target = join(root, mount.target);
         await mkdir(target, { recursive: true });
-        await host.run('mount', mount.args(target));
+        await host.run('mount', mount.args(target), { acquires: true });
         session.handles.push(cleanup.add(`unmount ${target}`, () => unmount(host.forCleanup, target)));
       }
       const policy = join(root, POLICY_RC);

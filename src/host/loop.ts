@@ -1,7 +1,7 @@
 /** Loop devices with partition nodes; detaching is registered for cleanup on attach. */
 import { access } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { CleanupHandle, CleanupStack } from '../pipeline/cleanup.js';
+import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
 import type { HostRunner } from './run.js';
 
 export interface LoopDevice {
@@ -22,7 +22,7 @@ export function losetupArgs(file: string, sectorSize: number): string[] {
  * lets `writeTable` write the partition table to the device, and waits for the partition nodes.
  */
 export async function attachLoop(host: HostRunner, cleanup: CleanupStack, file: string, sectorSize: number, partitions: number, writeTable: (device: string) => Promise<void>): Promise<LoopDevice> {
-  const device = (await host.run('losetup', losetupArgs(file, sectorSize))).trim();
+  const device = (await host.run('losetup', losetupArgs(file, sectorSize), { acquires: true })).trim();
   const handle = cleanup.add(`detach ${device}`, () => detachLoop(host.forCleanup, device));
   const partition = (n: number) => `${device}p${n}`;
   await writeTable(device);

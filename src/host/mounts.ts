@@ -1,10 +1,12 @@
 /**
  * Mount bookkeeping for safe removal of build trees: a bind mount of /dev or /proc left
  * inside a tree (e.g. by an interrupted mmdebstrap or hook) must be unmounted before the
- * tree is deleted, or the deletion would reach into the host.
+ * tree is deleted, or the deletion would reach into the host. And the views stages work on
+ * side by side: an overlay for writing without changing a tree, a bind mount for reading it.
  */
-import { readFile, rm } from 'node:fs/promises';
-import { sep } from 'node:path';
+import { chmod, chown, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { join, sep } from 'node:path';
+import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
 import { unmount } from './chroot.js';
 import type { HostRunner } from './run.js';
 
@@ -28,4 +30,52 @@ export async function removeTree(host: HostRunner, dir: string): Promise<void> {
   const remaining = await mountsUnder(dir);
   if (remaining.length > 0) throw new Error(`not removing ${dir}: still mounted: ${remaining.join(', ')}`);
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * Runs `fn` on a copy-on-write view of `lower` (overlayfs): whatever `fn` writes lands in
+ * `scratch`/upper and `lower` stays as it was, so other work can read `lower` meanwhile.
+ * `lower` must not change while the view is mounted.
+ */
+export async function withOverlay<T>(host: HostRunner, cleanup: CleanupStack, lower: string, scratch: string, fn: (merged: string, upper: string) => Promise<T>): Promise<T> {
+  const [upper, work, merged] = ['upper', 'work', 'merged'].map((name) => join(scratch, name)) as [string, string, string];
+  for (const dir of [upper, work, merged]) await mkdir(dir, { recursive: true, mode: 0o700 });
+  await host.run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged], { acquires: true });
+  const handle = cleanup.add(`unmount ${merged}`, () => unmount(host.forCleanup, merged));
+  try {
+    return await fn(merged, upper);
+  } finally {
+    await handle.release();
+  }
+}
+
+/**
+ * Runs `fn` on a view of `tree` without anything mounted inside it (a non-recursive bind
+ * mount) and with the directories `hidden` shown empty, with their modes and owners: what
+ * `mkfs -d` should copy while other work writes into those directories.
+ */
+export async function withTreeView<T>(host: HostRunner, cleanup: CleanupStack, tree: string, scratch: string, hidden: readonly string[], fn: (view: string) => Promise<T>): Promise<T> {
+  const view = join(scratch, 'view');
+  await mkdir(view, { recursive: true, mode: 0o700 });
+  const handles: CleanupHandle[] = [];
+  const mount = async (args: string[], target: string) => {
+    await host.run('mount', [...args, target], { acquires: true });
+    handles.push(cleanup.add(`unmount ${target}`, () => unmount(host.forCleanup, target)));
+  };
+  try {
+    await mount(['--bind', tree], view);
+    // Private: the mounts over hidden directories must not propagate back into `tree`.
+    await host.run('mount', ['--make-private', view]);
+    for (const [index, dir] of hidden.entries()) {
+      const empty = join(scratch, `empty-${index}`);
+      const info = await stat(join(tree, dir));
+      await mkdir(empty, { recursive: true });
+      await chmod(empty, info.mode & 0o7777);
+      await chown(empty, info.uid, info.gid);
+      await mount(['--bind', empty], join(view, dir));
+    }
+    return await fn(view);
+  } finally {
+    while (handles.length > 0) await handles.pop()!.release();
+  }
 }

@@ -15,6 +15,12 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Stream the child's output to the log at verbose level instead of buffering only. */
   stream?: boolean;
+  /**
+   * Let the command finish even when the build is stopped: for commands that acquire what
+   * cleanup must undo (attach a loop device, mount), which killed midway would leave it
+   * acquired but unregistered. The next command sees the stop.
+   */
+  acquires?: boolean;
 }
 
 export class CommandError extends Error {
@@ -46,6 +52,11 @@ export class HostRunner {
     return this.signal ? new HostRunner(this.log, undefined, this.toolSeconds) : this;
   }
 
+  /** A runner of its own for one stage (its own fault-injection hook), with the same signal and tool times. */
+  forStage(): HostRunner {
+    return new HostRunner(this.log, this.signal, this.toolSeconds);
+  }
+
   /** Called before each command (the build's fault injection); throwing stops the command. */
   beforeCommand?: (display: string) => void;
 
@@ -57,7 +68,7 @@ export class HostRunner {
       input: options.input,
       cwd: options.cwd,
       env: { LC_ALL: 'C.UTF-8', ...options.env },
-      cancelSignal: options.signal ?? this.signal,
+      cancelSignal: options.acquires ? undefined : (options.signal ?? this.signal),
       reject: false,
       stripFinalNewline: true,
       all: true,

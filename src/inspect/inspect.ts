@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { InputError, isReported } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
-import { PARTITION_TYPES } from '../stages/partition.js';
+import { PARTITION_TYPES } from '../formats/gpt.js';
 import { peSignatures, type Signature } from './authenticode.js';
 import { bootPath, findBootFiles, guessInitrd, parseGrubCfg, resolveLinks, type GrubEntry } from './boot.js';
 import { fileDecompressor, unpackInitramfs } from './cpio.js';

@@ -1,5 +1,5 @@
 /** GPT (or, failing that, MBR) partition tables parsed from the first sectors of a disk. */
-import { PARTITION_TYPES } from '../stages/partition.js';
+import { PARTITION_TYPES } from '../formats/gpt.js';
 
 export const SECTOR = 512;
 /** GPT's logical block sizes: 512 bytes, or 4096 on 4Kn disks (the header is then at byte 4096). */

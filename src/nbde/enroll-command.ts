@@ -1,7 +1,7 @@
 /** Inputs, connection and report of `keylessgo enroll` (the steps are in enroll.ts). */
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readPassphraseFile } from '../pipeline/secrets.js';
+import { readPassphraseFile } from '../base/secrets.js';
 import { SignalGuard } from '../pipeline/runner.js';
 import { readPrivateKey } from '../qemu/ssh.js';
 import { enroll, type DropbearAction, type EnrollReport } from './enroll.js';

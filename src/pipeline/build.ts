@@ -15,13 +15,13 @@ import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
 import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
 import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
-import { CleanupStack } from './cleanup.js';
+import { CleanupStack } from '../base/cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
 import { reapDeadBuilds, recordOutDir, removeWorkTree } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
-import { currentOwner, formatOwner, markOwned, OWNER_ENV } from './owner.js';
+import { currentOwner, formatOwner, markOwned, OWNER_ENV } from '../base/owner.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
-import { readPassphraseFile, SecretStore } from './secrets.js';
+import { readPassphraseFile, SecretStore } from '../base/secrets.js';
 
 export interface BuildOptions {
   recipePath: string;
@@ -195,7 +195,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       exportBoot: options.exportBoot ?? false,
       toolVersion: await toolVersion(),
       cache,
-      state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {} },
+      state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {}, stageTimes: {} },
     };
     await runStages(ctx, STAGES, guard);
     return ctx;

@@ -11,7 +11,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
-import { currentOwner, formatOwner, ownerAlive, parseOwner } from './owner.js';
+import { currentOwner, formatOwner, ownerAlive, parseOwner } from '../base/owner.js';
 
 export type CacheKind = 'bootstrap' | 'initramfs';
 export const CACHE_KINDS: readonly CacheKind[] = ['bootstrap', 'initramfs'];

@@ -3,16 +3,16 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { LoadedRecipe } from '../recipe/load.js';
 import type { Recipe } from '../recipe/schema.js';
 import type { MirrorChoice } from '../host/apt-sources.js';
-import type { ByteRange } from '../host/ext4.js';
-import type { LoopDevice } from '../host/loop.js';
 import type { HostRunner } from '../host/run.js';
 import type { Logger } from '../log.js';
 import type { CacheKind, StageCache } from './cache.js';
-import type { CleanupStack } from './cleanup.js';
-import type { SecretStore } from './secrets.js';
+import type { CleanupStack } from '../base/cleanup.js';
+import type { SecretStore } from '../base/secrets.js';
 import type { AuthorizedKey } from '../recipe/authorized-keys.js';
-import type { PartitionLayout } from '../stages/partition.js';
 import type { RenderedFile } from './overlay.js';
+import type { ByteRange } from '../host/ext4.js';
+import type { LoopDevice } from '../host/loop.js';
+import type { PartitionLayout } from '../formats/gpt.js';
 
 /**
  * Identifiers are chosen before any stage runs so that configuration files (crypttab,
@@ -43,6 +43,53 @@ export interface OutputFile {
   sha256: string;
 }
 
+/** Everything one stage hands to later stages (and the manifest), each made by exactly one stage (see stage.ts). */
+export interface Products {
+  // bootstrap
+  kernelVersion: string;
+  packages: Array<{ name: string; version: string }>;
+  /** The `Date:` of each suite's InRelease when the tree was bootstrapped (null without a cache). */
+  archiveReleases: Record<string, string> | null;
+  // configure
+  /** The root tree is final (overlays, hooks, initramfs host keys): the root filesystem can be made from it. */
+  configuredTree: true;
+  dropbearHostKeys: Array<{ type: string; fingerprint: string }>;
+  // initramfs
+  initramfsChecks: Record<string, boolean>;
+  /** The per-build archive appended to the initramfs: the base's size, where the archive starts, its size, its files. */
+  initramfsAppended: { baseBytes: number; offset: number; bytes: number; paths: string[] };
+  // partition
+  layout: PartitionLayout;
+  loop: LoopDevice;
+  rawPartial: string;
+  rootfsBytes: number;
+  // encrypt
+  /** LUKS keyslots in use after encryption. */
+  keyslots: number[];
+  /** Ranges of the root's LUKS data segment that encryption wrote (offsets into the segment); the rest is holes. */
+  encryptedRanges: ByteRange[];
+  /** Bytes of the root filesystem written (encrypted); the rest of the partition is a hole. */
+  rootUsedBytes: number;
+  // nbde
+  tang: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> } | null;
+  /** LUKS keyslots in use after binding (null: nothing bound). */
+  boundKeyslots: number[] | null;
+  // bootloader
+  bootUsedBytes: { boot: number; esp: number };
+}
+
+/** What several stages add to and the manifest reports (owned by the build, not by one stage). */
+export interface BuildRecord {
+  /** Cache keys of the stage results this build used or stored. */
+  cacheKeys: Partial<Record<CacheKind, string>>;
+  outputs: OutputFile[];
+  /** Partial outputs and their final names, renamed by the runner after the last stage succeeded. */
+  publish: Array<{ from: string; to: string }>;
+  stageSeconds: Record<string, number>;
+  /** When each stage started and ended, in seconds since the first stage started (stages run side by side). */
+  stageTimes: Record<string, { start: number; end: number }>;
+}
+
 export interface BuildContext {
   readonly loaded: LoadedRecipe;
   readonly recipe: Recipe;
@@ -70,32 +117,7 @@ export interface BuildContext {
   readonly toolVersion: string;
   /** Stage cache; undefined with --no-cache. */
   readonly cache?: StageCache;
-  /** Results stages hand to later stages and to the manifest. */
-  readonly state: {
-    kernelVersion?: string;
-    packages?: Array<{ name: string; version: string }>;
-    dropbearHostKeys?: Array<{ type: string; fingerprint: string }>;
-    /** LUKS keyslots in use after encryption (and binding). */
-    keyslots?: number[];
-    tang?: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> };
-    initramfsChecks?: Record<string, boolean>;
-    /** The per-build archive appended to the initramfs: the base's size, where the archive starts, its size, its files. */
-    initramfsAppended?: { baseBytes: number; offset: number; bytes: number; paths: string[] };
-    rootfsBytes?: number;
-    /** Bytes each filesystem uses (root: encrypted and written; the rest of each partition is a hole). */
-    usedBytes?: { root?: number; boot?: number; esp?: number };
-    layout?: PartitionLayout;
-    /** Ranges of the root's LUKS data segment that encryption wrote (offsets into the segment); the rest is holes. */
-    encryptedRanges?: ByteRange[];
-    rawPartial?: string;
-    loop?: LoopDevice;
-    /** The `Date:` of each suite's InRelease when the tree was bootstrapped (part of its cache key). */
-    archiveReleases?: Record<string, string>;
-    /** Cache keys of the stage results this build used or stored. */
-    cacheKeys: Partial<Record<CacheKind, string>>;
-    outputs: OutputFile[];
-    /** Partial outputs and their final names, renamed by the runner after the last stage succeeded. */
-    publish: Array<{ from: string; to: string }>;
-    stageSeconds: Record<string, number>;
-  };
+  /** What the stages made: products (each from one stage, declared in its `produces`) and the build's records. */
+  readonly state: Partial<Products> & BuildRecord;
+
 }

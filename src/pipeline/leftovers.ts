@@ -15,8 +15,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { mountsUnder, removeTree } from '../host/mounts.js';
 import type { HostRunner } from '../host/run.js';
 import type { Logger } from '../log.js';
-import { formatOwner, OWNER_ENV, ownerAlive, readOwner, type Owner } from './owner.js';
-import { wipeSecretDir } from './secrets.js';
+import { formatOwner, OWNER_ENV, ownerAlive, readOwner, type Owner } from '../base/owner.js';
+import { wipeSecretDir } from '../base/secrets.js';
 
 /** Beside the owner file in a work tree: the output directory, where the build's *.partial files are. */
 const OUT_DIR_FILE = '.keylessgo-out-dir';

@@ -8,14 +8,14 @@
  * with 4096-byte sectors, which BIOS cannot boot). The ESP is written with mtools (no vfat
  * mount needed).
  *
- * Host commands: mkfs.ext4, dumpe2fs, mkfs.vfat, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
+ * Host commands: du, mkfs.ext4, dumpe2fs, mkfs.vfat, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
  */
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BuildContext } from '../pipeline/context.js';
 import { ext4UsedBytes, mkfsExt4Args } from '../host/ext4.js';
-import type { Stage } from '../pipeline/stage.js';
-import { bootTreeDir, partitionByRole } from './partition.js';
+import { defineStage } from '../pipeline/stage.js';
+import { bootTreeDir, checkBootFits, partitionByRole } from './partition.js';
 
 // Built into the GRUB images so that /boot is found and grub.cfg runs without loading modules first.
 const COMMON_MODULES = ['part_gpt', 'ext2', 'search', 'search_fs_uuid', 'configfile', 'normal', 'linux', 'echo', 'test', 'serial', 'terminal', 'gzio', 'sleep'];
@@ -109,14 +109,20 @@ export function espDirectories(paths: readonly string[]): string[] {
   return [...dirs];
 }
 
-export const bootloaderStage: Stage = {
+export const bootloaderStage = defineStage({
   name: 'bootloader',
   summary: '/boot, ESP and GRUB for UEFI and BIOS',
-  hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'mdir', 'chroot', 'cp'],
+  // The initramfs must be on /boot; the root partition (encrypt, nbde) is not touched here.
+  needs: ['layout', 'loop', 'initramfsAppended'],
+  produces: ['bootUsedBytes'],
+  hostTools: () => ['du', 'mkfs.ext4', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'mdir', 'chroot', 'cp'],
   async run(ctx) {
-    const loop = ctx.state.loop!;
-    const layout = ctx.state.layout!;
+    const loop = ctx.state.loop;
+    const layout = ctx.state.layout;
     const bootTree = bootTreeDir(ctx);
+    await checkBootFits(ctx);
+    // The mount point of the ESP.
+    await mkdir(join(bootTree, 'efi'), { recursive: true, mode: 0o755 });
 
     const bios = ctx.recipe.disk.sectorSize === 512;
     const scratch = await mkdtemp(join(ctx.workDir, 'esp-'));
@@ -139,8 +145,7 @@ export const bootloaderStage: Stage = {
     for (const [from, to] of efi) await ctx.host.run('mcopy', ['-i', esp, from, `::/${to}`]);
 
     const espFree = Number(/([\d ]+) bytes free/.exec(await ctx.host.run('mdir', ['-i', esp, '::/']))?.[1]?.replaceAll(' ', ''));
-    ctx.state.usedBytes = {
-      ...ctx.state.usedBytes,
+    ctx.state.bootUsedBytes = {
       boot: await ext4UsedBytes(ctx.host, loop.partition(boot.number)),
       esp: partitionByRole(layout, 'esp').sizeBytes - espFree,
     };
@@ -155,4 +160,4 @@ export const bootloaderStage: Stage = {
     await installBiosGrub(loop.device, bootImg, coreImage, biosPartition.startBytes / 512, biosPartition.sizeBytes);
     ctx.log.info(`      ${uefi}; BIOS core.img ${coreImage.length} bytes`);
   },
-};
+});

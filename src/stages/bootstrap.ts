@@ -11,7 +11,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
 import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { formatSize } from '../recipe/size.js';
 import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
@@ -166,15 +166,18 @@ async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
   }
 }
 
-export const bootstrapStage: Stage = {
+export const bootstrapStage = defineStage({
   name: 'bootstrap',
   summary: 'install the Debian root tree (or take it from the cache)',
+  needs: [],
+  produces: ['kernelVersion', 'packages', 'archiveReleases'],
   hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp'],
   async run(ctx) {
     const { recipe } = ctx;
     ctx.log.info(`      ${recipe.suite}/${recipe.architecture} from ${ctx.mirror.archive} (${ctx.mirror.origin}), ${packageList(recipe).length} packages requested`);
     if (ctx.cache) await cachedTree(ctx, ctx.cache);
     else await installTree(ctx);
+    ctx.state.archiveReleases ??= null;
     const listing = await ctx.host.run('chroot', [ctx.rootfs, 'dpkg-query', '-W', '-f', '${Package}\t${Version}\n']);
     ctx.state.packages = listing
       .split('\n')
@@ -188,4 +191,4 @@ export const bootstrapStage: Stage = {
     ctx.state.kernelVersion = kernels[0]!.slice('vmlinuz-'.length);
     ctx.log.info(`      ${ctx.state.packages.length} packages installed, kernel ${ctx.state.kernelVersion}`);
   },
-};
+});

@@ -1,19 +1,23 @@
 /**
  * configure: overlays (hostname, fstab, crypttab, network, dropbear, grub.cfg), root
- * account, first-boot SSH host keys, empty machine-id, recipe hooks.
+ * account, first-boot SSH host keys, empty machine-id, recipe hooks, the initramfs's dropbear
+ * host keys (they stay in the root tree for later update-initramfs runs).
  *
- * Host commands: chroot (passwd, systemctl, hook scripts).
+ * Host commands: chroot (passwd, systemctl, hook scripts, dpkg-divert, dropbearkey), du.
  */
 import { chmod, copyFile, rm, symlink, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { withChroot } from '../host/chroot.js';
 import { writeOverlayFiles } from '../pipeline/overlay.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
+import { prepareInitramfsTree } from './initramfs.js';
 import { checkRootFits, rootTreeBytes } from './partition.js';
 
-export const configureStage: Stage = {
+export const configureStage = defineStage({
   name: 'configure',
   summary: 'apply overlays, accounts, network and hooks',
+  needs: ['kernelVersion'],
+  produces: ['configuredTree', 'rootfsBytes', 'dropbearHostKeys'],
   hostTools: () => ['chroot', 'mount', 'umount', 'du'],
   async run(ctx) {
     const { rootfs, recipe } = ctx;
@@ -51,7 +55,12 @@ export const configureStage: Stage = {
           await rm(join(rootfs, inImage), { force: true });
         }
       }
+      // The initramfs is built beside the root filesystem, from a view of this tree: what it
+      // changes in the tree itself (host keys, update-initramfs back) is done here.
+      ctx.state.dropbearHostKeys = await prepareInitramfsTree(ctx, chroot);
     });
-    checkRootFits(ctx, await rootTreeBytes(ctx));
+    ctx.state.rootfsBytes = await rootTreeBytes(ctx);
+    checkRootFits(ctx, ctx.state.rootfsBytes);
+    ctx.state.configuredTree = true;
   },
-};
+});

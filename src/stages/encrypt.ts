@@ -5,7 +5,8 @@
  * (so this works on hosts and CI containers without dm-crypt), the plaintext never touches
  * the disk image, and free space stays a hole: raw and qcow2 images are as small as the data.
  *
- * Host commands: mkfs.ext4, dumpe2fs, cryptsetup (luksFormat, luksDump).
+ * Host commands: mount (a view of the tree without /boot), mkfs.ext4, dumpe2fs, cryptsetup
+ * (luksFormat, luksDump).
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -13,14 +14,17 @@ import { join } from 'node:path';
 import { LUKS_DATA_OFFSET_BYTES, luksDump, luksFormatArgs } from '../host/cryptsetup.js';
 import { EXT4_BLOCK_BYTES, ext4UsedRanges, mkfsExt4Args } from '../host/ext4.js';
 import { encryptRanges } from '../luks/encrypt-ranges.js';
-import type { Stage } from '../pipeline/stage.js';
+import { withTreeView } from '../host/mounts.js';
+import { defineStage } from '../pipeline/stage.js';
 import { formatSize } from '../recipe/size.js';
 import { partitionByRole } from './partition.js';
 
-export const encryptStage: Stage = {
+export const encryptStage = defineStage({
   name: 'encrypt',
   summary: 'root ext4, LUKS2 header, encryption of the used blocks',
-  hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'cryptsetup'],
+  needs: ['configuredTree', 'layout', 'loop'],
+  produces: ['keyslots', 'encryptedRanges', 'rootUsedBytes'],
+  hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'cryptsetup', 'mount', 'umount'],
   async run(ctx) {
     const { luks } = ctx.recipe;
     const root = partitionByRole(ctx.state.layout!, 'root');
@@ -28,7 +32,10 @@ export const encryptStage: Stage = {
     const plaintext = join(ctx.workDir, 'root.ext4');
     ctx.cleanup.add(`remove ${plaintext}`, () => rm(plaintext, { force: true }));
     const blocks = Math.floor((root.sizeBytes - LUKS_DATA_OFFSET_BYTES) / EXT4_BLOCK_BYTES);
-    await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree: ctx.rootfs, label: 'root', uuid: ctx.ids.rootFsUuid, blocks }));
+    // /boot is its own filesystem and the initramfs and bootloader stages write to /boot and /tmp meanwhile.
+    await withTreeView(ctx.host, ctx.cleanup, ctx.rootfs, join(ctx.workDir, 'root-view'), ['boot', 'tmp'], (tree) =>
+      ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: ctx.ids.rootFsUuid, blocks })),
+    );
 
     const volumeKey = randomBytes(luks.keySize / 8);
     try {
@@ -41,7 +48,7 @@ export const encryptStage: Stage = {
       ctx.state.keyslots = summary.keyslots;
       const ranges = await ext4UsedRanges(ctx.host, plaintext);
       const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
-      ctx.state.usedBytes = { ...ctx.state.usedBytes, root: written };
+      ctx.state.rootUsedBytes = written;
       ctx.state.encryptedRanges = ranges;
       ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); ${formatSize(written)} of ${formatSize(blocks * EXT4_BLOCK_BYTES)} in use, encrypted`);
     } finally {
@@ -49,4 +56,4 @@ export const encryptStage: Stage = {
     }
     await rm(plaintext, { force: true });
   },
-};
+});

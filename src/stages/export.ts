@@ -13,10 +13,11 @@ import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
 import type { ByteRange } from '../host/ext4.js';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import { sha256File } from '../pipeline/sparse-sha256.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
 import { SUITE_VERSIONS, type Recipe } from '../recipe/schema.js';
 import { packageList } from './bootstrap.js';
-import { bootTreeDir, partitionByRole, type PartitionLayout } from './partition.js';
+import type { PartitionLayout } from '../formats/gpt.js';
+import { bootTreeDir, partitionByRole } from './partition.js';
 import { formatSize } from '../recipe/size.js';
 
 /**
@@ -106,11 +107,11 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       keySize: recipe.luks.keySize,
       sectorSize: recipe.luks.sectorSize,
       pbkdf: recipe.luks.pbkdf,
-      keyslots: ctx.state.keyslots,
+      keyslots: ctx.state.boundKeyslots ?? ctx.state.keyslots,
       mapperName: 'cryptroot',
     },
     nbde: { clevis: recipe.nbde.clevis, threshold: recipe.nbde.threshold, binding: ctx.state.tang ?? null },
-    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes, usedBytes: ctx.state.usedBytes },
+    filesystems: { rootUuid: ctx.ids.rootFsUuid, bootUuid: ctx.ids.bootFsUuid, espVolumeId: ctx.ids.espVolumeId, rootTreeBytes: ctx.state.rootfsBytes, usedBytes: { root: ctx.state.rootUsedBytes, ...ctx.state.bootUsedBytes } },
     partitions: ctx.state.layout!.partitions,
     partitionTable,
     dropbear: {
@@ -124,13 +125,17 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     bootModes: bootModes(recipe.disk),
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
+    stageTimes: ctx.state.stageTimes,
     hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.toolSeconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
   };
 }
 
-export const exportStage: Stage = {
+export const exportStage = defineStage({
   name: 'export',
   summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
+  // Everything the manifest reports, so every other stage.
+  needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'tang', 'boundKeyslots', 'bootUsedBytes'],
+  produces: [],
   hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
     const { recipe, outDir } = ctx;
@@ -178,4 +183,4 @@ export const exportStage: Stage = {
     ctx.state.publish.push({ from: sumsPartial, to: join(outDir, 'SHA256SUMS') }, { from: manifestPartial, to: join(outDir, 'manifest.json') });
     for (const o of ctx.state.outputs) ctx.log.info(`      ${o.path} (${formatSize(o.bytes)} apparent)`);
   },
-};
+});

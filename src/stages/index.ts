@@ -1,5 +1,9 @@
-/** The build's stages, in the order they run. */
-import type { Stage } from '../pipeline/stage.js';
+/**
+ * The build's stages. The runner orders them by what each needs and produces: after
+ * configure, initramfs runs beside partition → encrypt → nbde; bootloader starts once the
+ * initramfs and the disk exist; export comes last.
+ */
+import type { AnyStage } from '../pipeline/stage.js';
 import { bootloaderStage } from './bootloader.js';
 import { bootstrapStage } from './bootstrap.js';
 import { configureStage } from './configure.js';
@@ -9,4 +13,4 @@ import { initramfsStage } from './initramfs.js';
 import { nbdeStage } from './nbde.js';
 import { partitionStage } from './partition.js';
 
-export const STAGES: readonly Stage[] = [bootstrapStage, configureStage, initramfsStage, partitionStage, encryptStage, nbdeStage, bootloaderStage, exportStage];
+export const STAGES: readonly AnyStage[] = [bootstrapStage, configureStage, initramfsStage, partitionStage, encryptStage, nbdeStage, bootloaderStage, exportStage];

@@ -6,16 +6,20 @@
  * changes keys, passphrase or UUIDs reuses the base initramfs, and the cached base never
  * holds a secret (it is built with no host keys and no authorized_keys in the tree).
  *
- * Host commands: chroot (dropbearkey, dpkg-divert, update-initramfs, unmkinitramfs).
+ * Built in an overlay of the configured tree, beside the root filesystem (partition, encrypt).
+ *
+ * Host commands: mount (overlay), chroot (update-initramfs, unmkinitramfs); for configure:
+ * chroot (dpkg-divert, dropbearkey).
  */
 import { createHash } from 'node:crypto';
-import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rename, rm, stat } from 'node:fs/promises';
+import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { withChroot, type ChrootSession } from '../host/chroot.js';
+import { withOverlay } from '../host/mounts.js';
 import { alignmentPadding, newcArchive, type NewcFile } from '../initramfs/newc.js';
 import { cacheKey } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
 import { sshFingerprint } from '../recipe/authorized-keys.js';
 import { DIVERTED_UPDATE_INITRAMFS } from './bootstrap.js';
 
@@ -106,16 +110,15 @@ async function listTree(dir: string): Promise<string[]> {
   return entries.map((e) => relative(dir, join(e.parentPath, e.name))).sort();
 }
 
-/** Runs update-initramfs with no per-build files in the tree and reads back what the appended archive needs. */
+/**
+ * Runs update-initramfs with no per-build files in the tree and reads back what the appended
+ * archive needs. `ctx.rootfs` is the stage's overlay of the tree: the per-build files are
+ * removed from the overlay only, the tree keeps them.
+ */
 async function buildBase(ctx: BuildContext, chroot: ChrootSession, initrd: string): Promise<BaseInitramfs> {
-  const aside = join(ctx.workDir, 'authorized_keys.aside');
-  await rename(join(ctx.rootfs, AUTHORIZED_KEYS), aside);
-  try {
-    await rm(join(ctx.rootfs, initrd), { force: true });
-    await chroot.run('update-initramfs', ['-c', '-k', ctx.state.kernelVersion!], { stream: true });
-  } finally {
-    await rename(aside, join(ctx.rootfs, AUTHORIZED_KEYS));
-  }
+  for (const file of [AUTHORIZED_KEYS, ...HOST_KEY_TYPES.map(hostKeyPath)]) await rm(join(ctx.rootfs, file), { force: true });
+  await rm(join(ctx.rootfs, initrd), { force: true });
+  await chroot.run('update-initramfs', ['-c', '-k', ctx.state.kernelVersion!], { stream: true });
   const unpacked = await mkdtemp(join(ctx.rootfs, 'tmp/keylessgo-initramfs-'));
   try {
     await chroot.run('unmkinitramfs', [`/${initrd}`, `/${relative(ctx.rootfs, unpacked)}`]);
@@ -160,10 +163,12 @@ async function baseInitramfs(ctx: BuildContext, chroot: ChrootSession, initrd: s
   }
 }
 
+const hostKeyPath = (type: (typeof HOST_KEY_TYPES)[number]) => `${DROPBEAR_DIR}/dropbear_${type}_host_key`;
+
 async function generateHostKeys(chroot: ChrootSession): Promise<Array<{ type: string; fingerprint: string }>> {
   const keys: Array<{ type: string; fingerprint: string }> = [];
   for (const type of HOST_KEY_TYPES) {
-    const file = `/${DROPBEAR_DIR}/dropbear_${type}_host_key`;
+    const file = `/${hostKeyPath(type)}`;
     await chroot.run('dropbearkey', ['-t', type, '-f', file]);
     const publicPart = await chroot.run('dropbearkey', ['-y', '-f', file]);
     const line = publicPart.split('\n').find((l) => /^(ssh-|ecdsa-)/.test(l));
@@ -177,28 +182,41 @@ async function generateHostKeys(chroot: ChrootSession): Promise<Array<{ type: st
 /** This build's files for the initramfs, read from the tree. */
 async function perBuildFiles(ctx: BuildContext, base: BaseInitramfs): Promise<NewcFile[]> {
   const files: NewcFile[] = HOST_KEY_TYPES.map((type) => ({ path: `etc/dropbear/dropbear_${type}_host_key`, mode: 0o600, data: Buffer.alloc(0) }));
-  for (const file of files) file.data = await readFile(join(ctx.rootfs, DROPBEAR_DIR, file.path.split('/').at(-1)!));
+  for (const [index, type] of HOST_KEY_TYPES.entries()) files[index]!.data = await readFile(join(ctx.rootfs, hostKeyPath(type)));
   files.push({ path: `${base.rootHome}/.ssh/authorized_keys`, mode: 0o600, data: await readFile(join(ctx.rootfs, AUTHORIZED_KEYS)) });
   files.push({ path: 'cryptroot/crypttab', mode: 0o644, data: Buffer.from(base.crypttabTemplate.replaceAll(LUKS_UUID_PLACEHOLDER, ctx.ids.luksUuid)) });
   return files;
 }
 
-export const initramfsStage: Stage = {
+/**
+ * What the initramfs changes in the root tree itself, run by configure in its chroot session
+ * (the root filesystem is made from the tree while this stage runs): update-initramfs back in
+ * place of its diversion, and this build's dropbear host keys.
+ */
+export async function prepareInitramfsTree(ctx: Pick<BuildContext, 'rootfs'>, chroot: ChrootSession): Promise<Array<{ type: string; fingerprint: string }>> {
+  const diverted = await chroot.run('dpkg-divert', ['--list', DIVERTED_UPDATE_INITRAMFS]);
+  if (diverted.trim()) {
+    await rm(join(ctx.rootfs, DIVERTED_UPDATE_INITRAMFS), { force: true });
+    await chroot.run('dpkg-divert', ['--quiet', '--local', '--rename', '--remove', DIVERTED_UPDATE_INITRAMFS]);
+  }
+  return generateHostKeys(chroot);
+}
+
+export const initramfsStage = defineStage({
   name: 'initramfs',
   summary: 'the unlock initramfs (or its cached base) plus this build\'s keys',
+  needs: ['kernelVersion', 'configuredTree', 'dropbearHostKeys'],
+  produces: ['initramfsChecks', 'initramfsAppended'],
   hostTools: () => ['chroot', 'mount', 'umount'],
   async run(ctx) {
-    const initrd = `boot/initrd.img-${ctx.state.kernelVersion!}`;
-    const base = await withChroot(ctx.host, ctx.cleanup, ctx.rootfs, async (chroot) => {
-      const diverted = await chroot.run('dpkg-divert', ['--list', DIVERTED_UPDATE_INITRAMFS]);
-      if (diverted.trim()) {
-        await rm(join(ctx.rootfs, DIVERTED_UPDATE_INITRAMFS), { force: true });
-        await chroot.run('dpkg-divert', ['--quiet', '--local', '--rename', '--remove', DIVERTED_UPDATE_INITRAMFS]);
-      }
-      const result = await baseInitramfs(ctx, chroot, initrd);
-      ctx.state.dropbearHostKeys = await generateHostKeys(chroot);
-      return result;
-    });
+    const initrd = `boot/initrd.img-${ctx.state.kernelVersion}`;
+    // Built in an overlay of the tree, which the root filesystem is made from meanwhile: this
+    // stage's mounts and scratch files stay out of it. Only the initramfs is taken back.
+    const overlay = join(ctx.workDir, 'initramfs-overlay');
+    const base = await withOverlay(ctx.host, ctx.cleanup, ctx.rootfs, overlay, (merged) =>
+      withChroot(ctx.host, ctx.cleanup, merged, (chroot) => baseInitramfs({ ...ctx, rootfs: merged }, chroot, initrd)),
+    );
+    await copyFile(join(overlay, 'upper', initrd), join(ctx.rootfs, initrd));
 
     const files = await perBuildFiles(ctx, base);
     const { size } = await stat(join(ctx.rootfs, initrd));
@@ -210,6 +228,6 @@ export const initramfsStage: Stage = {
     ctx.state.initramfsChecks = checkInitramfsListing([base.listing, ...files.map((f) => f.path)].join('\n'), ctx.recipe.nbde.clevis, ctx.recipe.disk.growOnFirstBoot);
     const missing = Object.entries(ctx.state.initramfsChecks).filter(([, ok]) => !ok).map(([name]) => name);
     if (missing.length > 0) throw new Error(`the initramfs lacks: ${missing.join(', ')}`);
-    ctx.log.info(`      dropbear host key ${ctx.state.dropbearHostKeys!.find((k) => k.type === 'ssh-ed25519')?.fingerprint}; ${files.length} per-build files appended`);
+    ctx.log.info(`      dropbear host key ${ctx.state.dropbearHostKeys.find((k) => k.type === 'ssh-ed25519')?.fingerprint}; ${files.length} per-build files appended`);
   },
-};
+});

@@ -10,7 +10,7 @@ import { fetchAdvertisement, parseAdvertisement, type TangAdvertisement } from '
 import { luksDump } from '../host/cryptsetup.js';
 import { InputError } from '../errors.js';
 import type { BuildContext } from '../pipeline/context.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
 import { partitionByRole } from './partition.js';
 
 /** Saved advertisements were read and checked with the recipe; the others are fetched now. */
@@ -34,13 +34,17 @@ async function fetchedAdvertisement(server: { url: string; thp?: string }, where
   }
 }
 
-export const nbdeStage: Stage = {
+export const nbdeStage = defineStage({
   name: 'nbde',
   summary: 'bind the LUKS2 root to Tang (clevis)',
+  needs: ['layout', 'loop', 'keyslots'],
+  produces: ['tang', 'boundKeyslots'],
   hostTools: (recipe) => (recipe.nbde.tang.length > 0 ? ['clevis'] : []),
   async run(ctx) {
     const { nbde } = ctx.recipe;
     if (nbde.tang.length === 0) {
+      ctx.state.tang = null;
+      ctx.state.boundKeyslots = null;
       ctx.log.info(`      no Tang server in the recipe: ${nbde.clevis ? 'clevis is installed for `keylessgo enroll`' : 'clevis not installed'}`);
       return;
     }
@@ -50,7 +54,7 @@ export const nbdeStage: Stage = {
     const bindings = parseClevisList(await ctx.host.run('clevis', ['luks', 'list', '-d', device]));
     if (bindings.length !== 1) throw new Error(`expected one clevis binding after bind, found ${bindings.length}`);
     ctx.state.tang = { slot: bindings[0]!.slot, pin: bindings[0]!.pin, servers: pins.map((p) => ({ url: p.url, thumbprints: p.thumbprints })) };
-    ctx.state.keyslots = (await luksDump(ctx.host, device)).keyslots;
+    ctx.state.boundKeyslots = (await luksDump(ctx.host, device)).keyslots;
     ctx.log.info(`      clevis ${bindings[0]!.pin} binding in keyslot ${bindings[0]!.slot}; keyslot 0 keeps the bootstrap passphrase`);
   },
-};
+});

@@ -1,8 +1,9 @@
 /**
- * partition: checks that the trees fit, creates the sparse disk file (as *.partial), writes
- * the GPT and attaches it as a loop device with partition nodes.
+ * partition: checks that the root tree fits, creates the sparse disk file (as *.partial),
+ * writes the GPT and attaches it as a loop device with partition nodes. (/boot is checked by
+ * bootloader: its initramfs is built meanwhile.)
  *
- * Host commands: du, losetup, sfdisk, partx.
+ * Host commands: losetup, sfdisk, partx; du for configure (rootTreeBytes).
  *
  * Partition labels are stable; post-deploy tooling finds partitions by them:
  *   keylessgo-bios  BIOS boot (GRUB core.img), 1 MiB
@@ -10,39 +11,16 @@
  *   keylessgo-boot  /boot (ext4, not encrypted: kernel, initramfs, grub.cfg)
  *   keylessgo-root  LUKS2 holding the root ext4 (type: Linux root x86-64)
  */
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
 import { attachLoop } from '../host/loop.js';
 import type { BuildContext } from '../pipeline/context.js';
-import type { Stage } from '../pipeline/stage.js';
+import { defineStage } from '../pipeline/stage.js';
 import type { Recipe } from '../recipe/schema.js';
 import { formatSize, MiB } from '../recipe/size.js';
-
-export const PARTITION_TYPES = {
-  bios: '21686148-6449-6E6F-744E-656564454649',
-  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
-  boot: 'BC13C2FF-59E6-4262-A352-B275FD6F7172',
-  root: '4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709',
-} as const;
-
-export type PartitionRole = keyof typeof PARTITION_TYPES;
-
-export interface PartitionSpec {
-  role: PartitionRole;
-  number: number;
-  label: string;
-  startBytes: number;
-  sizeBytes: number;
-}
-
-export interface PartitionLayout {
-  diskBytes: number;
-  /** Logical sector size the GPT is written for. */
-  sectorSize: number;
-  partitions: PartitionSpec[];
-}
+import { PARTITION_TYPES, type PartitionLayout, type PartitionRole, type PartitionSpec } from '../formats/gpt.js';
 
 /** The backup GPT: a header sector and 128 entries of 128 bytes, at the end of the disk. */
 export function gptBackupBytes(sectorSize: number): number {
@@ -86,8 +64,9 @@ export function ext4BytesNeeded(usedBytes: number): number {
   return Math.ceil(usedBytes * 1.25) + 200 * MiB;
 }
 
-export function bootTreeDir(ctx: Pick<BuildContext, 'workDir'>): string {
-  return join(ctx.workDir, 'boot-tree');
+/** /boot of the root tree, made its own filesystem by bootloader (the root filesystem gets an empty /boot). */
+export function bootTreeDir(ctx: Pick<BuildContext, 'rootfs'>): string {
+  return join(ctx.rootfs, 'boot');
 }
 
 async function treeBytes(ctx: BuildContext, dir: string): Promise<number> {
@@ -97,8 +76,7 @@ async function treeBytes(ctx: BuildContext, dir: string): Promise<number> {
 
 /**
  * Refuses a root tree that would not fit the root partition. Called once the tree is final
- * (after configure, so a too-small disk is reported before the slow initramfs build) and
- * again here, where the disk is laid out.
+ * (by configure, so a too-small disk is reported before the slow initramfs build).
  */
 export function checkRootFits(ctx: Pick<BuildContext, 'recipe' | 'loaded'>, rootUsed: number): void {
   const layout = partitionLayout(ctx.recipe.disk);
@@ -112,33 +90,32 @@ export function checkRootFits(ctx: Pick<BuildContext, 'recipe' | 'loaded'>, root
   }
 }
 
+/** Refuses a /boot (kernel, initramfs, GRUB) that would not fit its partition. */
+export async function checkBootFits(ctx: BuildContext): Promise<void> {
+  const boot = partitionByRole(partitionLayout(ctx.recipe.disk), 'boot');
+  const bootUsed = await treeBytes(ctx, bootTreeDir(ctx));
+  if (ext4BytesNeeded(bootUsed) - 150 * MiB > boot.sizeBytes) {
+    throw new InputError(`disk.boot ${formatSize(boot.sizeBytes)} is too small for /boot (${formatSize(bootUsed)} of kernel, initramfs and GRUB)`, `${ctx.loaded.file}: disk.boot`);
+  }
+  ctx.log.info(`      /boot ${formatSize(bootUsed)}`);
+}
+
 /** Bytes the root tree will occupy, without /boot (its own partition). */
 export async function rootTreeBytes(ctx: BuildContext): Promise<number> {
   return (await treeBytes(ctx, ctx.rootfs)) - (await treeBytes(ctx, join(ctx.rootfs, 'boot')));
 }
 
-export const partitionStage: Stage = {
+export const partitionStage = defineStage({
   name: 'partition',
   summary: 'size check, disk file and GPT on a loop device',
-  hostTools: () => ['du', 'sfdisk', 'losetup', 'partx'],
+  needs: ['rootfsBytes'],
+  produces: ['layout', 'loop', 'rawPartial'],
+  hostTools: () => ['sfdisk', 'losetup', 'partx'],
   async run(ctx) {
     const layout = partitionLayout(ctx.recipe.disk);
-    // /boot becomes its own filesystem; the root keeps an empty mount point.
-    const bootTree = bootTreeDir(ctx);
-    await rename(join(ctx.rootfs, 'boot'), bootTree);
-    await mkdir(join(ctx.rootfs, 'boot'), { mode: 0o755 });
-    await mkdir(join(bootTree, 'efi'), { recursive: true, mode: 0o755 });
-
-    const rootUsed = await treeBytes(ctx, ctx.rootfs);
-    const bootUsed = await treeBytes(ctx, bootTree);
-    ctx.state.rootfsBytes = rootUsed;
-    checkRootFits(ctx, rootUsed);
+    const rootUsed = ctx.state.rootfsBytes;
     const root = partitionByRole(layout, 'root');
-    const boot = partitionByRole(layout, 'boot');
-    if (ext4BytesNeeded(bootUsed) - 150 * MiB > boot.sizeBytes) {
-      throw new InputError(`disk.boot ${formatSize(boot.sizeBytes)} is too small for /boot (${formatSize(bootUsed)} of kernel, initramfs and GRUB)`, `${ctx.loaded.file}: disk.boot`);
-    }
-    ctx.log.info(`      root tree ${formatSize(rootUsed)} in a ${formatSize(root.sizeBytes)} partition, /boot ${formatSize(bootUsed)}`);
+    ctx.log.info(`      root tree ${formatSize(rootUsed)} in a ${formatSize(root.sizeBytes)} partition`);
 
     const partial = join(ctx.outDir, `${ctx.recipe.name}.raw.partial`);
     ctx.cleanup.add(`remove ${partial}`, () => rm(partial, { force: true }));
@@ -153,4 +130,4 @@ export const partitionStage: Stage = {
     ctx.state.loop = await attachLoop(ctx.host, ctx.cleanup, partial, layout.sectorSize, layout.partitions.length, writeTable);
     ctx.log.verbose(`      attached ${ctx.state.loop.device} (${layout.sectorSize}-byte sectors)`);
   },
-};
+});

@@ -199,7 +199,8 @@ describe('SIGKILL (no cleanup at all): the next build reaps what the dead one le
     expect(outputs[1]).toMatch(/reaped: unmounted .*keylessgo-faults-/);
     expect(outputs[1]).toMatch(/reaped: removed secret store /);
     expect(duringEncrypt.loops.length, 'loop device left by the build killed while encrypting').toBeGreaterThan(0);
-    expect(duringEncrypt.mounts, 'the bootstrap leftovers were reaped').toEqual([]);
+    // (The build killed while encrypting leaves its own mounts: the view of the tree mkfs reads.)
+    expect(duringEncrypt.mounts.filter((m) => duringBootstrap.mounts.includes(m)), 'the bootstrap leftovers were reaped').toEqual([]);
 
     const duringExport = await killWhen(async (child) => {
       await stageStarted(child, 'export');

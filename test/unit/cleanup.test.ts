@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CleanupStack } from '../../src/pipeline/cleanup.js';
+import { CleanupStack } from '../../src/base/cleanup.js';
 import { captureLogger } from './helpers.js';
 
 /** A stack whose undos record their names in `ran`; names listed in `failing` throw. */

@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { losetupArgs } from '../../src/host/loop.js';
 import { earlyGrubConfig, espDirectories, installBiosGrub, mkfsVfatArgs, SIGNED_EFI_CHAIN, SIGNED_GRUB_CONFIG } from '../../src/stages/bootloader.js';
 import { bootModes } from '../../src/stages/export.js';
-import { gptBackupBytes, PARTITION_TYPES, partitionByRole, partitionLayout, sfdiskScript } from '../../src/stages/partition.js';
+import { PARTITION_TYPES } from '../../src/formats/gpt.js';
+import { gptBackupBytes, partitionByRole, partitionLayout, sfdiskScript } from '../../src/stages/partition.js';
 import { IDS, recipeWith, tempDir } from './helpers.js';
 
 const MiB = 1024 ** 2;

@@ -12,7 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { LUKS_DATA_OFFSET_BYTES } from '../../src/host/cryptsetup.js';
 import type { ByteRange } from '../../src/host/ext4.js';
 import { HostRunner } from '../../src/host/run.js';
-import { CleanupStack } from '../../src/pipeline/cleanup.js';
+import { CleanupStack } from '../../src/base/cleanup.js';
 import type { BuildContext } from '../../src/pipeline/context.js';
 import { hashPieces, sha256File } from '../../src/pipeline/sparse-sha256.js';
 import { exportStage, rawDataRanges } from '../../src/stages/export.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { StageCache } from '../../src/pipeline/cache.js';
 import { reapDeadBuilds, recordOutDir } from '../../src/pipeline/leftovers.js';
-import { currentOwner, formatOwner, OWNER_ENV, OWNER_FILE, ownerAlive, parseOwner, processStartTime, type Owner } from '../../src/pipeline/owner.js';
+import { currentOwner, formatOwner, OWNER_ENV, OWNER_FILE, ownerAlive, parseOwner, processStartTime, type Owner } from '../../src/base/owner.js';
 import { HostRunner } from '../../src/host/run.js';
 import { captureLogger, tempDir } from './helpers.js';
 

@@ -1,8 +1,8 @@
 import { access, link, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CleanupStack } from '../../src/pipeline/cleanup.js';
-import { MIN_PASSPHRASE_LENGTH, readPassphraseFile, SecretStore } from '../../src/pipeline/secrets.js';
+import { CleanupStack } from '../../src/base/cleanup.js';
+import { MIN_PASSPHRASE_LENGTH, readPassphraseFile, SecretStore } from '../../src/base/secrets.js';
 import { Redactor } from '../../src/log.js';
 import { captureLogger, expectInputError, tempDir } from './helpers.js';
 
