@@ -9,7 +9,7 @@ import { build, toolVersion } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
-import { enrollCommand } from './nbde/enroll-command.js';
+import { enrollCommand, rebindCommand } from './nbde/enroll-command.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
@@ -201,39 +201,65 @@ program
     process.exitCode = result.passed ? 0 : 1;
   });
 
-program
-  .command('enroll')
-  .description('bind a deployed, unlocked machine to Tang, rotate its volume key, add a recovery passphrase and remove the bootstrap one (over SSH)')
-  .requiredOption('--host <host>', 'the machine, reachable over SSH as root')
-  .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
-  .requiredOption('--key <file>', 'SSH private key for root on the machine')
+const tangOptions = [
+  new Option('--tang <url...>', 'Tang server(s) as the machine reaches them').makeOptionMandatory(),
+  new Option('--tang-thp <thumbprint...>', "each Tang server's signing-key thumbprint (`jose jwk thp`), one per --tang in order; refuses an advertisement it does not sign"),
+  new Option('--trust-first-use', 'with several hosts and no --tang-thp: trust the advertisement each host is served (printed)'),
+  new Option('--threshold <n>', 'with several Tang servers: how many must answer').argParser(positiveInteger('--threshold')).default(1),
+];
+
+/** The SSH and Tang options of enroll and rebind. */
+function sshTangCommand(name: string, description: string): Command {
+  const command = program
+    .command(name)
+    .description(description)
+    .requiredOption('--host <host>', 'the machine, reachable over SSH as root')
+    .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
+    .requiredOption('--key <file>', 'SSH private key for root on the machine')
+    .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs");
+  for (const option of tangOptions) command.addOption(option);
+  return command.option('--json', 'print the report as JSON').addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
+}
+
+interface SshTangOptions extends LogOptions {
+  host: string;
+  port: number;
+  key: string;
+  hostKeyFingerprint?: string;
+  tang: string[];
+  tangThp?: string[];
+  trustFirstUse?: boolean;
+  threshold: number;
+  json?: boolean;
+}
+
+function singleHostOptions(opts: SshTangOptions, log: Logger) {
+  return {
+    target: { host: opts.host, port: opts.port, user: 'root', hostKeyFingerprint: opts.hostKeyFingerprint },
+    keyFile: opts.key,
+    tangUrls: opts.tang,
+    tangThps: opts.tangThp ?? [],
+    trustFirstUse: opts.trustFirstUse ?? false,
+    threshold: opts.threshold,
+    json: opts.json ?? false,
+    log,
+  };
+}
+
+sshTangCommand('enroll', 'bind a deployed, unlocked machine to Tang, rotate its volume key, add a recovery passphrase and remove the bootstrap one (over SSH); a re-run continues an interrupted one')
   .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
-  .requiredOption('--tang <url...>', 'Tang server(s) as the machine reaches them')
-  .option('--threshold <n>', 'with several Tang servers: how many must answer', positiveInteger('--threshold'), 1)
-  .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist)')
-  .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs")
+  .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist, unless an interrupted enroll of the same machine wrote it); {host} is replaced by the host')
   .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
-  .option('--json', 'print the report as JSON')
-  .addOption(verboseOption)
-  .addOption(quietOption)
-  .addOption(logFormatOption)
-  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
+  .action(async (opts: SshTangOptions & { passphraseFile?: string; recoveryKeyOut?: string; dropbear: DropbearAction }) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
-    await enrollCommand({
-      host: opts.host,
-      port: opts.port,
-      keyFile: opts.key,
-      passphraseFile,
-      tangUrls: opts.tang,
-      threshold: opts.threshold,
-      recoveryKeyOut: opts.recoveryKeyOut,
-      hostKeyFingerprint: opts.hostKeyFingerprint,
-      dropbear: opts.dropbear,
-      json: opts.json ?? false,
-      log,
-    });
+    await enrollCommand({ ...singleHostOptions(opts, log), passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
+  });
+
+sshTangCommand('rebind', "after Tang key rotation: bind the machine to the current advertisement, prove the new binding opens the volume, then remove the bindings to old keys")
+  .action(async (opts: SshTangOptions) => {
+    await rebindCommand(singleHostOptions(opts, commandLogger(opts)));
   });
 
 const cache = program.command('cache').description('list or prune the stage cache');
