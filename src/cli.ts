@@ -10,6 +10,7 @@ import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand, rebindCommand } from './nbde/enroll-command.js';
+import { fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
@@ -208,45 +209,41 @@ const tangOptions = [
   new Option('--threshold <n>', 'with several Tang servers: how many must answer').argParser(positiveInteger('--threshold')).default(1),
 ];
 
-/** The SSH and Tang options of enroll and rebind. */
+/** The fleet, SSH and Tang options of enroll and rebind. */
 function sshTangCommand(name: string, description: string): Command {
   const command = program
     .command(name)
     .description(description)
-    .requiredOption('--host <host>', 'the machine, reachable over SSH as root')
-    .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
-    .requiredOption('--key <file>', 'SSH private key for root on the machine')
+    .requiredOption('--key <file>', 'SSH private key for root on the machines')
     .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs");
-  for (const option of tangOptions) command.addOption(option);
-  return command.option('--json', 'print the report as JSON').addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
+  for (const option of [...fleetOptions(), ...tangOptions]) command.addOption(option);
+  return command.addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
 }
 
-interface SshTangOptions extends LogOptions {
-  host: string;
-  port: number;
+interface SshTangOptions extends FleetCliOptions, LogOptions {
   key: string;
   hostKeyFingerprint?: string;
   tang: string[];
   tangThp?: string[];
   trustFirstUse?: boolean;
   threshold: number;
-  json?: boolean;
 }
 
-function singleHostOptions(opts: SshTangOptions, log: Logger) {
+function fleetCommandOptions(opts: SshTangOptions, log: Logger) {
   return {
-    target: { host: opts.host, port: opts.port, user: 'root', hostKeyFingerprint: opts.hostKeyFingerprint },
     keyFile: opts.key,
+    hostKeyFingerprint: opts.hostKeyFingerprint,
     tangUrls: opts.tang,
     tangThps: opts.tangThp ?? [],
     trustFirstUse: opts.trustFirstUse ?? false,
     threshold: opts.threshold,
+    parallel: opts.parallel,
     json: opts.json ?? false,
     log,
   };
 }
 
-sshTangCommand('enroll', 'bind a deployed, unlocked machine to Tang, rotate its volume key, add a recovery passphrase and remove the bootstrap one (over SSH); a re-run continues an interrupted one')
+sshTangCommand('enroll', 'bind deployed, unlocked machines to Tang, rotate their volume keys, add a recovery passphrase and remove the bootstrap one (over SSH); a re-run continues an interrupted one')
   .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
   .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist, unless an interrupted enroll of the same machine wrote it); {host} is replaced by the host')
   .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
@@ -254,12 +251,14 @@ sshTangCommand('enroll', 'bind a deployed, unlocked machine to Tang, rotate its 
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
-    await enrollCommand({ ...singleHostOptions(opts, log), passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
+    const report = await enrollCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
+    process.exitCode = report.exitCode;
   });
 
-sshTangCommand('rebind', "after Tang key rotation: bind the machine to the current advertisement, prove the new binding opens the volume, then remove the bindings to old keys")
+sshTangCommand('rebind', "after Tang key rotation: bind machines to the current advertisement, prove each new binding opens the volume, then remove the bindings to old keys")
   .action(async (opts: SshTangOptions) => {
-    await rebindCommand(singleHostOptions(opts, commandLogger(opts)));
+    const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, commandLogger(opts)));
+    process.exitCode = report.exitCode;
   });
 
 const cache = program.command('cache').description('list or prune the stage cache');

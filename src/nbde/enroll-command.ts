@@ -2,16 +2,19 @@
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../pipeline/secrets.js';
-import { SignalGuard } from '../pipeline/runner.js';
+import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from '../fleet/run.js';
+import type { FleetTarget } from '../fleet/targets.js';
 import { readPrivateKey } from '../qemu/ssh.js';
-import { enroll, type DropbearAction, type EnrollReport } from './enroll.js';
+import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from './enroll.js';
 import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
 import { SshRemote } from './remote.js';
 import { checkTangOptions } from './tang-pins.js';
 
 /** One machine, reachable over SSH. */
 export interface SshTarget {
-  host: string;
+  /** The name operators know it by (inventory name); `{host}` in --recovery-key-out. */
+  name: string;
+  address: string;
   port: number;
   user: string;
   /** Refuse the machine when its SSH host key has another SHA256 fingerprint. */
@@ -30,7 +33,7 @@ export interface EnrollHostOptions extends TangOptions {
   /** Where to write the recovery passphrase; `{host}` is replaced by the host's name. */
   recoveryKeyOut?: string;
   dropbear: DropbearAction;
-  log: Logger;
+  log: EnrollLog;
   signal: AbortSignal;
   pollMs?: number;
 }
@@ -57,14 +60,14 @@ export function formatEnrollReport(report: EnrollReport): string {
 }
 
 /** Connects as `target.user` with the private key, checks the host key, runs `work`, disconnects. */
-async function withRemote<T>(target: SshTarget, keyText: string, log: Logger, signal: AbortSignal, work: (remote: SshRemote) => Promise<T>): Promise<T> {
-  const remote = await SshRemote.connect(target.host, target.port, { type: 'publickey', username: target.user, key: keyText }, signal).catch((error: Error) => {
-    throw new HostError(`cannot log in to ${target.user}@${target.host}:${target.port}: ${error.message}`);
+async function withRemote<T>(target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal, work: (remote: SshRemote) => Promise<T>): Promise<T> {
+  const remote = await SshRemote.connect(target.address, target.port, { type: 'publickey', username: target.user, key: keyText }, signal).catch((error: Error) => {
+    throw new HostError(`cannot log in to ${target.user}@${target.address}:${target.port}: ${error.message}`);
   });
   try {
-    log.info(`connected to ${target.host}:${target.port}, host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`);
+    log.info(`connected to ${target.address}:${target.port}, host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`);
     if (target.hostKeyFingerprint && remote.hostKey.fingerprint !== target.hostKeyFingerprint) {
-      throw new InputError(`host key ${remote.hostKey.fingerprint} of ${target.host} is not the expected ${target.hostKeyFingerprint}`, '--host-key-fingerprint');
+      throw new InputError(`host key ${remote.hostKey.fingerprint} of ${target.name} is not the expected ${target.hostKeyFingerprint}`, '--host-key-fingerprint');
     }
     return await work(remote);
   } finally {
@@ -75,13 +78,13 @@ async function withRemote<T>(target: SshTarget, keyText: string, log: Logger, si
 /** Enrolls one machine (or continues its enrollment): the per-host entry point of single-host and inventory runs. */
 export function enrollHost(target: SshTarget, options: EnrollHostOptions): Promise<EnrollReport> {
   return withRemote(target, options.keyText, options.log, options.signal, (remote) =>
-    enroll(remote, { ...options, recoveryKeyOut: options.recoveryKeyOut?.replaceAll('{host}', target.host) }),
+    enroll(remote, { ...options, recoveryKeyOut: options.recoveryKeyOut?.replaceAll('{host}', target.name) }),
   );
 }
 
 export interface RebindHostOptions extends TangOptions {
   keyText: string;
-  log: Logger;
+  log: EnrollLog;
   signal: AbortSignal;
 }
 
@@ -89,34 +92,55 @@ export function rebindHost(target: SshTarget, options: RebindHostOptions): Promi
   return withRemote(target, options.keyText, options.log, options.signal, (remote) => rebind(remote, options));
 }
 
-export interface SingleHostOptions extends TangOptions {
-  target: SshTarget;
+export interface FleetCommandOptions extends TangOptions {
   keyFile: string;
+  hostKeyFingerprint?: string;
   trustFirstUse: boolean;
+  parallel?: number;
   json: boolean;
   log: Logger;
 }
 
-/** Inputs common to enroll and rebind: Tang options checked, the key read, signals handled. */
-async function singleHost<T>(options: SingleHostOptions, work: (keyText: string, signal: AbortSignal) => Promise<T>, format: (report: T) => string): Promise<T> {
-  checkTangOptions({ ...options, hosts: 1 });
-  const keyText = await readPrivateKey(options.keyFile);
-  const guard = new SignalGuard(options.log);
-  try {
-    const report = await work(keyText, guard.controller.signal);
-    process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : `${format(report)}\n`);
-    return report;
-  } finally {
-    guard.dispose();
-  }
+/** A host's log lines go to the engine's per-host progress (named, redrawn on a terminal). */
+function hostLog(log: Logger, progress: HostProgress): EnrollLog {
+  return { info: (message) => progress.phase(message), warn: (message) => progress.warn(message), redactor: log.redactor };
 }
 
-export async function enrollCommand(options: SingleHostOptions & { passphraseFile: string; recoveryKeyOut?: string; dropbear: DropbearAction }): Promise<EnrollReport> {
+/** Runs `work` on every target through the fleet engine; human output adds each host's full report. */
+async function fleetCommand<T>(
+  name: string,
+  targets: FleetTarget[],
+  options: FleetCommandOptions,
+  describe: (report: T) => TaskVerdict,
+  format: (report: T) => string,
+  work: (target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal) => Promise<T>,
+): Promise<FleetReport<T>> {
+  checkTangOptions({ ...options, hosts: targets.length });
+  const keyText = await readPrivateKey(options.keyFile);
+  const report = await runFleet(targets, { command: name, log: options.log, parallel: options.parallel, json: options.json, describe }, (target, progress) =>
+    work({ name: target.name, address: target.address, port: target.port, user: target.user, hostKeyFingerprint: options.hostKeyFingerprint }, keyText, hostLog(options.log, progress), progress.signal),
+  );
+  if (!options.json) {
+    for (const record of report.records) if (record.details !== undefined) process.stdout.write(`\n${record.host}:\n${format(record.details)}\n`);
+  }
+  return report;
+}
+
+export async function enrollCommand(targets: FleetTarget[], options: FleetCommandOptions & { passphraseFile: string; recoveryKeyOut?: string; dropbear: DropbearAction }): Promise<FleetReport<EnrollReport>> {
+  if (targets.length > 1 && options.recoveryKeyOut && !options.recoveryKeyOut.includes('{host}')) throw new InputError('with several hosts, put {host} in the path (one file per host)', '--recovery-key-out');
   const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
   options.log.redactor.add(bootstrapPassphrase);
-  return singleHost(options, (keyText, signal) => enrollHost(options.target, { ...options, keyText, bootstrapPassphrase, signal }), formatEnrollReport);
+  const describe = (report: EnrollReport): TaskVerdict => ({
+    skipped: report.result === 'already-enrolled',
+    summary: `${report.result === 'already-enrolled' ? 'already enrolled' : 'enrolled'}; Tang keyslot ${report.tang.map((b) => b.slot).join(',')} (${report.tang.flatMap((b) => b.servers.flatMap((s) => s.thumbprints)).join(',')}), recovery keyslot ${report.recovery.slot}`,
+  });
+  return fleetCommand('enroll', targets, options, describe, formatEnrollReport, (target, keyText, log, signal) => enrollHost(target, { ...options, keyText, bootstrapPassphrase, log, signal }));
 }
 
-export function rebindCommand(options: SingleHostOptions): Promise<RebindReport> {
-  return singleHost(options, (keyText, signal) => rebindHost(options.target, { ...options, keyText, signal }), formatRebindReport);
+export function rebindCommand(targets: FleetTarget[], options: FleetCommandOptions): Promise<FleetReport<RebindReport>> {
+  const describe = (report: RebindReport): TaskVerdict => ({
+    skipped: report.result === 'current',
+    summary: `${report.result === 'current' ? 'already current' : 'rebound'}: keyslot ${report.current.slot} ${report.current.servers.flatMap((s) => s.thumbprints).join(',')}${report.old.length ? `; removed ${report.old.map((b) => `${b.slot} ${b.servers.flatMap((s) => s.thumbprints).join(',')}`).join('; ')}` : ''}`,
+  });
+  return fleetCommand('rebind', targets, options, describe, formatRebindReport, (target, keyText, log, signal) => rebindHost(target, { ...options, keyText, log, signal }));
 }

@@ -27,14 +27,13 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
 import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
-import type { Logger } from '../log.js';
 import {
   bindingDecrypts, detachedUnitCommand, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, shellQuote, slotOpenedBy, stageSecret,
-  succeeds, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type LuksHeader, type Remote,
+  succeeds, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
 } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
-export { shellQuote, type Remote, type RemoteResult } from './machine.js';
+export { shellQuote, type EnrollLog, type Remote, type RemoteResult } from './machine.js';
 
 export interface EnrollOptions {
   tangUrls: string[];
@@ -45,7 +44,7 @@ export interface EnrollOptions {
   recoveryKeyOut?: string;
   /** The SSH unlock fallback afterwards: new host key (default), unchanged, or purged. */
   dropbear: DropbearAction;
-  log: Logger;
+  log: EnrollLog;
   /** How often a detached unit's progress is polled (tests: 0). */
   pollMs?: number;
 }
@@ -180,7 +179,7 @@ export interface EnrollReport {
 }
 
 /** The binding passphrase chosen for the recovery keyslot, and what the report says about it. */
-async function recoveryPassphrase(recoveryKeyOut: string | undefined, log: Logger): Promise<{ passphrase: string; note: string }> {
+async function recoveryPassphrase(recoveryKeyOut: string | undefined, log: EnrollLog): Promise<{ passphrase: string; note: string }> {
   if (recoveryKeyOut) {
     const existing = await readFile(recoveryKeyOut, 'utf8').catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOENT') return undefined;

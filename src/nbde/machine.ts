@@ -16,6 +16,9 @@ export interface RemoteResult {
   exitCode: number | undefined;
 }
 
+/** Where enroll and rebind say what they do: a Logger, or one host's progress in a fleet run. */
+export type EnrollLog = Pick<Logger, 'info' | 'warn' | 'redactor'>;
+
 /** A root shell on the machine. */
 export interface Remote {
   run(command: string, stdin?: string): Promise<RemoteResult>;
@@ -142,7 +145,7 @@ export function unitJournalCommand(unit: string, lines: number): string {
 }
 
 /** Polls until `unit` has ended, logging each new last line of its journal (progress). */
-export async function followUnit(remote: Remote, unit: string, log: Logger, pollMs: number): Promise<void> {
+export async function followUnit(remote: Remote, unit: string, log: EnrollLog, pollMs: number): Promise<void> {
   let last = '';
   while (await unitActive(remote, unit)) {
     const line = (await remote.run(unitJournalCommand(unit, 1))).output.trim();

@@ -19,15 +19,14 @@
  */
 import { EnrollError } from '../errors.js';
 import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
-import type { Logger } from '../log.js';
-import { bindingDecrypts, findRootDevice, must, readBindings, readHeader, shellQuote, type ClevisBinding, type Remote } from './machine.js';
+import { bindingDecrypts, findRootDevice, must, readBindings, readHeader, shellQuote, type ClevisBinding, type EnrollLog, type Remote } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
 export interface RebindOptions {
   tangUrls: string[];
   tangThps: string[];
   threshold: number;
-  log: Logger;
+  log: EnrollLog;
 }
 
 export interface RebindReport {

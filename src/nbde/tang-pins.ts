@@ -7,8 +7,7 @@
  */
 import { EnrollError, InputError } from '../errors.js';
 import { parseAdvertisement } from '../host/tang.js';
-import type { Logger } from '../log.js';
-import { must, shellQuote, type Remote } from './machine.js';
+import { must, shellQuote, type EnrollLog, type Remote } from './machine.js';
 
 export interface TrustedTang {
   url: string;
@@ -24,7 +23,7 @@ export function advertisementUrl(url: string): string {
 }
 
 /** Fetches and checks each server's advertisement; `thps[i]` pins `urls[i]`. Logs what it trusts. */
-export async function trustTang(remote: Remote, urls: readonly string[], thps: readonly string[], log: Logger, step: string): Promise<TrustedTang[]> {
+export async function trustTang(remote: Remote, urls: readonly string[], thps: readonly string[], log: EnrollLog, step: string): Promise<TrustedTang[]> {
   const trusted: TrustedTang[] = [];
   for (const [index, url] of urls.entries()) {
     const thp = thps[index];
