@@ -128,11 +128,11 @@ export function nextStep(facts: EnrollFacts, dropbear: DropbearAction): EnrollSt
   return 'remove the bootstrap passphrase';
 }
 
-export async function observe(remote: Remote, device: string): Promise<EnrollFacts> {
+export async function observe(remote: Remote, device: string, pollMs: number): Promise<EnrollFacts> {
   const step = 'observe the machine';
   const header = await readHeader(remote, device, step);
-  const reencryptRunning = await unitActive(remote, REENCRYPT_UNIT);
-  const initramfsRunning = await unitActive(remote, INITRAMFS_UNIT);
+  const reencryptRunning = await unitActive(remote, REENCRYPT_UNIT, pollMs);
+  const initramfsRunning = await unitActive(remote, INITRAMFS_UNIT, pollMs);
   const bootstrapSlot = await slotOpenedBy(remote, device, BOOTSTRAP);
   const state = (await remote.run(`cat ${IMAGE_DIGEST} 2>/dev/null; echo; cat ${DROPBEAR_DONE} 2>/dev/null`)).output.split('\n');
   const imageDigestSalt = state[0]?.trim() || undefined;
@@ -218,7 +218,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
 
   await stageSecret(remote, BOOTSTRAP, options.bootstrapPassphrase);
   try {
-    let facts = await observe(remote, device);
+    let facts = await observe(remote, device, pollMs);
     const keyslotsBefore = facts.header.keyslots;
     for (;;) {
       const step = nextStep(facts, options.dropbear);
@@ -230,7 +230,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
       const started = performance.now();
       await runStep(step, facts);
       stepSeconds[step] = (stepSeconds[step] ?? 0) + Math.round((performance.now() - started) / 100) / 10;
-      const next = await observe(remote, device);
+      const next = await observe(remote, device, pollMs);
       // A step that changed nothing would be picked again forever.
       if (nextStep(next, options.dropbear) === step && !step.startsWith('wait')) throw new EnrollError(step, `the machine shows no effect of it${await journalTail(step)}`);
       facts = next;
@@ -265,7 +265,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
 
   async function startReencrypt(args: string): Promise<void> {
     await must(remote, 'stage secrets', `umask 077 && cp ${BOOTSTRAP} ${UNIT_KEY}`);
-    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec cryptsetup reencrypt --batch-mode --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
+    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec stdbuf -oL cryptsetup reencrypt --batch-mode --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
     await followUnit(remote, REENCRYPT_UNIT, log, pollMs);
   }
 

@@ -135,9 +135,20 @@ export function detachedUnitCommand(unit: string, command: string, stopPost?: st
   return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(command)}`;
 }
 
-export async function unitActive(remote: Remote, unit: string): Promise<boolean> {
-  const state = (await remote.run(`systemctl is-active ${unit}`)).output.trim();
-  return ['active', 'activating', 'deactivating', 'reloading'].includes(state);
+/**
+ * Whether `unit` is still running. Only `inactive` or `failed` count as ended (a transient
+ * unit that is gone reads `inactive`): on a loaded machine systemctl can time out talking
+ * to systemd, and a wrong "ended" would start a second re-encryption beside the first.
+ */
+export async function unitActive(remote: Remote, unit: string, retryMs = 5000): Promise<boolean> {
+  let answer = '';
+  for (let attempt = 0; attempt < 6; attempt++) {
+    answer = (await remote.run(`systemctl is-active ${unit}`)).output.trim();
+    if (['active', 'activating', 'deactivating', 'reloading'].includes(answer)) return true;
+    if (answer === 'inactive' || answer === 'failed') return false;
+    await sleep(retryMs);
+  }
+  throw new EnrollError('follow the machine', `cannot tell whether ${unit} runs: systemctl is-active said ${JSON.stringify(answer)}`);
 }
 
 export function unitJournalCommand(unit: string, lines: number): string {
@@ -147,7 +158,7 @@ export function unitJournalCommand(unit: string, lines: number): string {
 /** Polls until `unit` has ended, logging each new last line of its journal (progress). */
 export async function followUnit(remote: Remote, unit: string, log: EnrollLog, pollMs: number): Promise<void> {
   let last = '';
-  while (await unitActive(remote, unit)) {
+  while (await unitActive(remote, unit, pollMs)) {
     const line = (await remote.run(unitJournalCommand(unit, 1))).output.trim();
     if (line && line !== last) log.info(`  ${unit}: ${line}`);
     last = line;

@@ -113,6 +113,17 @@ describe('enroll resumes where an interrupted run left the machine', () => {
     expect(report.volumeKeyChanged).toBe(true);
   });
 
+  it('a systemctl that times out on a loaded machine is asked again, never taken for an ended unit', async () => {
+    const machine = new FakeLuksMachine(BOOTSTRAP);
+    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);
+    machine.reencryptFlag = true;
+    machine.units.set('keylessgo-enroll-reencrypt', { polls: 2, finish: () => machine.rotate() });
+    machine.systemctlTimeouts = 3;
+    const report = await run(machine).result;
+    expect(report.steps[0]).toBe('wait for the re-encryption');
+    expect(machine.index(/systemd-run .*reencrypt/)).toBe(-1);
+  });
+
   it('re-encryption interrupted with no unit left (machine rebooted): resumes it with --resume-only, detached', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
     machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);

@@ -32,6 +32,8 @@ export class FakeLuksMachine implements Remote {
   tang = { up: true, served: 'k1', recoverable: new Set(['k1']) };
   /** Commands matching this fail. */
   failing?: RegExp;
+  /** This many `systemctl is-active` calls time out talking to systemd (a loaded machine). */
+  systemctlTimeouts = 0;
   /** A started re-encryption unit fails instead of finishing. */
   reencryptFails = false;
   private nextSalt = 2;
@@ -129,6 +131,7 @@ export class FakeLuksMachine implements Remote {
     }
     if (command.startsWith(`cryptsetup luksDump ${DEVICE}`)) return ok(this.dump());
     if (command.startsWith('systemctl is-active')) {
+      if (this.systemctlTimeouts-- > 0) return { output: 'Failed to get properties: Connection timed out\n', exitCode: 1 };
       const unit = this.units.get(file(/is-active (\S+)/));
       if (!unit) return { output: 'inactive\n', exitCode: 3 };
       if (unit.polls-- <= 0) {
