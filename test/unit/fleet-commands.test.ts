@@ -20,6 +20,7 @@ import {
 } from '../../src/fleet/status.js';
 import { describeUnlock, unlockCommand, UNLOCK_COMMAND } from '../../src/fleet/unlock.js';
 import { statusCommand } from '../../src/fleet/status.js';
+import { LUKS_JSON_DUMP_ARGS } from '../../src/host/cryptsetup.js';
 import { jwkThumbprint } from '../../src/host/tang.js';
 import { sshFingerprint } from '../../src/recipe/authorized-keys.js';
 import { captureLogger, tempDir } from './helpers.js';
@@ -134,6 +135,22 @@ describe('status', () => {
     expect(compareVolumeKey(digests, [{ salt: 'c2FsdA==', digest: 'b3RoZXI=' }])).toBe('rotated');
     expect(compareVolumeKey(digests, undefined)).toBe('unknown');
   });
+
+  it("keeps the image's digest through luksAddKey and loses it in cryptsetup reencrypt (a real LUKS2 header)", async () => {
+    const dir = await tempDir();
+    const [image, keyFile] = [join(dir, 'luks.img'), join(dir, 'key')];
+    await writeFile(image, Buffer.alloc(0));
+    await run('truncate', ['-s', '40M', image]);
+    await writeFile(keyFile, 'bootstrap-passphrase', { mode: 0o600 });
+    const cheap = ['--batch-mode', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', keyFile];
+    const digests = async () => readBindings((await run('cryptsetup', [...LUKS_JSON_DUMP_ARGS, image])).stdout, []).digests;
+    await run('cryptsetup', ['luksFormat', '--type', 'luks2', ...cheap, image]);
+    const built = await digests();
+    await run('cryptsetup', ['luksAddKey', ...cheap, image, keyFile]);
+    expect(compareVolumeKey(await digests(), built)).toBe('image');
+    await run('cryptsetup', ['reencrypt', '--force-offline-reencrypt', '--key-slot', '0', ...cheap, image]);
+    expect(compareVolumeKey(await digests(), built)).toBe('rotated');
+  }, 60_000);
 
   it('formats the report and the summary line', () => {
     const found = readBindings(header, [jwkThumbprint(newSigning)]);
