@@ -11,6 +11,8 @@ import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand, rebindCommand } from './nbde/enroll-command.js';
 import { fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
+import { statusCommand } from './fleet/status.js';
+import { unlockCommand } from './fleet/unlock.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
@@ -216,8 +218,8 @@ function sshTangCommand(name: string, description: string): Command {
     .description(description)
     .requiredOption('--key <file>', 'SSH private key for root on the machines')
     .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs");
-  for (const option of [...fleetOptions(), ...tangOptions]) command.addOption(option);
-  return command.addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
+  for (const option of tangOptions) command.addOption(option);
+  return withFleetOptions(command);
 }
 
 interface SshTangOptions extends FleetCliOptions, LogOptions {
@@ -260,6 +262,66 @@ sshTangCommand('rebind', "after Tang key rotation: bind machines to the current 
     const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, commandLogger(opts)));
     process.exitCode = report.exitCode;
   });
+
+/** Adds the options every fleet command shares (hosts, inventory, parallelism, output). */
+function withFleetOptions(command: Command): Command {
+  for (const option of fleetOptions()) command.addOption(option);
+  return command.addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
+}
+
+withFleetOptions(
+  program
+    .command('unlock')
+    .description('unlock machines waiting at dropbear in the initramfs with the bootstrap or recovery passphrase, after checking dropbear\'s host key; skips machines already up')
+    .requiredOption('--key <file>', 'SSH private key in dropbear\'s authorized_keys')
+    .option('--passphrase-file <file>', 'the bootstrap or recovery passphrase (or env KEYLESSGO_PASSPHRASE_FILE)')
+    .option('--manifest <file>', "the image's manifest.json: trust the dropbear host keys it lists")
+    .option('--known-hosts <file>', 'trust the host keys this OpenSSH known_hosts file lists for each host')
+    .option('--wait <seconds>', "after unlocking, wait up to this long for the booted system's OpenSSH", positiveInteger('--wait')),
+).action(async (opts: { key: string; passphraseFile?: string; manifest?: string; knownHosts?: string; wait?: number } & FleetCliOptions & LogOptions) => {
+  const log = commandLogger(opts);
+  const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
+  if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+  const report = await unlockCommand(await fleetTargets(opts), {
+    keyFile: opts.key,
+    passphraseFile,
+    manifest: opts.manifest,
+    knownHosts: opts.knownHosts,
+    waitSeconds: opts.wait ?? 0,
+    parallel: opts.parallel,
+    json: opts.json ?? false,
+    log,
+  });
+  process.exitCode = report.exitCode;
+});
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+withFleetOptions(
+  program
+    .command('status')
+    .description('report, read-only, each machine\'s LUKS keyslots and tokens, Tang bindings, bootstrap passphrase, volume key and dropbear')
+    .requiredOption('--key <file>', 'SSH private key for the machines')
+    .option('--passphrase-file <file>', 'also test whether this (bootstrap) passphrase still opens each volume; needs --known-hosts')
+    .option('--manifest <file>', "the image's manifest.json: tell whether each volume key is still the image's")
+    .option('--known-hosts <file>', 'refuse machines whose OpenSSH host key this known_hosts file does not list')
+    .option('--tang-thp <thumbprint>', 'a current Tang signing key (repeatable): flag bindings that depend only on older ones', collect, [])
+    .option('--tang <url>', "a Tang server whose current advertisement's signing keys count as current (repeatable)", collect, []),
+).action(async (opts: { key: string; passphraseFile?: string; manifest?: string; knownHosts?: string; tangThp: string[]; tang: string[] } & FleetCliOptions & LogOptions) => {
+  const log = commandLogger(opts);
+  const report = await statusCommand(await fleetTargets(opts), {
+    keyFile: opts.key,
+    passphraseFile: opts.passphraseFile,
+    manifest: opts.manifest,
+    knownHosts: opts.knownHosts,
+    tangThumbprints: opts.tangThp,
+    tangUrls: opts.tang,
+    parallel: opts.parallel,
+    json: opts.json ?? false,
+    log,
+  });
+  process.exitCode = report.exitCode;
+});
 
 const cache = program.command('cache').description('list or prune the stage cache');
 cache

@@ -55,6 +55,8 @@ export interface FleetOptions<T> {
   /** Print one JSON line per host on stdout instead of the summary table. */
   json?: boolean;
   describe(result: T): TaskVerdict;
+  /** A host's detail block, printed above the summary table (not with --json). */
+  formatDetails?(host: string, result: T): string;
   /** Default: a SignalGuard on SIGINT/SIGTERM/SIGHUP for the duration of the run. */
   signal?: AbortSignal;
   /** Default: process.stdout (table or JSON lines). */
@@ -212,7 +214,10 @@ export async function runFleet<T>(targets: readonly FleetTarget[], options: Flee
     if (options.json) stdout(`${JSON.stringify(record)}\n`);
   }
   const all = records as Array<HostRecord<T>>;
-  if (!options.json) stdout(`${formatFleetTable(all)}\n`);
+  if (!options.json) {
+    for (const record of all) if (options.formatDetails && record.details !== undefined) stdout(`${options.formatDetails(record.host, record.details)}\n\n`);
+    stdout(`${formatFleetTable(all)}\n`);
+  }
   const seconds = (performance.now() - started) / 1000;
   const interrupted = signal.aborted;
   const failed = all.some((r) => r.result === 'failed' || r.result === 'interrupted');

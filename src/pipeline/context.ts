@@ -77,6 +77,8 @@ export interface BuildContext {
     dropbearHostKeys?: Array<{ type: string; fingerprint: string }>;
     /** LUKS keyslots in use after encryption (and binding). */
     keyslots?: number[];
+    /** The root header's volume key digest(s): `keylessgo status` tells from them whether a machine still has the image's key. */
+    luksHeaderDigests?: Array<{ salt: string; digest: string }>;
     tang?: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> };
     initramfsChecks?: Record<string, boolean>;
     /** The per-build archive appended to the initramfs: the base's size, where the archive starts, its size, its files. */

@@ -5,12 +5,13 @@
  * (so this works on hosts and CI containers without dm-crypt), the plaintext never touches
  * the disk image, and free space stays a hole: raw and qcow2 images are as small as the data.
  *
- * Host commands: mkfs.ext4, dumpe2fs, cryptsetup (luksFormat, luksDump).
+ * Host commands: mkfs.ext4, dumpe2fs, cryptsetup (luksFormat, luksDump, luksDump --dump-json-metadata
+ * for the volume key digest the manifest records).
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LUKS_DATA_OFFSET_BYTES, luksDump, luksFormatArgs } from '../host/cryptsetup.js';
+import { LUKS_DATA_OFFSET_BYTES, LUKS_JSON_DUMP_ARGS, luksDump, luksFormatArgs, luksHeaderDigests, parseLuksJsonHeader } from '../host/cryptsetup.js';
 import { EXT4_BLOCK_BYTES, ext4UsedRanges, mkfsExt4Args } from '../host/ext4.js';
 import { encryptRanges } from '../luks/encrypt-ranges.js';
 import type { Stage } from '../pipeline/stage.js';
@@ -39,6 +40,7 @@ export const encryptStage: Stage = {
         throw new Error(`unexpected LUKS header: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}], data offset ${summary.dataOffsetBytes}`);
       }
       ctx.state.keyslots = summary.keyslots;
+      ctx.state.luksHeaderDigests = luksHeaderDigests(parseLuksJsonHeader(await ctx.host.run('cryptsetup', [...LUKS_JSON_DUMP_ARGS, device])));
       const ranges = await ext4UsedRanges(ctx.host, plaintext);
       const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
       ctx.state.usedBytes = { ...ctx.state.usedBytes, root: written };

@@ -107,6 +107,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       sectorSize: recipe.luks.sectorSize,
       pbkdf: recipe.luks.pbkdf,
       keyslots: ctx.state.keyslots,
+      headerDigests: ctx.state.luksHeaderDigests ?? null,
       mapperName: 'cryptroot',
     },
     nbde: { clevis: recipe.nbde.clevis, threshold: recipe.nbde.threshold, binding: ctx.state.tang ?? null },
