@@ -29,7 +29,7 @@ import { EnrollError } from '../errors.js';
 import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
 import {
   bindingDecrypts, detachedUnitCommand, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, shellQuote, slotOpenedBy, stageSecret,
-  succeeds, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
+  succeeds, unbindCommand, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
 } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
@@ -288,7 +288,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
       case 'remove stale bindings':
         // A binding that does not decrypt because Tang is down now must stay: fail here instead.
         if (facts.bindings.some((b) => !b.decrypts)) await trust();
-        for (const binding of facts.bindings.filter((b) => !b.decrypts)) await must(remote, step, `clevis luks unbind -f -d ${device} -s ${binding.slot}`);
+        for (const binding of facts.bindings.filter((b) => !b.decrypts)) await must(remote, step, unbindCommand(device, binding.slot, `cat ${BOOTSTRAP}`));
         for (const id of facts.orphanTokens) await must(remote, step, `cryptsetup token remove --token-id ${id} ${device}`);
         for (const slot of facts.strayKeyslots) await must(remote, step, `cryptsetup luksKillSlot --batch-mode --key-file ${BOOTSTRAP} ${device} ${slot}`);
         return;

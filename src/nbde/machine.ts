@@ -107,6 +107,14 @@ export function bindingDecrypts(remote: Remote, device: string, slot: number): P
   return succeeds(remote, `clevis luks pass -d ${device} -s ${slot} | cryptsetup open --test-passphrase --key-slot ${slot} --key-file - ${device}`);
 }
 
+/**
+ * Unbinds the clevis binding in `slot`. Its `cryptsetup luksKillSlot` reads a passphrase of
+ * another keyslot from stdin when stdin is no terminal: `keySource` is a command printing one.
+ */
+export function unbindCommand(device: string, slot: number, keySource: string): string {
+  return `${keySource} | clevis luks unbind -f -d ${device} -s ${slot}`;
+}
+
 /** The keyslot a passphrase file opens, undefined when it opens none. */
 export async function slotOpenedBy(remote: Remote, device: string, keyFile: string): Promise<number | undefined> {
   const result = await remote.run(`cryptsetup open --test-passphrase --verbose --key-file ${keyFile} ${device}`);

@@ -19,7 +19,7 @@
  */
 import { EnrollError } from '../errors.js';
 import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
-import { bindingDecrypts, findRootDevice, must, readBindings, readHeader, shellQuote, type ClevisBinding, type EnrollLog, type Remote } from './machine.js';
+import { bindingDecrypts, findRootDevice, must, readBindings, readHeader, shellQuote, unbindCommand, type ClevisBinding, type EnrollLog, type Remote } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
 export interface RebindOptions {
@@ -72,7 +72,8 @@ export async function rebind(remote: Remote, options: RebindOptions): Promise<Re
   if (!(await bindingDecrypts(remote, device, current.slot))) throw new EnrollError('prove the new binding', `the binding in keyslot ${current.slot} does not open ${device}; the old bindings are kept`);
 
   const old = (await bindings()).filter((b) => b.slot !== current.slot);
-  for (const binding of old) await must(remote, 'remove the old bindings', `clevis luks unbind -f -d ${device} -s ${binding.slot}`);
+  const proven = current.slot;
+  for (const binding of old) await must(remote, 'remove the old bindings', unbindCommand(device, binding.slot, `clevis luks pass -d ${device} -s ${proven}`));
   return {
     device,
     result: old.length === 0 ? 'current' : 'rebound',

@@ -175,8 +175,12 @@ export class FakeLuksMachine implements Remote {
       this.bind(this.tang.served);
       return ok();
     }
-    if (command.startsWith('clevis luks unbind')) {
-      const slot = slotArg();
+    if (/\| clevis luks unbind/.test(command)) {
+      // luksKillSlot wants a passphrase of another keyslot on stdin.
+      const source = /^cat (\S+) \|/.exec(command)?.[1];
+      const keyOk = source ? this.opens(source) !== undefined : this.decrypts(Number(/^clevis luks pass -d \S+ -s (\d+) \|/.exec(command)?.[1]));
+      if (!keyOk) return fail('No key available with this passphrase.');
+      const slot = Number(/unbind -f -d \S+ -s (\d+)/.exec(command)![1]);
       this.slots.delete(slot);
       for (const [id, token] of this.tokens) if (token.keyslot === slot) this.tokens.delete(id);
       return ok();
