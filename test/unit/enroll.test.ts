@@ -157,6 +157,16 @@ describe('enroll resumes where an interrupted run left the machine', () => {
     expect(machine.commands(/luksKillSlot/)).toEqual([`cryptsetup luksKillSlot --batch-mode --key-file /run/keylessgo-enroll/bootstrap ${DEVICE} 1`]);
   });
 
+  it('a binding made after the rotation whose Tang key is gone now (Tang up): unbound with the bootstrap on stdin, then bound again', async () => {
+    const machine = await interruptedBefore(/luksAddKey/);
+    machine.tang.served = 'k2';
+    machine.tang.recoverable = new Set(['k2']);
+    const report = await run(machine).result;
+    expect(report.steps).toEqual(['remove stale bindings', ...FULL.slice(2)]);
+    expect(machine.commands(/clevis luks unbind/)).toEqual([`cat /run/keylessgo-enroll/bootstrap | clevis luks unbind -f -d ${DEVICE} -s 1`]);
+    expect(report.tang[0]!.servers[0]!.thumbprints).toEqual([thp('k2')]);
+  });
+
   it('bound, no recovery yet, and a recovery file left by the interrupted run: that passphrase is used, no second one made', async () => {
     const machine = await interruptedBefore(/luksAddKey/);
     const recoveryKeyOut = join(dir, 'recovery');
