@@ -14,6 +14,7 @@ packages=(
   clevis clevis-luks tang socat curl  # NBDE
   zstd cpio xz-utils bzip2 lz4   # initramfs inspection (every compressor initramfs-tools may use)
   gdisk genisoimage jq           # Ironic tests: IPA's sgdisk steps, a config drive, network_data.json conversion
+  ansible-core                   # examples/ansible: the playbook is syntax-checked and run in the unit tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then

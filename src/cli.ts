@@ -9,7 +9,10 @@ import { build, toolVersion } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
-import { enrollCommand } from './nbde/enroll-command.js';
+import { enrollCommand, rebindCommand } from './nbde/enroll-command.js';
+import { fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
+import { statusCommand } from './fleet/status.js';
+import { unlockCommand } from './fleet/unlock.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
@@ -201,40 +204,124 @@ program
     process.exitCode = result.passed ? 0 : 1;
   });
 
-program
-  .command('enroll')
-  .description('bind a deployed, unlocked machine to Tang, rotate its volume key, add a recovery passphrase and remove the bootstrap one (over SSH)')
-  .requiredOption('--host <host>', 'the machine, reachable over SSH as root')
-  .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
-  .requiredOption('--key <file>', 'SSH private key for root on the machine')
+const tangOptions = [
+  new Option('--tang <url...>', 'Tang server(s) as the machine reaches them').makeOptionMandatory(),
+  new Option('--tang-thp <thumbprint...>', "each Tang server's signing-key thumbprint (`jose jwk thp`), one per --tang in order; refuses an advertisement it does not sign"),
+  new Option('--trust-first-use', 'with several hosts and no --tang-thp: trust the advertisement each host is served (printed)'),
+  new Option('--threshold <n>', 'with several Tang servers: how many must answer').argParser(positiveInteger('--threshold')).default(1),
+];
+
+/** The fleet, SSH and Tang options of enroll and rebind. */
+function sshTangCommand(name: string, description: string): Command {
+  const command = program
+    .command(name)
+    .description(description)
+    .requiredOption('--key <file>', 'SSH private key for root on the machines')
+    .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs");
+  for (const option of tangOptions) command.addOption(option);
+  return withFleetOptions(command);
+}
+
+interface SshTangOptions extends FleetCliOptions, LogOptions {
+  key: string;
+  hostKeyFingerprint?: string;
+  tang: string[];
+  tangThp?: string[];
+  trustFirstUse?: boolean;
+  threshold: number;
+}
+
+function fleetCommandOptions(opts: SshTangOptions, log: Logger) {
+  return {
+    keyFile: opts.key,
+    hostKeyFingerprint: opts.hostKeyFingerprint,
+    tangUrls: opts.tang,
+    tangThps: opts.tangThp ?? [],
+    trustFirstUse: opts.trustFirstUse ?? false,
+    threshold: opts.threshold,
+    parallel: opts.parallel,
+    json: opts.json ?? false,
+    log,
+  };
+}
+
+sshTangCommand('enroll', 'bind deployed, unlocked machines to Tang, rotate their volume keys, add a recovery passphrase and remove the bootstrap one (over SSH); a re-run continues an interrupted one')
   .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
-  .requiredOption('--tang <url...>', 'Tang server(s) as the machine reaches them')
-  .option('--threshold <n>', 'with several Tang servers: how many must answer', positiveInteger('--threshold'), 1)
-  .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist)')
-  .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs")
+  .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist, unless an interrupted enroll of the same machine wrote it); {host} is replaced by the host')
   .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
-  .option('--json', 'print the report as JSON')
-  .addOption(verboseOption)
-  .addOption(quietOption)
-  .addOption(logFormatOption)
-  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
+  .action(async (opts: SshTangOptions & { passphraseFile?: string; recoveryKeyOut?: string; dropbear: DropbearAction }) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
-    await enrollCommand({
-      host: opts.host,
-      port: opts.port,
-      keyFile: opts.key,
-      passphraseFile,
-      tangUrls: opts.tang,
-      threshold: opts.threshold,
-      recoveryKeyOut: opts.recoveryKeyOut,
-      hostKeyFingerprint: opts.hostKeyFingerprint,
-      dropbear: opts.dropbear,
-      json: opts.json ?? false,
-      log,
-    });
+    const report = await enrollCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
+    process.exitCode = report.exitCode;
   });
+
+sshTangCommand('rebind', "after Tang key rotation: bind machines to the current advertisement, prove each new binding opens the volume, then remove the bindings to old keys")
+  .action(async (opts: SshTangOptions) => {
+    const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, commandLogger(opts)));
+    process.exitCode = report.exitCode;
+  });
+
+/** Adds the options every fleet command shares (hosts, inventory, parallelism, output). */
+function withFleetOptions(command: Command): Command {
+  for (const option of fleetOptions()) command.addOption(option);
+  return command.addOption(verboseOption).addOption(quietOption).addOption(logFormatOption);
+}
+
+withFleetOptions(
+  program
+    .command('unlock')
+    .description('unlock machines waiting at dropbear in the initramfs with the bootstrap or recovery passphrase, after checking dropbear\'s host key; skips machines already up')
+    .requiredOption('--key <file>', 'SSH private key in dropbear\'s authorized_keys')
+    .option('--passphrase-file <file>', 'the bootstrap or recovery passphrase (or env KEYLESSGO_PASSPHRASE_FILE)')
+    .option('--manifest <file>', "the image's manifest.json: trust the dropbear host keys it lists")
+    .option('--known-hosts <file>', 'trust the host keys this OpenSSH known_hosts file lists for each host')
+    .option('--wait <seconds>', "after unlocking, wait up to this long for the booted system's OpenSSH", positiveInteger('--wait')),
+).action(async (opts: { key: string; passphraseFile?: string; manifest?: string; knownHosts?: string; wait?: number } & FleetCliOptions & LogOptions) => {
+  const log = commandLogger(opts);
+  const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
+  if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
+  const report = await unlockCommand(await fleetTargets(opts), {
+    keyFile: opts.key,
+    passphraseFile,
+    manifest: opts.manifest,
+    knownHosts: opts.knownHosts,
+    waitSeconds: opts.wait ?? 0,
+    parallel: opts.parallel,
+    json: opts.json ?? false,
+    log,
+  });
+  process.exitCode = report.exitCode;
+});
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+withFleetOptions(
+  program
+    .command('status')
+    .description('report, read-only, each machine\'s LUKS keyslots and tokens, Tang bindings, bootstrap passphrase, volume key and dropbear')
+    .requiredOption('--key <file>', 'SSH private key for the machines')
+    .option('--passphrase-file <file>', 'also test whether this (bootstrap) passphrase still opens each volume; needs --known-hosts')
+    .option('--manifest <file>', "the image's manifest.json: tell whether each volume key is still the image's")
+    .option('--known-hosts <file>', 'refuse machines whose OpenSSH host key this known_hosts file does not list')
+    .option('--tang-thp <thumbprint>', 'a current Tang signing key (repeatable): flag bindings that depend only on older ones', collect, [])
+    .option('--tang <url>', "a Tang server whose current advertisement's signing keys count as current (repeatable)", collect, []),
+).action(async (opts: { key: string; passphraseFile?: string; manifest?: string; knownHosts?: string; tangThp: string[]; tang: string[] } & FleetCliOptions & LogOptions) => {
+  const log = commandLogger(opts);
+  const report = await statusCommand(await fleetTargets(opts), {
+    keyFile: opts.key,
+    passphraseFile: opts.passphraseFile,
+    manifest: opts.manifest,
+    knownHosts: opts.knownHosts,
+    tangThumbprints: opts.tangThp,
+    tangUrls: opts.tang,
+    parallel: opts.parallel,
+    json: opts.json ?? false,
+    log,
+  });
+  process.exitCode = report.exitCode;
+});
 
 const cache = program.command('cache').description('list or prune the stage cache');
 cache

@@ -82,3 +82,28 @@ export function parseLuksDump(text: string): LuksSummary {
 export async function luksDump(host: HostRunner, device: string): Promise<LuksSummary> {
   return parseLuksDump(await host.run('cryptsetup', ['luksDump', device]));
 }
+
+/** The LUKS2 JSON header's digest of the volume key: public, and replaced when `cryptsetup reencrypt` changes the key. */
+export interface LuksHeaderDigest {
+  salt: string;
+  digest: string;
+}
+
+/** The parts of `cryptsetup luksDump --dump-json-metadata` keylessgo reads. */
+export interface LuksJsonHeader {
+  keyslots: Record<string, { type: string }>;
+  tokens: Record<string, { type: string; keyslots: string[] } & Record<string, unknown>>;
+  digests: Record<string, { salt: string; digest: string }>;
+}
+
+export const LUKS_JSON_DUMP_ARGS = ['luksDump', '--dump-json-metadata'] as const;
+
+export function parseLuksJsonHeader(text: string): LuksJsonHeader {
+  const json = JSON.parse(text) as Partial<LuksJsonHeader>;
+  if (typeof json !== 'object' || json === null || !json.keyslots || !json.digests) throw new Error('not a LUKS2 JSON header (no keyslots or digests)');
+  return { keyslots: json.keyslots, tokens: json.tokens ?? {}, digests: json.digests };
+}
+
+export function luksHeaderDigests(header: LuksJsonHeader): LuksHeaderDigest[] {
+  return Object.values(header.digests).map(({ salt, digest }) => ({ salt, digest }));
+}

@@ -32,6 +32,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   sgdisk: 'gdisk',
   genisoimage: 'genisoimage',
   jq: 'jq',
+  // The Ansible example's tests (examples/ansible).
+  'ansible-playbook': 'ansible-core',
 };
 
 /** Files (not commands) the boot test needs. */

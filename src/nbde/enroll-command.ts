@@ -1,36 +1,57 @@
-/** Inputs, connection and report of `keylessgo enroll` (the steps are in enroll.ts). */
+/** Inputs, connection and reports of `keylessgo enroll` and `keylessgo rebind` (the steps are in enroll.ts and rebind.ts). */
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
-import { SignalGuard } from '../pipeline/runner.js';
+import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from '../fleet/run.js';
+import type { FleetTarget } from '../fleet/targets.js';
 import { readPrivateKey } from '../qemu/ssh.js';
-import { enroll, type DropbearAction, type EnrollReport } from './enroll.js';
+import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from './enroll.js';
+import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
 import { SshRemote } from './remote.js';
+import { checkTangOptions } from './tang-pins.js';
 
-export interface EnrollCommandOptions {
-  host: string;
+/** One machine, reachable over SSH. */
+export interface SshTarget {
+  /** The name operators know it by (inventory name); `{host}` in --recovery-key-out. */
+  name: string;
+  address: string;
   port: number;
-  keyFile: string;
-  passphraseFile: string;
-  tangUrls: string[];
-  threshold: number;
-  recoveryKeyOut?: string;
+  user: string;
+  /** Refuse the machine when its SSH host key has another SHA256 fingerprint. */
   hostKeyFingerprint?: string;
+}
+
+export interface TangOptions {
+  tangUrls: string[];
+  tangThps: string[];
+  threshold: number;
+}
+
+export interface EnrollHostOptions extends TangOptions {
+  keyText: string;
+  bootstrapPassphrase: string;
+  /** Where to write the recovery passphrase; `{host}` is replaced by the host's name. */
+  recoveryKeyOut?: string;
   dropbear: DropbearAction;
-  json: boolean;
-  log: Logger;
+  log: EnrollLog;
+  signal: AbortSignal;
+  pollMs?: number;
 }
 
 export function formatEnrollReport(report: EnrollReport): string {
   const rows: Array<[string, string]> = [
     ['LUKS device', report.device],
+    ['result', report.result === 'already-enrolled' ? 'already enrolled, nothing to do' : `enrolled (${report.steps.join(', ')})`],
     ['keyslots before', report.keyslotsBefore.join(', ')],
     ['keyslots after', report.keyslotsAfter.join(', ')],
-    ['Tang binding', `${report.tang.pin} in keyslot ${report.tang.slot}`],
-    ...report.tang.servers.map((server): [string, string] => [`  ${server.url}`, `signing key ${server.thumbprints.join(', ')}`]),
-    ['volume key changed', report.volumeKeyChanged ? 'yes' : 'no'],
+    ...report.tang.flatMap((binding): Array<[string, string]> => [
+      ['Tang binding', `${binding.pin} in keyslot ${binding.slot}`],
+      ...binding.servers.map((server): [string, string] => [`  ${server.url}`, `signing key ${server.thumbprints.join(', ')}`]),
+    ]),
+    ...report.trusted.map((t): [string, string] => [`trusted ${t.url}`, `${t.thumbprints.join(', ')} (${t.trust === 'pinned' ? 'pinned' : 'trust on first use'})`]),
+    ['volume key changed', report.volumeKeyChanged === undefined ? 'unknown (no record of the image key)' : report.volumeKeyChanged ? 'yes' : 'no'],
     ['bootstrap passphrase removed', report.bootstrapRemoved ? 'yes' : 'no'],
-    ['recovery passphrase', report.recoveryKeyFile ?? 'added (not written out: no --recovery-key-out)'],
+    ['recovery passphrase', `keyslot ${report.recovery.slot}: ${report.recovery.note}`],
     ['dropbear (SSH unlock fallback)', { 'regenerate-key': 'kept, new host key', keep: 'kept, host key unchanged', remove: 'removed' }[report.dropbear]],
     ...Object.entries(report.stepSeconds).map(([name, seconds]): [string, string] => [`  ${name}`, `${seconds} s`]),
   ];
@@ -38,39 +59,88 @@ export function formatEnrollReport(report: EnrollReport): string {
   return rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n');
 }
 
-export async function enrollCommand(options: EnrollCommandOptions): Promise<EnrollReport> {
-  const { log } = options;
-  if (options.tangUrls.length === 0) throw new InputError('give at least one --tang URL');
-  if (options.threshold > options.tangUrls.length) throw new InputError(`--threshold ${options.threshold} exceeds the ${options.tangUrls.length} Tang server(s) given`);
-  for (const url of options.tangUrls) if (!URL.canParse(url)) throw new InputError(`not a URL: ${url}`, '--tang');
-  const keyText = await readPrivateKey(options.keyFile);
-  const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
-  log.redactor.add(bootstrapPassphrase);
-
-  const guard = new SignalGuard(log);
+/** Connects as `target.user` with the private key, checks the host key, runs `work`, disconnects. */
+async function withRemote<T>(target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal, work: (remote: SshRemote) => Promise<T>): Promise<T> {
+  const remote = await SshRemote.connect(target.address, target.port, { type: 'publickey', username: target.user, key: keyText }, signal).catch((error: Error) => {
+    throw new HostError(`cannot log in to ${target.user}@${target.address}:${target.port}: ${error.message}`);
+  });
   try {
-    const remote = await SshRemote.connect(options.host, options.port, { type: 'publickey', username: 'root', key: keyText }, guard.controller.signal).catch((error: Error) => {
-      throw new HostError(`cannot log in to root@${options.host}:${options.port}: ${error.message}`);
-    });
-    try {
-      log.info(`enroll: connected to ${options.host}:${options.port}, host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`);
-      if (options.hostKeyFingerprint && remote.hostKey.fingerprint !== options.hostKeyFingerprint) {
-        throw new InputError(`host key ${remote.hostKey.fingerprint} is not the expected ${options.hostKeyFingerprint}`, '--host-key-fingerprint');
-      }
-      const report = await enroll(remote, {
-        tangUrls: options.tangUrls,
-        threshold: options.threshold,
-        bootstrapPassphrase,
-        recoveryKeyOut: options.recoveryKeyOut,
-        dropbear: options.dropbear,
-        log,
-      });
-      process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatEnrollReport(report)}\n`);
-      return report;
-    } finally {
-      remote.close();
+    log.info(`connected to ${target.address}:${target.port}, host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`);
+    if (target.hostKeyFingerprint && remote.hostKey.fingerprint !== target.hostKeyFingerprint) {
+      throw new InputError(`host key ${remote.hostKey.fingerprint} of ${target.name} is not the expected ${target.hostKeyFingerprint}`, '--host-key-fingerprint');
     }
+    return await work(remote);
   } finally {
-    guard.dispose();
+    remote.close();
   }
+}
+
+/** Enrolls one machine (or continues its enrollment): the per-host entry point of single-host and inventory runs. */
+export function enrollHost(target: SshTarget, options: EnrollHostOptions): Promise<EnrollReport> {
+  return withRemote(target, options.keyText, options.log, options.signal, (remote) =>
+    enroll(remote, { ...options, recoveryKeyOut: options.recoveryKeyOut?.replaceAll('{host}', target.name) }),
+  );
+}
+
+export interface RebindHostOptions extends TangOptions {
+  keyText: string;
+  log: EnrollLog;
+  signal: AbortSignal;
+}
+
+export function rebindHost(target: SshTarget, options: RebindHostOptions): Promise<RebindReport> {
+  return withRemote(target, options.keyText, options.log, options.signal, (remote) => rebind(remote, options));
+}
+
+export interface FleetCommandOptions extends TangOptions {
+  keyFile: string;
+  hostKeyFingerprint?: string;
+  trustFirstUse: boolean;
+  parallel?: number;
+  json: boolean;
+  log: Logger;
+}
+
+/** A host's log lines go to the engine's per-host progress (named, redrawn on a terminal). */
+function hostLog(log: Logger, progress: HostProgress): EnrollLog {
+  return { info: (message) => progress.phase(message), warn: (message) => progress.warn(message), redactor: log.redactor };
+}
+
+/** Runs `work` on every target through the fleet engine; human output adds each host's full report. */
+async function fleetCommand<T>(
+  name: string,
+  targets: FleetTarget[],
+  options: FleetCommandOptions,
+  describe: (report: T) => TaskVerdict,
+  format: (report: T) => string,
+  work: (target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal) => Promise<T>,
+): Promise<FleetReport<T>> {
+  checkTangOptions({ ...options, hosts: targets.length });
+  const keyText = await readPrivateKey(options.keyFile);
+  const report = await runFleet(targets, { command: name, log: options.log, parallel: options.parallel, json: options.json, describe }, (target, progress) =>
+    work({ name: target.name, address: target.address, port: target.port, user: target.user, hostKeyFingerprint: options.hostKeyFingerprint }, keyText, hostLog(options.log, progress), progress.signal),
+  );
+  if (!options.json) {
+    for (const record of report.records) if (record.details !== undefined) process.stdout.write(`\n${record.host}:\n${format(record.details)}\n`);
+  }
+  return report;
+}
+
+export async function enrollCommand(targets: FleetTarget[], options: FleetCommandOptions & { passphraseFile: string; recoveryKeyOut?: string; dropbear: DropbearAction }): Promise<FleetReport<EnrollReport>> {
+  if (targets.length > 1 && options.recoveryKeyOut && !options.recoveryKeyOut.includes('{host}')) throw new InputError('with several hosts, put {host} in the path (one file per host)', '--recovery-key-out');
+  const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
+  options.log.redactor.add(bootstrapPassphrase);
+  const describe = (report: EnrollReport): TaskVerdict => ({
+    skipped: report.result === 'already-enrolled',
+    summary: `${report.result === 'already-enrolled' ? 'already enrolled' : 'enrolled'}; Tang keyslot ${report.tang.map((b) => b.slot).join(',')} (${report.tang.flatMap((b) => b.servers.flatMap((s) => s.thumbprints)).join(',')}), recovery keyslot ${report.recovery.slot}`,
+  });
+  return fleetCommand('enroll', targets, options, describe, formatEnrollReport, (target, keyText, log, signal) => enrollHost(target, { ...options, keyText, bootstrapPassphrase, log, signal }));
+}
+
+export function rebindCommand(targets: FleetTarget[], options: FleetCommandOptions): Promise<FleetReport<RebindReport>> {
+  const describe = (report: RebindReport): TaskVerdict => ({
+    skipped: report.result === 'current',
+    summary: `${report.result === 'current' ? 'already current' : 'rebound'}: keyslot ${report.current.slot} ${report.current.servers.flatMap((s) => s.thumbprints).join(',')}${report.old.length ? `; removed ${report.old.map((b) => `${b.slot} ${b.servers.flatMap((s) => s.thumbprints).join(',')}`).join('; ')}` : ''}`,
+  });
+  return fleetCommand('rebind', targets, options, describe, formatRebindReport, (target, keyText, log, signal) => rebindHost(target, { ...options, keyText, log, signal }));
 }

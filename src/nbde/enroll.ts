@@ -1,46 +1,52 @@
 /**
  * `keylessgo enroll`: turns a deployed machine that was unlocked with the bootstrap
- * passphrase into one that unlocks itself through Tang, with a per-machine volume key and
- * a recovery passphrase, over SSH. Steps, each verified before the next, ordered so that an
- * interruption anywhere leaves at least one way in:
+ * passphrase into one that unlocks itself through Tang, with a per-machine volume key and a
+ * recovery passphrase, over SSH. A state machine: each round observes the machine (`observe`),
+ * picks the next step from what it found (`nextStep`) and runs it, so a re-run continues
+ * from wherever an interrupted one left the machine. The steps, in the order that leaves at
+ * least one way in after an interruption anywhere:
  *
- *   1. Tang reachable from the machine (a clevis encrypt/decrypt round trip)
- *   2. new volume key (online `cryptsetup reencrypt` with the bootstrap keyslot; this drops
- *      every other keyslot, so a build-time Tang binding is removed with its token)
- *   3. Tang binding made on this machine (unique secret), verified with `clevis luks pass`
- *   4. recovery passphrase added and tested
- *   5. bootstrap passphrase removed, and tested to fail
- *   6. dropbear host key regenerated (it came from the image), or dropbear removed, and
- *      the initramfs rebuilt
+ *   1. new volume key: online `cryptsetup reencrypt` with the bootstrap keyslot, as a
+ *      detached systemd unit (a dropped connection or killed keylessgo does not stop it; a
+ *      re-run waits for it, or resumes an interrupted one with --resume-only). It drops every
+ *      other keyslot, so a build-time clevis binding is stale afterwards and is removed.
+ *   2. Tang binding made on this machine (unique secret) to the trusted advertisement, proven
+ *   3. recovery passphrase added in keyslot 31 (how a re-run tells it apart) and tested
+ *   4. dropbear host key regenerated (it came from the image) or dropbear removed, and the
+ *      initramfs rebuilt, as a detached unit too
+ *   5. bootstrap passphrase removed, and tested to fail: from then on the machine is enrolled
  *
  * Secrets cross the SSH channel on stdin into a 0700 directory on the machine's /run
- * (tmpfs), are overwritten and removed at the end, and never appear in any command line.
+ * (tmpfs), are overwritten and removed at the end (the detached re-encryption's copy when its
+ * unit stops), and never appear in any command line. A re-run stages them again.
+ * Host commands on the machine: those of machine.ts and tang-pins.ts, cryptsetup reencrypt,
+ * luksAddKey, luksRemoveKey, luksKillSlot, token remove; clevis encrypt/decrypt, luks bind,
+ * unbind; dropbearkey, apt-get purge, update-initramfs.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
-import { parseLuksDump, type LuksSummary } from '../host/cryptsetup.js';
-import { clevisPinConfig, parseClevisList, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
-import type { Logger } from '../log.js';
+import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
+import {
+  bindingDecrypts, detachedUnitCommand, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, shellQuote, slotOpenedBy, stageSecret,
+  succeeds, unbindCommand, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
+} from './machine.js';
+import { trustTang, type TrustedTang } from './tang-pins.js';
 
-export interface RemoteResult {
-  output: string;
-  exitCode: number | undefined;
-}
-
-/** A root shell on the machine being enrolled. */
-export interface Remote {
-  run(command: string, stdin?: string): Promise<RemoteResult>;
-}
+export { shellQuote, type EnrollLog, type Remote, type RemoteResult } from './machine.js';
 
 export interface EnrollOptions {
   tangUrls: string[];
+  /** Signing-key thumbprints, one per Tang URL in order; none: trust on first use. */
+  tangThps: string[];
   threshold: number;
   bootstrapPassphrase: string;
   recoveryKeyOut?: string;
   /** The SSH unlock fallback afterwards: new host key (default), unchanged, or purged. */
   dropbear: DropbearAction;
-  log: Logger;
+  log: EnrollLog;
+  /** How often a detached unit's progress is polled (tests: 0). */
+  pollMs?: number;
 }
 
 export type DropbearAction = 'regenerate-key' | 'keep' | 'remove';
@@ -51,135 +57,266 @@ const DROPBEAR_COMMANDS: Record<Exclude<DropbearAction, 'keep'>, string> = {
   remove: 'set -e; DEBIAN_FRONTEND=noninteractive apt-get purge -y -q dropbear-initramfs >/dev/null; update-initramfs -u >/dev/null 2>&1',
 };
 
-export interface EnrollReport {
-  device: string;
-  keyslotsBefore: number[];
-  keyslotsAfter: number[];
-  tang: { slot: number; pin: string; servers: BoundTangServer[] };
-  volumeKeyChanged: boolean;
-  bootstrapRemoved: boolean;
-  recoveryKeyFile?: string;
-  dropbear: DropbearAction;
-  stepSeconds: Record<string, number>;
-}
-
+/** The recovery passphrase's keyslot: fixed, so that a re-run knows it from any other. */
+export const RECOVERY_SLOT = 31;
 
 const SECRETS = '/run/keylessgo-enroll';
 const BOOTSTRAP = `${SECRETS}/bootstrap`;
 const RECOVERY = `${SECRETS}/recovery`;
+/** The detached re-encryption's own copy of the bootstrap passphrase, wiped when its unit stops. */
+const UNIT_KEY = `${SECRETS}/reencrypt-unit`;
+/** On the machine's root (encrypted, survives reboots): what a re-run cannot read from the LUKS header. */
+const STATE = '/var/lib/keylessgo/enroll';
+const IMAGE_DIGEST = `${STATE}/image-volume-key-digest-salt`;
+const DROPBEAR_DONE = `${STATE}/dropbear-done`;
+const MAX_ROUNDS = 12;
+export const REENCRYPT_UNIT = 'keylessgo-enroll-reencrypt';
+export const INITRAMFS_UNIT = 'keylessgo-enroll-initramfs';
 
-/** Shell-quotes one word for the remote POSIX shell. */
-export function shellQuote(word: string): string {
-  return `'${word.replaceAll("'", `'\\''`)}'`;
+/** Everything the next step is chosen from. */
+export interface EnrollFacts {
+  device: string;
+  header: LuksHeader;
+  reencryptRunning: boolean;
+  initramfsRunning: boolean;
+  /** The keyslot the bootstrap passphrase opens; undefined: it opens none. */
+  bootstrapSlot?: number;
+  /** The digest salt of the image's volume key, recorded before the re-encryption started. */
+  imageDigestSalt?: string;
+  bindings: Array<ClevisBinding & { decrypts: boolean }>;
+  /** Keyslots neither the bootstrap's, nor the recovery's, nor a binding's (an interrupted bind). */
+  strayKeyslots: number[];
+  orphanTokens: number[];
+  dropbearDone?: string;
 }
 
-async function must(remote: Remote, step: string, command: string, stdin?: string): Promise<string> {
-  const result = await remote.run(command, stdin);
-  if (result.exitCode !== 0) throw new EnrollError(step, `\`${command.split('\n')[0]}\` exited ${result.exitCode ?? 'without status'}: ${result.output.trim().split('\n').slice(-5).join(' | ')}`);
-  return result.output;
+export type EnrollStep =
+  | 'wait for the re-encryption'
+  | 'resume the re-encryption'
+  | 'wait for the initramfs rebuild'
+  | 'rotate the volume key'
+  | 'remove stale bindings'
+  | 'bind to Tang'
+  | 'add the recovery passphrase'
+  | 'update dropbear'
+  | 'remove the bootstrap passphrase'
+  | 'enrolled';
+
+/** Whether the header's volume key is no longer the image's (whose digest salt was recorded before the rotation). */
+function rotatedFrom(header: LuksHeader, imageDigestSalt: string | undefined): boolean {
+  return imageDigestSalt !== undefined && !header.reencryptInProgress && !header.digestSalts.includes(imageDigestSalt);
 }
 
-async function succeeds(remote: Remote, command: string): Promise<boolean> {
-  return (await remote.run(command)).exitCode === 0;
+export function volumeKeyRotated(facts: EnrollFacts): boolean {
+  return rotatedFrom(facts.header, facts.imageDigestSalt);
 }
 
-/** sha256 of the volume key, computed on the machine: the key itself never leaves it. */
-function volumeKeyDigestCommand(device: string, keyFile: string): string {
-  return `cryptsetup luksDump --dump-volume-key --batch-mode --key-file ${keyFile} ${device} | sed -n '/MK dump:/,$p' | tr -d ' \\t\\n' | sha256sum | cut -d' ' -f1`;
+/** The next step for a machine in the state `facts` describe; throws when none is safe. */
+export function nextStep(facts: EnrollFacts, dropbear: DropbearAction): EnrollStep {
+  if (facts.reencryptRunning) return 'wait for the re-encryption';
+  if (facts.header.reencryptInProgress) return 'resume the re-encryption';
+  if (facts.initramfsRunning) return 'wait for the initramfs rebuild';
+  if (facts.bootstrapSlot === undefined) {
+    if (facts.bindings.some((b) => b.decrypts)) return 'enrolled';
+    throw new EnrollError('check the bootstrap passphrase', 'it does not open the root volume, and no clevis binding decrypts now (the wrong passphrase, or enrolled and its Tang unreachable)');
+  }
+  if (!volumeKeyRotated(facts)) return 'rotate the volume key';
+  if (facts.orphanTokens.length > 0 || facts.strayKeyslots.length > 0 || facts.bindings.some((b) => !b.decrypts)) return 'remove stale bindings';
+  if (facts.bindings.length === 0) return 'bind to Tang';
+  if (!facts.header.keyslots.includes(RECOVERY_SLOT)) return 'add the recovery passphrase';
+  if (dropbear !== 'keep' && facts.dropbearDone !== dropbear) return 'update dropbear';
+  return 'remove the bootstrap passphrase';
+}
+
+export async function observe(remote: Remote, device: string, pollMs: number): Promise<EnrollFacts> {
+  const step = 'observe the machine';
+  const header = await readHeader(remote, device, step);
+  const reencryptRunning = await unitActive(remote, REENCRYPT_UNIT, pollMs);
+  const initramfsRunning = await unitActive(remote, INITRAMFS_UNIT, pollMs);
+  const bootstrapSlot = await slotOpenedBy(remote, device, BOOTSTRAP);
+  const state = (await remote.run(`cat ${IMAGE_DIGEST} 2>/dev/null; echo; cat ${DROPBEAR_DONE} 2>/dev/null`)).output.split('\n');
+  const imageDigestSalt = state[0]?.trim() || undefined;
+  const rotated = rotatedFrom(header, imageDigestSalt);
+  const bindings = [];
+  for (const binding of await readBindings(remote, device, header, step)) {
+    // Before the rotation no binding counts (the build-time one goes with the image's key): no need to ask Tang.
+    const decrypts = (rotated || bootstrapSlot === undefined) && (await bindingDecrypts(remote, device, binding.slot));
+    bindings.push({ ...binding, decrypts });
+  }
+  const known = new Set([bootstrapSlot, RECOVERY_SLOT, ...bindings.map((b) => b.slot)]);
+  return {
+    device,
+    header,
+    reencryptRunning,
+    initramfsRunning,
+    bootstrapSlot,
+    imageDigestSalt,
+    bindings,
+    // While a re-encryption is on, its new keyslot is no stray one.
+    strayKeyslots: header.reencryptInProgress || reencryptRunning ? [] : header.keyslots.filter((s) => !known.has(s)),
+    orphanTokens: orphanClevisTokens(header),
+    dropbearDone: state[1]?.trim() || undefined,
+  };
+}
+
+export interface EnrollReport {
+  device: string;
+  /** enrolled: by this run (maybe continuing an earlier one); already-enrolled: nothing was left to do. */
+  result: 'enrolled' | 'already-enrolled';
+  /** The steps this run took, in order. */
+  steps: EnrollStep[];
+  keyslotsBefore: number[];
+  keyslotsAfter: number[];
+  tang: { slot: number; pin: string; servers: BoundTangServer[] }[];
+  /** What this run trusted (empty when it made no binding). */
+  trusted: Array<Omit<TrustedTang, 'adv'>>;
+  /** undefined: enrolled before keylessgo recorded the image's key (nothing to compare with). */
+  volumeKeyChanged?: boolean;
+  bootstrapRemoved: boolean;
+  recovery: { slot: number; file?: string; note: string };
+  dropbear: DropbearAction;
+  stepSeconds: Record<string, number>;
+}
+
+/** The binding passphrase chosen for the recovery keyslot, and what the report says about it. */
+async function recoveryPassphrase(recoveryKeyOut: string | undefined, log: EnrollLog): Promise<{ passphrase: string; note: string }> {
+  if (recoveryKeyOut) {
+    const existing = await readFile(recoveryKeyOut, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    // Written before the keyslot is added: an interrupted run left it behind; use it, never a second one.
+    if (existing !== undefined) {
+      log.warn(`enroll: ${recoveryKeyOut} exists (left by an interrupted run): its passphrase becomes the recovery passphrase`);
+      return { passphrase: existing.trim(), note: `added, from the existing ${recoveryKeyOut}` };
+    }
+    const passphrase = randomBytes(24).toString('base64url');
+    await writeFile(recoveryKeyOut, `${passphrase}\n`, { mode: 0o600, flag: 'wx' });
+    return { passphrase, note: `added, written to ${recoveryKeyOut}` };
+  }
+  return { passphrase: randomBytes(24).toString('base64url'), note: 'added (not written out: no --recovery-key-out)' };
+}
+
+/** What the report says about a recovery keyslot an earlier run added. */
+async function existingRecoveryNote(remote: Remote, device: string, recoveryKeyOut: string | undefined): Promise<string> {
+  const text = recoveryKeyOut ? await readFile(recoveryKeyOut, 'utf8').catch(() => undefined) : undefined;
+  if (text === undefined) return `added by an earlier run; its passphrase is wherever that run wrote it${recoveryKeyOut ? ` (${recoveryKeyOut} does not exist: no new one was made)` : ''}`;
+  await stageSecret(remote, RECOVERY, text.trim());
+  const opens = await succeeds(remote, `cryptsetup open --test-passphrase --key-slot ${RECOVERY_SLOT} --key-file ${RECOVERY} ${device}`);
+  return opens ? `added by an earlier run, ${recoveryKeyOut} opens it` : `added by an earlier run; ${recoveryKeyOut} does NOT open it`;
 }
 
 export async function enroll(remote: Remote, options: EnrollOptions): Promise<EnrollReport> {
   const { log } = options;
+  const pollMs = options.pollMs ?? 5000;
   const stepSeconds: Record<string, number> = {};
-  const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-    log.info(`enroll: ${name}`);
-    const started = performance.now();
-    const result = await fn();
-    stepSeconds[name] = Math.round((performance.now() - started) / 100) / 10;
-    return result;
-  };
+  const steps: EnrollStep[] = [];
+  const device = await findRootDevice(remote, 'find the root LUKS device');
+  let trusted: TrustedTang[] | undefined;
+  const trust = async () => (trusted ??= await trustTang(remote, options.tangUrls, options.tangThps, log, 'check Tang from the machine'));
+  let recoveryNote: string | undefined;
 
-  const device = await step('find the root LUKS device', async () => {
-    const source = (await must(remote, 'find the root LUKS device', 'findmnt -no SOURCE /')).trim();
-    const mapper = /^\/dev\/mapper\/(.+)$/.exec(source)?.[1];
-    if (!mapper) throw new EnrollError('find the root LUKS device', `/ is on ${source}, not on a dm-crypt mapping`);
-    const status = await must(remote, 'find the root LUKS device', `cryptsetup status ${shellQuote(mapper)}`);
-    const found = /^\s*device:\s*(\S+)/m.exec(status)?.[1];
-    if (!found) throw new EnrollError('find the root LUKS device', `no backing device in cryptsetup status ${mapper}`);
-    await must(remote, 'find the root LUKS device', 'command -v clevis && dpkg-query -W clevis-luks clevis-initramfs');
-    return found;
-  });
-  const dump = async (): Promise<LuksSummary> => parseLuksDump(await must(remote, 'luksDump', `cryptsetup luksDump ${device}`));
-  const before = await dump();
-
-  await must(remote, 'stage secrets', `umask 077 && mkdir -p ${SECRETS} && cat > ${BOOTSTRAP}`, options.bootstrapPassphrase);
+  await stageSecret(remote, BOOTSTRAP, options.bootstrapPassphrase);
   try {
-    if (!(await succeeds(remote, `cryptsetup open --test-passphrase --key-file ${BOOTSTRAP} ${device}`))) {
-      throw new EnrollError('check the bootstrap passphrase', 'it does not open the root volume (already enrolled, or the wrong passphrase)');
+    let facts = await observe(remote, device, pollMs);
+    const keyslotsBefore = facts.header.keyslots;
+    for (;;) {
+      const step = nextStep(facts, options.dropbear);
+      if (step === 'enrolled') break;
+      // Each step moves the machine on; more rounds than steps means two steps undo each other.
+      if (steps.length > MAX_ROUNDS) throw new EnrollError(step, `still not enrolled after ${steps.length} steps (${steps.join(', ')})`);
+      log.info(`enroll: ${step}`);
+      steps.push(step);
+      const started = performance.now();
+      await runStep(step, facts);
+      stepSeconds[step] = (stepSeconds[step] ?? 0) + Math.round((performance.now() - started) / 100) / 10;
+      const next = await observe(remote, device, pollMs);
+      // A step that changed nothing would be picked again forever.
+      if (nextStep(next, options.dropbear) === step && !step.startsWith('wait')) throw new EnrollError(step, `the machine shows no effect of it${await journalTail(step)}`);
+      facts = next;
     }
-    const [pin, config] = clevisPinConfig(options.tangUrls.map((url) => ({ url })), options.threshold);
-    await step('check Tang from the machine', () =>
-      must(remote, 'check Tang from the machine', `test "$(printf ok | clevis encrypt ${pin} ${shellQuote(config)} -y | clevis decrypt)" = ok`),
-    );
-
-    const digestBefore = await must(remote, 'volume key digest', volumeKeyDigestCommand(device, BOOTSTRAP));
-    await step('rotate the volume key (online reencrypt)', async () => {
-      await must(remote, 'rotate the volume key', `cryptsetup reencrypt --batch-mode --key-file ${BOOTSTRAP} --key-slot 0 --resilience checksum ${device}`);
-      // Tokens of keyslots the rotation dropped (a build-time clevis binding) are stale now.
-      for (const binding of parseClevisList((await remote.run(`clevis luks list -d ${device}`)).output)) {
-        await remote.run(`clevis luks unbind -f -d ${device} -s ${binding.slot}`);
-      }
-      await must(remote, 'rotate the volume key', `for id in $(cryptsetup luksDump ${device} | sed -n 's/^  \\([0-9]*\\): clevis$/\\1/p'); do cryptsetup token remove --token-id "$id" ${device}; done`);
-    });
-    const digestAfter = await must(remote, 'volume key digest', volumeKeyDigestCommand(device, BOOTSTRAP));
-    if (digestAfter.trim() === digestBefore.trim()) throw new EnrollError('rotate the volume key', 'the volume key did not change');
-
-    const tang = await step('bind to Tang', async () => {
-      await must(remote, 'bind to Tang', `clevis luks bind -y -d ${device} -k ${BOOTSTRAP} ${pin} ${shellQuote(config)}`);
-      const bindings = parseClevisList(await must(remote, 'bind to Tang', `clevis luks list -d ${device}`));
-      if (bindings.length !== 1) throw new EnrollError('bind to Tang', `expected one clevis binding, found ${bindings.length}`);
-      const binding = bindings[0]!;
-      await must(remote, 'bind to Tang', `clevis luks pass -d ${device} -s ${binding.slot} | cryptsetup open --test-passphrase --key-file - ${device}`);
-      // The signing keys the binding trusts, read back from the token clevis wrote.
-      const tokenIds = [...(await must(remote, 'bind to Tang', `cryptsetup luksDump ${device}`)).matchAll(/^ {2}(\d+): clevis$/gm)].map((m) => m[1]);
-      const servers: BoundTangServer[] = [];
-      for (const id of tokenIds) servers.push(...tangServersInToken(await must(remote, 'bind to Tang', `cryptsetup token export --token-id ${id} ${device}`)));
-      return { slot: binding.slot, pin: binding.pin, servers };
-    });
-
-    const recovery = randomBytes(24).toString('base64url');
-    options.log.redactor.add(recovery);
-    await step('add the recovery passphrase', async () => {
-      if (options.recoveryKeyOut) await writeFile(options.recoveryKeyOut, `${recovery}\n`, { mode: 0o600, flag: 'wx' });
-      await must(remote, 'add the recovery passphrase', `umask 077 && cat > ${RECOVERY}`, recovery);
-      await must(remote, 'add the recovery passphrase', `cryptsetup luksAddKey --batch-mode --key-file ${BOOTSTRAP} ${device} ${RECOVERY}`);
-      await must(remote, 'add the recovery passphrase', `cryptsetup open --test-passphrase --key-file ${RECOVERY} ${device}`);
-    });
-
-    await step('remove the bootstrap passphrase', async () => {
-      await must(remote, 'remove the bootstrap passphrase', `cryptsetup luksRemoveKey --batch-mode --key-file ${BOOTSTRAP} ${device}`);
-      if (await succeeds(remote, `cryptsetup open --test-passphrase --key-file ${BOOTSTRAP} ${device}`)) {
-        throw new EnrollError('remove the bootstrap passphrase', 'the bootstrap passphrase still opens the volume');
-      }
-    });
-
-    if (options.dropbear !== 'keep') {
-      const name = options.dropbear === 'remove' ? 'remove dropbear from the initramfs' : 'regenerate the dropbear host key';
-      await step(name, () => must(remote, name, DROPBEAR_COMMANDS[options.dropbear as Exclude<DropbearAction, 'keep'>]));
-    }
-    const after = await dump();
+    const bound = facts.bindings.filter((b) => b.decrypts);
     return {
       device,
-      keyslotsBefore: before.keyslots,
-      keyslotsAfter: after.keyslots,
-      tang,
-      volumeKeyChanged: true,
+      result: steps.length === 0 ? 'already-enrolled' : 'enrolled',
+      steps,
+      keyslotsBefore,
+      keyslotsAfter: facts.header.keyslots,
+      tang: bound.map((b) => ({ slot: b.slot, pin: b.pin, servers: b.servers })),
+      trusted: (trusted ?? []).map(({ adv: _adv, ...rest }) => rest),
+      volumeKeyChanged: facts.imageDigestSalt === undefined ? undefined : volumeKeyRotated(facts),
       bootstrapRemoved: true,
-      recoveryKeyFile: options.recoveryKeyOut,
+      recovery: facts.header.keyslots.includes(RECOVERY_SLOT)
+        ? { slot: RECOVERY_SLOT, file: options.recoveryKeyOut, note: recoveryNote ?? (await existingRecoveryNote(remote, device, options.recoveryKeyOut)) }
+        : { slot: RECOVERY_SLOT, note: 'none (enrolled without one)' },
       dropbear: options.dropbear,
       stepSeconds,
     };
   } finally {
-    await remote.run(`for f in ${SECRETS}/*; do [ -f "$f" ] && dd if=/dev/zero of="$f" bs=1 count=$(stat -c %s "$f") conv=notrunc 2>/dev/null; done; rm -rf ${SECRETS}`);
+    await remote.run(wipeCommand(SECRETS));
+  }
+
+  async function journalTail(step: EnrollStep): Promise<string> {
+    const unit = step === 'update dropbear' ? INITRAMFS_UNIT : step.includes('re-encryption') || step.startsWith('rotate') ? REENCRYPT_UNIT : undefined;
+    if (!unit) return '';
+    const tail = (await remote.run(unitJournalCommand(unit, 5))).output.trim();
+    return tail ? `; the end of its journal: ${tail.split('\n').join(' | ')}` : '';
+  }
+
+  async function startReencrypt(args: string): Promise<void> {
+    await must(remote, 'stage secrets', `umask 077 && cp ${BOOTSTRAP} ${UNIT_KEY}`);
+    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec stdbuf -oL cryptsetup reencrypt --batch-mode --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
+    await followUnit(remote, REENCRYPT_UNIT, log, pollMs);
+  }
+
+  async function runStep(step: EnrollStep, facts: EnrollFacts): Promise<void> {
+    switch (step) {
+      case 'wait for the re-encryption':
+        return followUnit(remote, REENCRYPT_UNIT, log, pollMs);
+      case 'wait for the initramfs rebuild':
+        return followUnit(remote, INITRAMFS_UNIT, log, pollMs);
+      case 'resume the re-encryption':
+        return startReencrypt('--resume-only');
+      case 'rotate the volume key': {
+        // Tang must answer before the image's key (and with it the build-time binding) goes.
+        const [pin, config] = clevisPinConfig(await trust(), options.threshold);
+        await must(remote, step, `test "$(printf ok | clevis encrypt ${pin} ${shellQuote(config)} | clevis decrypt)" = ok`);
+        const salt = facts.header.digestSalts[0];
+        await must(remote, step, `mkdir -p ${STATE} && { test -s ${IMAGE_DIGEST} || echo ${salt} > ${IMAGE_DIGEST}; }`);
+        return startReencrypt(`--key-slot ${facts.bootstrapSlot} --resilience checksum`);
+      }
+      case 'remove stale bindings':
+        // A binding that does not decrypt because Tang is down now must stay: fail here instead.
+        if (facts.bindings.some((b) => !b.decrypts)) await trust();
+        for (const binding of facts.bindings.filter((b) => !b.decrypts)) await must(remote, step, unbindCommand(device, binding.slot, `cat ${BOOTSTRAP}`));
+        for (const id of facts.orphanTokens) await must(remote, step, `cryptsetup token remove --token-id ${id} ${device}`);
+        for (const slot of facts.strayKeyslots) await must(remote, step, `cryptsetup luksKillSlot --batch-mode --key-file ${BOOTSTRAP} ${device} ${slot}`);
+        return;
+      case 'bind to Tang': {
+        const [pin, config] = clevisPinConfig(await trust(), options.threshold);
+        await must(remote, step, `clevis luks bind -y -d ${device} -k ${BOOTSTRAP} ${pin} ${shellQuote(config)}`);
+        return;
+      }
+      case 'add the recovery passphrase': {
+        const { passphrase, note } = await recoveryPassphrase(options.recoveryKeyOut, log);
+        log.redactor.add(passphrase);
+        await stageSecret(remote, RECOVERY, passphrase);
+        await must(remote, step, `cryptsetup luksAddKey --batch-mode --key-slot ${RECOVERY_SLOT} --key-file ${BOOTSTRAP} ${device} ${RECOVERY}`);
+        await must(remote, step, `cryptsetup open --test-passphrase --key-slot ${RECOVERY_SLOT} --key-file ${RECOVERY} ${device}`);
+        recoveryNote = note;
+        return;
+      }
+      case 'update dropbear': {
+        const action = options.dropbear as Exclude<DropbearAction, 'keep'>;
+        await must(remote, step, detachedUnitCommand(INITRAMFS_UNIT, `${DROPBEAR_COMMANDS[action]}; mkdir -p ${STATE}; echo ${action} > ${DROPBEAR_DONE}`));
+        return followUnit(remote, INITRAMFS_UNIT, log, pollMs);
+      }
+      case 'remove the bootstrap passphrase':
+        await must(remote, step, `cryptsetup luksRemoveKey --batch-mode --key-file ${BOOTSTRAP} ${device}`);
+        if (await slotOpenedBy(remote, device, BOOTSTRAP) !== undefined) throw new EnrollError(step, 'the bootstrap passphrase still opens the volume');
+        return;
+      case 'enrolled':
+        return;
+    }
   }
 }

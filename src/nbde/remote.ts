@@ -18,7 +18,8 @@ export class SshRemote implements Remote {
     return new SshRemote(client, hostKey, signal);
   }
 
-  run(command: string, stdin?: string): Promise<RemoteResult> {
+  /** stdin is always closed (empty when not given): a command that would read a passphrase from it must not wait forever. */
+  run(command: string, stdin = ''): Promise<RemoteResult> {
     return exec(this.client, command, { timeoutMs: COMMAND_TIMEOUT_MS, signal: this.signal, stdin });
   }
 

@@ -70,6 +70,8 @@ export interface Products {
   encryptedRanges: ByteRange[];
   /** Bytes of the root filesystem written (encrypted); the rest of the partition is a hole. */
   rootUsedBytes: number;
+  /** The root header's volume key digest(s): `keylessgo status` tells from them whether a machine still has the image's key. */
+  luksHeaderDigests: Array<{ salt: string; digest: string }>;
   // nbde
   tang: { slot: number; pin: string; servers: Array<{ url: string; thumbprints: string[] }> } | null;
   /** LUKS keyslots in use after binding (null: nothing bound). */

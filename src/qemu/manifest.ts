@@ -10,7 +10,8 @@ import { SUITES } from '../recipe/schema.js';
 const manifestSchema = z.object({
   recipe: z.object({ name: z.string(), suite: z.enum(SUITES) }),
   kernel: z.object({ version: z.string() }),
-  luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string() }),
+  // headerDigests: absent in manifests from before `keylessgo status`.
+  luks: z.object({ uuid: z.string(), cipher: z.string(), keySize: z.number(), mapperName: z.string(), headerDigests: z.array(z.object({ salt: z.string(), digest: z.string() })).nullish() }),
   // Absent in manifests from before the root grew at first boot, sectorSize before 4Kn images.
   disk: z.object({ growOnFirstBoot: z.boolean(), sectorSize: z.number().default(512) }).default({ growOnFirstBoot: false, sectorSize: 512 }),
   // Absent in manifests from before 4Kn images (which boot with UEFI only).

@@ -1,7 +1,7 @@
 /**
  * SSH to the guest through the forwarded port, with the `ssh2` package (no OpenSSH client
- * config or known_hosts involved). Host keys are not checked (the VM is throwaway) but
- * every connection reports the key it saw, so the caller can compare it with the manifest.
+ * config or known_hosts involved). Every connection reports the host key it saw, so the caller
+ * can compare it with the manifest; fleet commands refuse unknown keys with `acceptHostKey`.
  */
 import { readFile } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
@@ -21,9 +21,9 @@ export interface HostKey {
 }
 
 /** Reads the identification line an SSH server sends first ("SSH-2.0-dropbear_2022.83"), if any. */
-export function readBanner(port: number, timeoutMs: number): Promise<string | undefined> {
+export function readBanner(port: number, timeoutMs: number, host = GUEST_HOST): Promise<string | undefined> {
   return new Promise((resolve) => {
-    const socket = tcpConnect({ host: GUEST_HOST, port });
+    const socket = tcpConnect({ host, port });
     let received = '';
     const finish = (banner: string | undefined) => {
       socket.destroy();
@@ -72,6 +72,8 @@ export interface SshOptions {
   host?: string;
   /** Ends the connection at once (Ctrl-C, overall timeout, QEMU gone). */
   signal: AbortSignal;
+  /** False refuses the server during key exchange, before authentication or anything else is sent. */
+  acceptHostKey?: (key: HostKey) => boolean;
 }
 
 /** Destroys the connection and rejects when `signal` aborts; returns the function that stops listening. */
@@ -108,7 +110,7 @@ function connectOnce(port: number, auth: AnyAuthMethod, options: SshOptions): Pr
       readyTimeout: options.timeoutMs,
       hostVerifier: (key: Buffer) => {
         hostKey = describeHostKey(key);
-        return true;
+        return options.acceptHostKey?.(hostKey) ?? true;
       },
     });
   });

@@ -6,12 +6,12 @@
  * the disk image, and free space stays a hole: raw and qcow2 images are as small as the data.
  *
  * Host commands: mount (a view of the tree without /boot), mkfs.ext4, dumpe2fs, cryptsetup
- * (luksFormat, luksDump).
+ * (luksFormat, luksDump, luksDump --dump-json-metadata for the volume key digest the manifest records).
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LUKS_DATA_OFFSET_BYTES, luksDump, luksFormatArgs } from '../host/cryptsetup.js';
+import { LUKS_DATA_OFFSET_BYTES, LUKS_JSON_DUMP_ARGS, luksDump, luksFormatArgs, luksHeaderDigests, parseLuksJsonHeader } from '../host/cryptsetup.js';
 import { EXT4_BLOCK_BYTES, ext4UsedRanges, mkfsExt4Args } from '../host/ext4.js';
 import { encryptRanges } from '../luks/encrypt-ranges.js';
 import { withTreeView } from '../host/mounts.js';
@@ -23,7 +23,7 @@ export const encryptStage = defineStage({
   name: 'encrypt',
   summary: 'root ext4, LUKS2 header, encryption of the used blocks',
   needs: ['configuredTree', 'layout', 'loop'],
-  produces: ['keyslots', 'encryptedRanges', 'rootUsedBytes'],
+  produces: ['keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests'],
   hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'cryptsetup', 'mount', 'umount'],
   async run(ctx) {
     const { luks } = ctx.recipe;
@@ -46,6 +46,7 @@ export const encryptStage = defineStage({
         throw new Error(`unexpected LUKS header: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}], data offset ${summary.dataOffsetBytes}`);
       }
       ctx.state.keyslots = summary.keyslots;
+      ctx.state.luksHeaderDigests = luksHeaderDigests(parseLuksJsonHeader(await ctx.host.run('cryptsetup', [...LUKS_JSON_DUMP_ARGS, device])));
       const ranges = await ext4UsedRanges(ctx.host, plaintext);
       const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
       ctx.state.rootUsedBytes = written;

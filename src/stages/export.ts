@@ -108,6 +108,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
       sectorSize: recipe.luks.sectorSize,
       pbkdf: recipe.luks.pbkdf,
       keyslots: ctx.state.boundKeyslots ?? ctx.state.keyslots,
+      headerDigests: ctx.state.luksHeaderDigests ?? null,
       mapperName: 'cryptroot',
     },
     nbde: { clevis: recipe.nbde.clevis, threshold: recipe.nbde.threshold, binding: ctx.state.tang ?? null },
@@ -134,7 +135,7 @@ export const exportStage = defineStage({
   name: 'export',
   summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
   // Everything the manifest reports, so every other stage.
-  needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'tang', 'boundKeyslots', 'bootUsedBytes'],
+  needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'tang', 'boundKeyslots', 'bootUsedBytes'],
   produces: [],
   hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {

@@ -48,13 +48,14 @@ export class TestVm {
 
   /**
    * Powers on (UEFI); `tang` serves a Tang server from those keys to the guest; `network`:
-   * NICs connected to nothing in front of the user-network one, a static guest address.
+   * NICs connected to nothing in front of the user-network one, a static guest address;
+   * `cpus` (default 2): 1 when several guests run side by side.
    */
-  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}): Promise<void> {
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, cpus = 2): Promise<void> {
     this.boots++;
     const config: VmConfig = {
       accel: 'tcg',
-      cpus: 2,
+      cpus,
       memoryMiB: 2048,
       firmwareArgs: await firmwareArgs('uefi', this.dir),
       overlay: this.overlay,

@@ -1,0 +1,175 @@
+/**
+ * What enroll and rebind read from and do on a deployed machine's root LUKS2 volume, through
+ * a root shell (`Remote`): find the device, read its header and clevis bindings, stage and
+ * wipe secrets, run and follow detached systemd units. Host commands on the machine:
+ * findmnt, cryptsetup (status, luksDump, token export, open --test-passphrase), clevis luks
+ * list/pass, systemd-run, systemctl is-active, journalctl, dd, rm.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EnrollError } from '../errors.js';
+import { parseLuksDump, type LuksSummary } from '../host/cryptsetup.js';
+import { tangServersInToken, type BoundTangServer } from '../host/clevis.js';
+import type { Logger } from '../log.js';
+
+export interface RemoteResult {
+  output: string;
+  exitCode: number | undefined;
+}
+
+/** Where enroll and rebind say what they do: a Logger, or one host's progress in a fleet run. */
+export type EnrollLog = Pick<Logger, 'info' | 'warn' | 'redactor'>;
+
+/** A root shell on the machine. */
+export interface Remote {
+  run(command: string, stdin?: string): Promise<RemoteResult>;
+}
+
+/** Shells-quotes one word for the remote POSIX shell. */
+export function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+export async function must(remote: Remote, step: string, command: string, stdin?: string): Promise<string> {
+  const result = await remote.run(command, stdin);
+  if (result.exitCode !== 0) throw new EnrollError(step, `\`${command.split('\n')[0]}\` exited ${result.exitCode ?? 'without status'}: ${result.output.trim().split('\n').slice(-5).join(' | ')}`);
+  return result.output;
+}
+
+export async function succeeds(remote: Remote, command: string, stdin?: string): Promise<boolean> {
+  return (await remote.run(command, stdin)).exitCode === 0;
+}
+
+/** The LUKS2 device under / (through its dm-crypt mapping), on a machine with clevis installed. */
+export async function findRootDevice(remote: Remote, step: string): Promise<string> {
+  const source = (await must(remote, step, 'findmnt -no SOURCE /')).trim();
+  const mapper = /^\/dev\/mapper\/(.+)$/.exec(source)?.[1];
+  if (!mapper) throw new EnrollError(step, `/ is on ${source}, not on a dm-crypt mapping`);
+  const status = await must(remote, step, `cryptsetup status ${shellQuote(mapper)}`);
+  const device = /^\s*device:\s*(\S+)/m.exec(status)?.[1];
+  if (!device) throw new EnrollError(step, `no backing device in cryptsetup status ${mapper}`);
+  await must(remote, step, 'command -v clevis && dpkg-query -W clevis-luks clevis-initramfs');
+  return device;
+}
+
+export interface LuksHeader extends LuksSummary {
+  /** An online re-encryption was started and has not finished (header requirement online-reencrypt-v2). */
+  reencryptInProgress: boolean;
+  /** Salts of the volume-key digests: a new volume key comes with a new digest. */
+  digestSalts: string[];
+  /** Tokens by id with their type and the keyslots they are assigned to. */
+  tokens: Array<{ id: number; type: string; keyslots: number[] }>;
+}
+
+/** luksDump text → the facts enroll and rebind decide on. */
+export function parseLuksHeader(text: string): LuksHeader {
+  const section = (name: string) => new RegExp(`^${name}:\\n([\\s\\S]*?)(?=^\\S|(?![\\s\\S]))`, 'm').exec(text)?.[1] ?? '';
+  const digestSalts = [...section('Digests').matchAll(/Salt:\s+((?:[0-9a-f]{2} ?)+(?:\n\s+(?:[0-9a-f]{2} ?)+)*)/g)].map((m) => m[1]!.replace(/\s+/g, ''));
+  const tokens = [...section('Tokens').matchAll(/^ {2}(\d+): (\S+)\n((?:\t.*\n?)*)/gm)].map((m) => ({
+    id: Number(m[1]),
+    type: m[2]!,
+    keyslots: [...(/Keyslot:\s+([\d ]+)/.exec(m[3]!)?.[1]?.trim().split(/\s+/) ?? [])].filter(Boolean).map(Number),
+  }));
+  return { ...parseLuksDump(text), reencryptInProgress: /^Requirements:.*online-reencrypt/m.test(text), digestSalts, tokens };
+}
+
+export async function readHeader(remote: Remote, device: string, step: string): Promise<LuksHeader> {
+  return parseLuksHeader(await must(remote, step, `cryptsetup luksDump ${device}`));
+}
+
+export interface ClevisBinding {
+  slot: number;
+  tokenId: number;
+  pin: string;
+  servers: BoundTangServer[];
+}
+
+/** The clevis tokens that name an existing keyslot, with the Tang servers and signing keys each was made with. */
+export async function readBindings(remote: Remote, device: string, header: LuksHeader, step: string): Promise<ClevisBinding[]> {
+  const bindings: ClevisBinding[] = [];
+  for (const token of header.tokens.filter((t) => t.type === 'clevis')) {
+    const slot = token.keyslots.find((s) => header.keyslots.includes(s));
+    if (slot === undefined) continue;
+    const json = await must(remote, step, `cryptsetup token export --token-id ${token.id} ${device}`);
+    const protectedHeader = (JSON.parse(json) as { jwe?: { protected?: string } }).jwe?.protected;
+    const pin = protectedHeader ? ((JSON.parse(Buffer.from(protectedHeader, 'base64url').toString('utf8')) as { clevis?: { pin?: string } }).clevis?.pin ?? '?') : '?';
+    bindings.push({ slot, tokenId: token.id, pin, servers: tangServersInToken(json) });
+  }
+  return bindings;
+}
+
+/** Clevis tokens left without a keyslot (the re-encryption dropped it, or a bind was interrupted). */
+export function orphanClevisTokens(header: LuksHeader): number[] {
+  return header.tokens.filter((t) => t.type === 'clevis' && !t.keyslots.some((s) => header.keyslots.includes(s))).map((t) => t.id);
+}
+
+/** Whether the binding in `slot` gives a passphrase that opens the volume now (asks its Tang servers). */
+export function bindingDecrypts(remote: Remote, device: string, slot: number): Promise<boolean> {
+  return succeeds(remote, `clevis luks pass -d ${device} -s ${slot} | cryptsetup open --test-passphrase --key-slot ${slot} --key-file - ${device}`);
+}
+
+/**
+ * Unbinds the clevis binding in `slot`. Its `cryptsetup luksKillSlot` reads a passphrase of
+ * another keyslot from stdin when stdin is no terminal: `keySource` is a command printing one.
+ */
+export function unbindCommand(device: string, slot: number, keySource: string): string {
+  return `${keySource} | clevis luks unbind -f -d ${device} -s ${slot}`;
+}
+
+/** The keyslot a passphrase file opens, undefined when it opens none. */
+export async function slotOpenedBy(remote: Remote, device: string, keyFile: string): Promise<number | undefined> {
+  const result = await remote.run(`cryptsetup open --test-passphrase --verbose --key-file ${keyFile} ${device}`);
+  if (result.exitCode !== 0) return undefined;
+  const slot = /Key slot (\d+) unlocked/.exec(result.output)?.[1];
+  return slot === undefined ? undefined : Number(slot);
+}
+
+/** Overwrites then removes files or directories of secrets on the machine (tmpfs: no copies elsewhere). */
+export function wipeCommand(path: string): string {
+  return `for f in $(find ${path} -type f 2>/dev/null); do dd if=/dev/zero of="$f" bs=1 count=$(stat -c %s "$f") conv=notrunc 2>/dev/null; done; rm -rf ${path}`;
+}
+
+/** Writes `secret` (on stdin) to `file` in a 0700 directory of /run. */
+export function stageSecret(remote: Remote, file: string, secret: string): Promise<string> {
+  return must(remote, 'stage secrets', `umask 077 && mkdir -p ${file.slice(0, file.lastIndexOf('/'))} && cat > ${file}`, secret);
+}
+
+/**
+ * A long step as a transient systemd unit: it goes on when the SSH connection drops or
+ * keylessgo is killed. --collect unloads it when it ends, failed or not (a re-run can start
+ * one with the same name); whether it did its work is read from the machine afterwards.
+ */
+export function detachedUnitCommand(unit: string, command: string, stopPost?: string): string {
+  const properties = ['SyslogIdentifier=keylessgo-enroll', ...(stopPost ? [`ExecStopPost=/bin/sh -c ${shellQuote(stopPost)}`] : [])];
+  return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(command)}`;
+}
+
+/**
+ * Whether `unit` is still running. Only `inactive` or `failed` count as ended (a transient
+ * unit that is gone reads `inactive`): on a loaded machine systemctl can time out talking
+ * to systemd, and a wrong "ended" would start a second re-encryption beside the first.
+ */
+export async function unitActive(remote: Remote, unit: string, retryMs = 5000): Promise<boolean> {
+  let answer = '';
+  for (let attempt = 0; attempt < 6; attempt++) {
+    answer = (await remote.run(`systemctl is-active ${unit}`)).output.trim();
+    if (['active', 'activating', 'deactivating', 'reloading'].includes(answer)) return true;
+    if (answer === 'inactive' || answer === 'failed') return false;
+    await sleep(retryMs);
+  }
+  throw new EnrollError('follow the machine', `cannot tell whether ${unit} runs: systemctl is-active said ${JSON.stringify(answer)}`);
+}
+
+export function unitJournalCommand(unit: string, lines: number): string {
+  return `journalctl --no-pager -o cat -n ${lines} -u ${unit}`;
+}
+
+/** Polls until `unit` has ended, logging each new last line of its journal (progress). */
+export async function followUnit(remote: Remote, unit: string, log: EnrollLog, pollMs: number): Promise<void> {
+  let last = '';
+  while (await unitActive(remote, unit, pollMs)) {
+    const line = (await remote.run(unitJournalCommand(unit, 1))).output.trim();
+    if (line && line !== last) log.info(`  ${unit}: ${line}`);
+    last = line;
+    await sleep(pollMs);
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * A scripted machine for the enroll and rebind unit tests: a LUKS2 header (keyslots with what
+ * opens them, clevis tokens, the volume key's digest salt, the online-reencrypt flag), Tang
+ * keys, detached systemd units that run for a few polls, and files. It answers the shell
+ * commands enroll and rebind send, changes its state as the real machine would, and records
+ * every command with its stdin.
+ */
+import { jwkThumbprint } from '../../src/host/tang.js';
+import type { Remote, RemoteResult } from '../../src/nbde/machine.js';
+
+export const DEVICE = '/dev/vda4';
+export const TANG = 'http://tang.example';
+
+/** A signing key whose thumbprint is derived from `name`. */
+export function signingKey(name: string) {
+  return { kty: 'EC', crv: 'P-521', x: `x-${name}`, y: `y-${name}`, key_ops: ['verify'], alg: 'ES512' };
+}
+export const thp = (name: string) => jwkThumbprint(signingKey(name));
+
+type Slot = { opener: 'passphrase'; secret: string } | { opener: 'clevis'; key: string };
+
+export class FakeLuksMachine implements Remote {
+  readonly calls: Array<{ command: string; stdin?: string }> = [];
+  readonly files = new Map<string, string>();
+  slots = new Map<number, Slot>();
+  tokens = new Map<number, { keyslot?: number; key: string }>();
+  digestSalt = 'aa01';
+  reencryptFlag = false;
+  /** Units running, with the polls left until they end and what they do then. */
+  units = new Map<string, { polls: number; finish: () => void }>();
+  /** Tang's keys: `served` in the advertisement, `recoverable` still answering key recovery. */
+  tang = { up: true, served: 'k1', recoverable: new Set(['k1']) };
+  /** Commands matching this fail. */
+  failing?: RegExp;
+  /** This many `systemctl is-active` calls time out talking to systemd (a loaded machine). */
+  systemctlTimeouts = 0;
+  /** A started re-encryption unit fails instead of finishing. */
+  reencryptFails = false;
+  private nextSalt = 2;
+
+  /** The image as built: bootstrap passphrase in slot 0, a build-time Tang binding in slot 1. */
+  constructor(readonly bootstrap: string, buildTimeKey = 'build') {
+    this.slots.set(0, { opener: 'passphrase', secret: bootstrap });
+    this.slots.set(1, { opener: 'clevis', key: buildTimeKey });
+    this.tokens.set(0, { keyslot: 1, key: buildTimeKey });
+  }
+
+  index(pattern: RegExp): number {
+    return this.calls.findIndex((call) => pattern.test(call.command));
+  }
+
+  commands(pattern: RegExp): string[] {
+    return this.calls.map((call) => call.command).filter((command) => pattern.test(command));
+  }
+
+  /** The state after a completed volume-key rotation with the bootstrap slot (build-time binding orphaned). */
+  rotate(): void {
+    this.digestSalt = `aa0${this.nextSalt++}`;
+    this.reencryptFlag = false;
+    for (const slot of [...this.slots.keys()]) if (slot !== 0) this.slots.delete(slot);
+    for (const token of this.tokens.values()) token.keyslot = this.slots.has(token.keyslot ?? -1) ? token.keyslot : undefined;
+  }
+
+  bind(key: string): number {
+    const slot = [...Array(32).keys()].find((s) => !this.slots.has(s))!;
+    this.slots.set(slot, { opener: 'clevis', key });
+    this.tokens.set([...Array(32).keys()].find((id) => !this.tokens.has(id))!, { keyslot: slot, key });
+    return slot;
+  }
+
+  private decrypts(slot: number): boolean {
+    const entry = this.slots.get(slot);
+    return entry?.opener === 'clevis' && this.tang.up && this.tang.recoverable.has(entry.key);
+  }
+
+  private opens(file: string, slot?: number): number | undefined {
+    const secret = this.files.get(file);
+    for (const [number, entry] of this.slots) if (entry.opener === 'passphrase' && entry.secret === secret && (slot === undefined || slot === number)) return number;
+    return undefined;
+  }
+
+  private dump(): string {
+    const slots = [...this.slots.keys()].sort((a, b) => a - b);
+    const tokens = [...this.tokens].map(([id, t]) => `  ${id}: clevis\n${t.keyslot === undefined ? '' : `\tKeyslot:    ${t.keyslot}\n`}`).join('');
+    return [
+      'LUKS header information\nVersion:       \t2\nUUID:          \tx\n',
+      this.reencryptFlag ? 'Requirements:\tonline-reencrypt-v2 \n' : '',
+      `\nKeyslots:\n${slots.map((s) => `  ${s}: luks2\n\tKey:        512 bits\n`).join('')}`,
+      `Tokens:\n${tokens}`,
+      `Digests:\n  0: pbkdf2\n\tHash:       sha256\n\tSalt:       ${this.digestSalt.slice(0, 2)} ${this.digestSalt.slice(2)} \n\t            00 11 \n\tDigest:     ff ee \n`,
+    ].join('');
+  }
+
+  private token(key: string): string {
+    const header = { alg: 'ECDH-ES', clevis: { pin: 'tang', tang: { url: TANG, adv: { keys: [signingKey(key)] } } } };
+    return JSON.stringify({ type: 'clevis', keyslots: [], jwe: { protected: Buffer.from(JSON.stringify(header)).toString('base64url') } });
+  }
+
+  private adv(): string {
+    const payload = Buffer.from(JSON.stringify({ keys: [signingKey(this.tang.served), { kty: 'EC', crv: 'P-521', x: 'dx', y: 'dy', key_ops: ['deriveKey'] }] })).toString('base64url');
+    return JSON.stringify({ payload, protected: 'e30', signature: 'sig' });
+  }
+
+  private startUnit(command: string): void {
+    const unit = /--unit=(\S+)/.exec(command)![1]!;
+    if (unit === 'keylessgo-enroll-reencrypt') {
+      this.reencryptFlag = true;
+      this.units.set(unit, { polls: 2, finish: () => (this.reencryptFails ? undefined : this.rotate()) });
+    } else {
+      const action = /echo (\S+) > \/var\/lib\/keylessgo\/enroll\/dropbear-done/.exec(command)![1]!;
+      this.units.set(unit, { polls: 2, finish: () => this.files.set('/var/lib/keylessgo/enroll/dropbear-done', action) });
+    }
+  }
+
+  async run(command: string, stdin?: string): Promise<RemoteResult> {
+    this.calls.push({ command, stdin });
+    const ok = (output = ''): RemoteResult => ({ output, exitCode: 0 });
+    const fail = (output = 'failed'): RemoteResult => ({ output, exitCode: 1 });
+    if (this.failing?.test(command)) return fail('scripted failure');
+    const file = (pattern: RegExp) => pattern.exec(command)?.[1] ?? '';
+    const slotArg = () => Number(/-s (\d+)/.exec(command)![1]);
+    if (command === 'findmnt -no SOURCE /') return ok('/dev/mapper/cryptroot\n');
+    if (command.startsWith('cryptsetup status')) return ok(`  type:    LUKS2\n  device:  ${DEVICE}\n`);
+    if (command.startsWith('command -v clevis')) return ok();
+    if (/&& cat > (\S+)$/.test(command)) return this.files.set(file(/cat > (\S+)$/), stdin ?? ''), ok();
+    if (command.startsWith('umask 077 && cp ')) return this.files.set(file(/cp \S+ (\S+)/), this.files.get(file(/cp (\S+)/)) ?? ''), ok();
+    if (command.startsWith('for f in $(find')) {
+      const dir = file(/rm -rf (\S+)$/);
+      for (const name of [...this.files.keys()]) if (name.startsWith(dir)) this.files.delete(name);
+      return ok();
+    }
+    if (command.startsWith(`cryptsetup luksDump ${DEVICE}`)) return ok(this.dump());
+    if (command.startsWith('systemctl is-active')) {
+      if (this.systemctlTimeouts-- > 0) return { output: 'Failed to get properties: Connection timed out\n', exitCode: 1 };
+      const unit = this.units.get(file(/is-active (\S+)/));
+      if (!unit) return { output: 'inactive\n', exitCode: 3 };
+      if (unit.polls-- <= 0) {
+        this.units.delete(file(/is-active (\S+)/));
+        unit.finish();
+        return { output: 'inactive\n', exitCode: 3 };
+      }
+      return ok('active\n');
+    }
+    if (command.startsWith('journalctl')) return ok('Progress:  50.0%, ETA 00:10\n');
+    if (command.startsWith('systemd-run')) return this.startUnit(command), ok();
+    if (command.startsWith('cat /var/lib/keylessgo/enroll/')) {
+      return ok(`${this.files.get('/var/lib/keylessgo/enroll/image-volume-key-digest-salt') ?? ''}\n${this.files.get('/var/lib/keylessgo/enroll/dropbear-done') ?? ''}`);
+    }
+    if (command.startsWith('mkdir -p /var/lib/keylessgo/enroll && { test -s')) {
+      const path = '/var/lib/keylessgo/enroll/image-volume-key-digest-salt';
+      if (!this.files.has(path)) this.files.set(path, file(/echo (\S+) >/));
+      return ok();
+    }
+    if (command.startsWith('cryptsetup open --test-passphrase --verbose --key-file')) {
+      const slot = this.opens(file(/--key-file (\S+)/));
+      return slot === undefined ? { output: 'No key available with this passphrase.', exitCode: 2 } : ok(`Key slot ${slot} unlocked.\nCommand successful.\n`);
+    }
+    if (command.startsWith('cryptsetup open --test-passphrase --key-slot')) {
+      return this.opens(file(/--key-file (\S+)/), Number(file(/--key-slot (\d+)/))) === undefined ? { output: 'No key available', exitCode: 2 } : ok();
+    }
+    if (command.startsWith('cryptsetup token export')) {
+      const token = this.tokens.get(Number(file(/--token-id (\d+)/)));
+      return token ? ok(this.token(token.key)) : fail();
+    }
+    if (/^clevis luks pass .*\| cryptsetup open --test-passphrase/.test(command)) return this.decrypts(slotArg()) ? ok() : { output: 'Error communicating with server', exitCode: 1 };
+    if (command.startsWith('curl ')) return this.tang.up ? ok(this.adv()) : { output: 'curl: (7) Failed to connect', exitCode: 7 };
+    if (command.startsWith('test "$(printf ok | clevis encrypt')) return this.tang.up ? ok() : fail();
+    if (/^clevis luks pass .*\| clevis luks bind/.test(command)) {
+      if (!this.decrypts(slotArg())) return fail('Error communicating with server');
+      this.bind(this.tang.served);
+      return ok();
+    }
+    if (command.startsWith('clevis luks bind')) {
+      if (this.opens(file(/-k (\S+)/)) === undefined || !this.tang.up) return fail();
+      this.bind(this.tang.served);
+      return ok();
+    }
+    if (/\| clevis luks unbind/.test(command)) {
+      // luksKillSlot wants a passphrase of another keyslot on stdin.
+      const source = /^cat (\S+) \|/.exec(command)?.[1];
+      const keyOk = source ? this.opens(source) !== undefined : this.decrypts(Number(/^clevis luks pass -d \S+ -s (\d+) \|/.exec(command)?.[1]));
+      if (!keyOk) return fail('No key available with this passphrase.');
+      const slot = Number(/unbind -f -d \S+ -s (\d+)/.exec(command)![1]);
+      this.slots.delete(slot);
+      for (const [id, token] of this.tokens) if (token.keyslot === slot) this.tokens.delete(id);
+      return ok();
+    }
+    if (command.startsWith('cryptsetup token remove')) return this.tokens.delete(Number(file(/--token-id (\d+)/))), ok();
+    if (command.startsWith('cryptsetup luksKillSlot')) return this.slots.delete(Number(file(/ (\d+)$/))), ok();
+    if (command.startsWith('cryptsetup luksAddKey')) {
+      if (this.opens(file(/--key-file (\S+)/)) === undefined) return fail();
+      this.slots.set(Number(file(/--key-slot (\d+)/)), { opener: 'passphrase', secret: this.files.get(file(/ (\S+)$/))! });
+      return ok();
+    }
+    if (command.startsWith('cryptsetup luksRemoveKey')) {
+      const slot = this.opens(file(/--key-file (\S+)/));
+      if (slot === undefined) return fail();
+      this.slots.delete(slot);
+      return ok();
+    }
+    throw new Error(`the fake machine does not know: ${command}`);
+  }
+}
