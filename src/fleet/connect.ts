@@ -16,7 +16,7 @@ export async function probeSshServer(target: FleetTarget): Promise<{ server: Ssh
   return { server: /dropbear/i.test(banner) ? 'dropbear' : /openssh/i.test(banner) ? 'openssh' : 'other', banner };
 }
 
-export function keyAuth(target: FleetTarget, privateKey: string): AnyAuthMethod {
+function keyAuth(target: FleetTarget, privateKey: string): AnyAuthMethod {
   return { type: 'publickey', username: target.user, key: privateKey };
 }
 

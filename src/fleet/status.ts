@@ -27,7 +27,11 @@ const COMMAND_TIMEOUT_MS = 180_000;
 
 /** The backing device of the dm-crypt mapping the root filesystem is on. */
 export const ROOT_DEVICE_COMMAND = `src=$(findmnt -no SOURCE /) && cryptsetup status "\${src#/dev/mapper/}" | sed -n 's/^ *device: *//p'`;
-export const DROPBEAR_IN_INITRAMFS_COMMAND = `lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -Eq '(^|/)s?bin/dropbear$'`;
+/**
+ * yes/no/unknown. lsinitramfs cannot read an image's initramfs as built (keylessgo appends a
+ * per-build archive after the compressed one) and then lists no `init`: that is "unknown", not "no".
+ */
+export const DROPBEAR_IN_INITRAMFS_COMMAND = `lsinitramfs "/boot/initrd.img-$(uname -r)" 2>/dev/null | awk '/(^|\\/)s?bin\\/dropbear$/ {d=1} /^(main\\/)?init$/ {i=1} END {print d ? "yes" : i ? "no" : "unknown"}'`;
 
 export function luksJsonCommand(device: string): string {
   return ['cryptsetup', ...LUKS_JSON_DUMP_ARGS, device].join(' ');
@@ -66,6 +70,7 @@ export interface HostStatus {
   bootstrapPassphrase: 'opens' | 'refused' | 'not tested';
   /** `image`: the header still has the image's volume key digest; `rotated`: it does not. */
   volumeKey: 'image' | 'rotated' | 'unknown';
+  /** Undefined: could not be read (see DROPBEAR_IN_INITRAMFS_COMMAND). */
   dropbearInInitramfs?: boolean;
 }
 
@@ -135,7 +140,7 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       bindings.push({ ...binding, decrypts: (await run(client, bindingDecryptsCommand(device, binding.keyslots[0]!), signal)).exitCode === 0 });
     }
     progress.phase('looking for dropbear in the initramfs');
-    const dropbear = await run(client, DROPBEAR_IN_INITRAMFS_COMMAND, signal);
+    const dropbear = (await run(client, DROPBEAR_IN_INITRAMFS_COMMAND, signal)).output.trim();
     return {
       state: 'up',
       hostKey,
@@ -145,7 +150,7 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       bindings,
       bootstrapPassphrase,
       volumeKey: compareVolumeKey(found.digests, inputs.imageDigests),
-      dropbearInInitramfs: dropbear.exitCode === 0,
+      ...(dropbear === 'yes' || dropbear === 'no' ? { dropbearInInitramfs: dropbear === 'yes' } : {}),
     };
   } finally {
     client.end();
@@ -168,7 +173,7 @@ export function describeStatus(status: HostStatus): TaskVerdict {
       `${status.bindings.length} binding(s), ${decrypting} decrypt${old > 0 ? `, ${old} on an OLD Tang key` : ''}`,
       `bootstrap passphrase ${status.bootstrapPassphrase}`,
       `volume key ${status.volumeKey === 'image' ? "the image's" : status.volumeKey}`,
-      `dropbear ${status.dropbearInInitramfs ? 'in' : 'not in'} initramfs`,
+      `dropbear ${status.dropbearInInitramfs === undefined ? 'unknown' : status.dropbearInInitramfs ? 'in' : 'not in'} initramfs`,
     ].join('; '),
   };
 }
@@ -184,7 +189,7 @@ export function formatHostStatus(host: string, status: HostStatus): string {
     ...status.bindings.map((b): [string, string] => [`binding (token ${b.token})`, bindingText(b)]),
     ['bootstrap passphrase', status.bootstrapPassphrase === 'opens' ? 'still OPENS the volume' : status.bootstrapPassphrase === 'refused' ? 'refused (removed)' : 'not tested (no --passphrase-file)'],
     ['volume key', { image: "the image's (not rotated)", rotated: "differs from the image's", unknown: 'unknown (no manifest with headerDigests)' }[status.volumeKey]],
-    ['dropbear in initramfs', status.dropbearInInitramfs ? 'yes' : 'no'],
+    ['dropbear in initramfs', status.dropbearInInitramfs === undefined ? 'unknown (lsinitramfs cannot read it)' : status.dropbearInInitramfs ? 'yes' : 'no'],
   ];
   const width = Math.max(...rows.map(([name]) => name.length));
   return [`${host}:`, ...rows.map(([name, value]) => `  ${name.padEnd(width)}  ${value}`)].join('\n');

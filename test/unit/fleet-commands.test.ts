@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { judgeHostKey, knownHostsName, parseKnownHosts, type HostKeyTrust } from '../../src/fleet/host-keys.js';
 import {
   bindingDecryptsCommand,
+  DROPBEAR_IN_INITRAMFS_COMMAND,
   compareVolumeKey,
   describeStatus,
   formatHostStatus,
@@ -111,6 +112,23 @@ describe('status', () => {
     expect(luksJsonCommand('/dev/vda4')).toBe('cryptsetup luksDump --dump-json-metadata /dev/vda4');
     expect(testPassphraseCommand('/dev/vda4')).toBe('cryptsetup open --test-passphrase --key-file - /dev/vda4');
     expect(bindingDecryptsCommand('/dev/vda4', 1)).toBe('timeout 30 clevis luks pass -d /dev/vda4 -s 1 >/dev/null');
+  });
+
+  it.each([
+    ['.\ninit\nusr/sbin/dropbear\n', 'yes'],
+    ['kernel/x86\nmain/init\nmain/usr/bin/busybox\n', 'no'],
+    // lsinitramfs gave up on an image's initramfs as built (an archive appended after the compressed one).
+    ['kernel/x86/microcode/GenuineIntel.bin\n', 'unknown'],
+  ])('dropbear in the initramfs listing %j: %s', async (listing, answer) => {
+    const awk = DROPBEAR_IN_INITRAMFS_COMMAND.slice(DROPBEAR_IN_INITRAMFS_COMMAND.indexOf('| awk') + 2);
+    const child = execFile('sh', ['-c', awk]);
+    child.stdin!.end(listing);
+    const output = await new Promise<string>((resolve) => {
+      let text = '';
+      child.stdout!.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      child.on('close', () => resolve(text));
+    });
+    expect(output.trim()).toBe(answer);
   });
 
   it('reads keyslots, tokens, bindings and flags those on an old Tang key', () => {
