@@ -15,6 +15,7 @@ import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
 import { inspectImage } from './inspect/inspect.js';
 import { HostRunner } from './host/run.js';
+import { DEFAULT_TPM2_PIN, parsePcrList } from './host/clevis.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
@@ -139,6 +140,14 @@ function diskSize(value: string): number {
   return bytes;
 }
 
+function tpm2PcrList(value: string): number[] {
+  try {
+    return parsePcrList(value);
+  } catch (error) {
+    throw new InvalidArgumentError(`--tpm2-pcrs: ${(error as Error).message}`);
+  }
+}
+
 /** QEMU's user network is 10.0.2.0/24: .2 is the host, .3 DNS, .15 the DHCP address. */
 function guestAddress(value: string): string {
   const match = /^10\.0\.2\.(\d{1,3})$/.exec(value);
@@ -165,13 +174,15 @@ program
   .option('--config-drive <iso>', 'attach this config drive (ISO 9660, volume config-2) as a CD')
   .option('--guest-address <ipv4>', "forward SSH to this static guest address in QEMU's user network (10.0.2.0/24), e.g. one the config drive sets", guestAddress)
   .addOption(new Option('--sector-size <bytes>', "the disk's logical and physical sector size (4096: a 4Kn disk); default: the manifest's disk.sectorSize").choices(['512', '4096']))
+  .option('--tpm', 'give the VM a TPM 2.0 (swtpm), a fresh one unless --tpm-state names one')
+  .option('--tpm-state <dir>', "the TPM's state directory, created if missing and kept: the same directory is the same machine's TPM (implies --tpm)")
   .addOption(allowExternalFilesOption)
   .addOption(allowFormatOption)
   .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string; sectorSize?: string } & FormatOptions & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string; sectorSize?: string; tpm?: boolean; tpmState?: string } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -194,6 +205,7 @@ program
       configDrive: opts.configDrive,
       guestAddress: opts.guestAddress,
       sectorSize: opts.sectorSize === undefined ? undefined : Number(opts.sectorSize),
+      tpm: opts.tpm || opts.tpmState ? { stateDir: opts.tpmState } : undefined,
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);
@@ -208,8 +220,10 @@ program
   .option('--port <port>', 'SSH port', positiveInteger('--port'), 22)
   .requiredOption('--key <file>', 'SSH private key for root on the machine')
   .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
-  .requiredOption('--tang <url...>', 'Tang server(s) as the machine reaches them')
-  .option('--threshold <n>', 'with several Tang servers: how many must answer', positiveInteger('--threshold'), 1)
+  .option('--tang <url...>', 'Tang server(s) as the machine reaches them')
+  .option('--tpm2', "also bind to the machine's TPM 2.0 (clevis tpm2 pin; the image needs nbde.tpm2)")
+  .option('--tpm2-pcrs <list>', 'PCRs (sha256 bank) the TPM binding is sealed to, e.g. 7 or 0,2,4,7; default 7 (Secure Boot state), which survives kernel and GRUB updates', tpm2PcrList)
+  .option('--threshold <n>', 'how many of the pins (each Tang server, the TPM) must answer; --tang URL --tpm2 --threshold 2 needs both', positiveInteger('--threshold'), 1)
   .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist)')
   .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs")
   .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
@@ -217,7 +231,7 @@ program
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang: string[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
+  .action(async (opts: { host: string; port: number; key: string; passphraseFile?: string; tang?: string[]; tpm2?: boolean; tpm2Pcrs?: number[]; threshold: number; recoveryKeyOut?: string; hostKeyFingerprint?: string; dropbear: DropbearAction; json?: boolean } & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -226,7 +240,8 @@ program
       port: opts.port,
       keyFile: opts.key,
       passphraseFile,
-      tangUrls: opts.tang,
+      tangUrls: opts.tang ?? [],
+      tpm2: opts.tpm2 ? { ...DEFAULT_TPM2_PIN, ...(opts.tpm2Pcrs ? { pcrIds: opts.tpm2Pcrs } : {}) } : undefined,
       threshold: opts.threshold,
       recoveryKeyOut: opts.recoveryKeyOut,
       hostKeyFingerprint: opts.hostKeyFingerprint,

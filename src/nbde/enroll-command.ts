@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../pipeline/secrets.js';
 import { SignalGuard } from '../pipeline/runner.js';
 import { readPrivateKey } from '../qemu/ssh.js';
+import type { Tpm2Pin } from '../host/clevis.js';
 import { enroll, type DropbearAction, type EnrollReport } from './enroll.js';
 import { SshRemote } from './remote.js';
 
@@ -13,6 +14,7 @@ export interface EnrollCommandOptions {
   keyFile: string;
   passphraseFile: string;
   tangUrls: string[];
+  tpm2?: Tpm2Pin;
   threshold: number;
   recoveryKeyOut?: string;
   hostKeyFingerprint?: string;
@@ -26,7 +28,7 @@ export function formatEnrollReport(report: EnrollReport): string {
     ['LUKS device', report.device],
     ['keyslots before', report.keyslotsBefore.join(', ')],
     ['keyslots after', report.keyslotsAfter.join(', ')],
-    ['Tang binding', `${report.tang.pin} in keyslot ${report.tang.slot}`],
+    ['clevis binding', `${report.tang.pin} in keyslot ${report.tang.slot}`],
     ...report.tang.servers.map((server): [string, string] => [`  ${server.url}`, `signing key ${server.thumbprints.join(', ')}`]),
     ['volume key changed', report.volumeKeyChanged ? 'yes' : 'no'],
     ['bootstrap passphrase removed', report.bootstrapRemoved ? 'yes' : 'no'],
@@ -40,8 +42,9 @@ export function formatEnrollReport(report: EnrollReport): string {
 
 export async function enrollCommand(options: EnrollCommandOptions): Promise<EnrollReport> {
   const { log } = options;
-  if (options.tangUrls.length === 0) throw new InputError('give at least one --tang URL');
-  if (options.threshold > options.tangUrls.length) throw new InputError(`--threshold ${options.threshold} exceeds the ${options.tangUrls.length} Tang server(s) given`);
+  const pins = options.tangUrls.length + (options.tpm2 ? 1 : 0);
+  if (pins === 0) throw new InputError('give at least one --tang URL, or --tpm2');
+  if (options.threshold > pins) throw new InputError(`--threshold ${options.threshold} exceeds the ${pins} pin(s) given (${options.tangUrls.length} Tang server(s)${options.tpm2 ? ' and the TPM' : ''})`);
   for (const url of options.tangUrls) if (!URL.canParse(url)) throw new InputError(`not a URL: ${url}`, '--tang');
   const keyText = await readPrivateKey(options.keyFile);
   const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
@@ -59,6 +62,7 @@ export async function enrollCommand(options: EnrollCommandOptions): Promise<Enro
       }
       const report = await enroll(remote, {
         tangUrls: options.tangUrls,
+        tpm2: options.tpm2,
         threshold: options.threshold,
         bootstrapPassphrase,
         recoveryKeyOut: options.recoveryKeyOut,

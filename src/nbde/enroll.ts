@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
 import { parseLuksDump, type LuksSummary } from '../host/cryptsetup.js';
-import { clevisPinConfig, parseClevisList, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
+import { clevisPinConfig, parseClevisList, tangServersInToken, type BoundTangServer, type Tpm2Pin } from '../host/clevis.js';
 import type { Logger } from '../log.js';
 
 export interface RemoteResult {
@@ -35,6 +35,8 @@ export interface Remote {
 
 export interface EnrollOptions {
   tangUrls: string[];
+  /** Also bind to the machine's TPM (clevis tpm2 pin); the threshold then counts it with the Tang servers. */
+  tpm2?: Tpm2Pin;
   threshold: number;
   bootstrapPassphrase: string;
   recoveryKeyOut?: string;
@@ -117,7 +119,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
     if (!(await succeeds(remote, `cryptsetup open --test-passphrase --key-file ${BOOTSTRAP} ${device}`))) {
       throw new EnrollError('check the bootstrap passphrase', 'it does not open the root volume (already enrolled, or the wrong passphrase)');
     }
-    const [pin, config] = clevisPinConfig(options.tangUrls.map((url) => ({ url })), options.threshold);
+    const [pin, config] = clevisPinConfig(options.tangUrls.map((url) => ({ url })), options.threshold, options.tpm2);
     await step('check Tang from the machine', () =>
       must(remote, 'check Tang from the machine', `test "$(printf ok | clevis encrypt ${pin} ${shellQuote(config)} -y | clevis decrypt)" = ok`),
     );

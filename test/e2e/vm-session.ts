@@ -47,10 +47,11 @@ export class TestVm {
   }
 
   /**
-   * Powers on (UEFI); `tang` serves a Tang server from those keys to the guest; `network`:
-   * NICs connected to nothing in front of the user-network one, a static guest address.
+   * Powers on (UEFI); `tang` serves Tang server(s) to the guest; `network`: NICs connected to
+   * nothing in front of the user-network one, a static guest address; `tpm`: a TPM 2.0 with
+   * its state in that directory (the same directory: the same machine).
    */
-  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}): Promise<void> {
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, tpm?: VmConfig['tpm']): Promise<void> {
     this.boots++;
     const config: VmConfig = {
       accel: 'tcg',
@@ -63,10 +64,16 @@ export class TestVm {
       guestPort: 22,
       serialLog: this.serialLog,
       tang,
+      tpm,
       ...network,
     };
     this.vm = await Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
     this.started = performance.now();
+  }
+
+  /** Seconds since the last power-on. */
+  get uptime(): number {
+    return secondsSince(this.started);
   }
 
   /** Waits for an SSH banner matching `pattern` (dropbear or OpenSSH); returns seconds since power-on. */
