@@ -12,6 +12,7 @@ import { firmwareArgs } from '../../src/qemu/firmware.js';
 import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
 import { createOverlay, freePort, Vm, type VmConfig } from '../../src/qemu/vm.js';
 import { pollUntil, secondsSince } from '../../src/qemu/wait.js';
+import { expect } from 'vitest';
 import type { ImageFixture } from './fixture.js';
 
 const log = new Logger('quiet');
@@ -101,4 +102,10 @@ export class TestVm {
     await this.vm?.stop();
     this.vm = undefined;
   }
+}
+
+/** What every unlocked boot must show: / is the dm-crypt mapping of the LUKS root. */
+export async function expectEncryptedRoot(vm: TestVm): Promise<void> {
+  const { output } = await vm.ssh('findmnt -no SOURCE / && lsblk -no TYPE "$(findmnt -no SOURCE /)"');
+  expect(output).toMatch(/^\/dev\/mapper\/cryptroot\ncrypt$/m);
 }
