@@ -9,6 +9,7 @@ packages=(
   fdisk e2fsprogs dosfstools mtools  # sfdisk, mkfs.ext4, mkfs.vfat, mcopy/mmd
   grub-efi-amd64-bin grub-pc-bin grub-common  # grub-mkimage for UEFI and BIOS
   qemu-utils qemu-system-x86 ovmf  # qemu-img, boot tests
+  swtpm swtpm-tools              # boot-test --tpm: a TPM 2.0 for the VM
   time                           # max RSS of inspect in the hostile-image corpus test
   openssh-client                 # ssh-keygen, boot-test login
   clevis clevis-luks tang socat curl  # NBDE

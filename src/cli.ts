@@ -18,6 +18,7 @@ import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
 import { inspectImage } from './inspect/inspect.js';
 import { HostRunner } from './host/run.js';
+import { DEFAULT_TPM2_PIN, parsePcrList } from './host/clevis.js';
 import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
@@ -142,6 +143,14 @@ function diskSize(value: string): number {
   return bytes;
 }
 
+function tpm2PcrList(value: string): number[] {
+  try {
+    return parsePcrList(value);
+  } catch (error) {
+    throw new InvalidArgumentError(`--tpm2-pcrs: ${(error as Error).message}`);
+  }
+}
+
 /** QEMU's user network is 10.0.2.0/24: .2 is the host, .3 DNS, .15 the DHCP address. */
 function guestAddress(value: string): string {
   const match = /^10\.0\.2\.(\d{1,3})$/.exec(value);
@@ -168,13 +177,15 @@ program
   .option('--config-drive <iso>', 'attach this config drive (ISO 9660, volume config-2) as a CD')
   .option('--guest-address <ipv4>', "forward SSH to this static guest address in QEMU's user network (10.0.2.0/24), e.g. one the config drive sets", guestAddress)
   .addOption(new Option('--sector-size <bytes>', "the disk's logical and physical sector size (4096: a 4Kn disk); default: the manifest's disk.sectorSize").choices(['512', '4096']))
+  .option('--tpm', 'give the VM a TPM 2.0 (swtpm), a fresh one unless --tpm-state names one')
+  .option('--tpm-state <dir>', "the TPM's state directory, created if missing and kept: the same directory is the same machine's TPM (implies --tpm)")
   .addOption(allowExternalFilesOption)
   .addOption(allowFormatOption)
   .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string; sectorSize?: string } & FormatOptions & LogOptions) => {
+  .action(async (image: string, opts: { key: string; passphraseFile?: string; manifest?: string; out?: string; firmware: Firmware; accel: 'auto' | 'kvm' | 'tcg'; memory: number; cpus: number; timeout: number; negativeChecks?: boolean; diskSize?: number; nics: number; configDrive?: string; guestAddress?: string; sectorSize?: string; tpm?: boolean; tpmState?: string } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
@@ -197,6 +208,7 @@ program
       configDrive: opts.configDrive,
       guestAddress: opts.guestAddress,
       sectorSize: opts.sectorSize === undefined ? undefined : Number(opts.sectorSize),
+      tpm: opts.tpm || opts.tpmState ? { stateDir: opts.tpmState } : undefined,
       log,
     });
     log.result(`boot-test ${result.passed ? 'passed' : 'failed'}, result in ${join(outDir, 'result.json')}`, result);
@@ -205,10 +217,11 @@ program
   });
 
 const tangOptions = [
-  new Option('--tang <url...>', 'Tang server(s) as the machine reaches them').makeOptionMandatory(),
+  // Required by rebind; enroll may bind to the TPM alone (checked with the other pin rules).
+  new Option('--tang <url...>', 'Tang server(s) as the machine reaches them'),
   new Option('--tang-thp <thumbprint...>', "each Tang server's signing-key thumbprint (`jose jwk thp`), one per --tang in order; refuses an advertisement it does not sign"),
   new Option('--trust-first-use', 'with several hosts and no --tang-thp: trust the advertisement each host is served (printed)'),
-  new Option('--threshold <n>', 'with several Tang servers: how many must answer').argParser(positiveInteger('--threshold')).default(1),
+  new Option('--threshold <n>', 'how many of the pins (each Tang server, and the TPM with enroll --tpm2) must answer').argParser(positiveInteger('--threshold')).default(1),
 ];
 
 /** The fleet, SSH and Tang options of enroll and rebind. */
@@ -225,7 +238,7 @@ function sshTangCommand(name: string, description: string): Command {
 interface SshTangOptions extends FleetCliOptions, LogOptions {
   key: string;
   hostKeyFingerprint?: string;
-  tang: string[];
+  tang?: string[];
   tangThp?: string[];
   trustFirstUse?: boolean;
   threshold: number;
@@ -235,7 +248,7 @@ function fleetCommandOptions(opts: SshTangOptions, log: Logger) {
   return {
     keyFile: opts.key,
     hostKeyFingerprint: opts.hostKeyFingerprint,
-    tangUrls: opts.tang,
+    tangUrls: opts.tang ?? [],
     tangThps: opts.tangThp ?? [],
     trustFirstUse: opts.trustFirstUse ?? false,
     threshold: opts.threshold,
@@ -247,13 +260,16 @@ function fleetCommandOptions(opts: SshTangOptions, log: Logger) {
 
 sshTangCommand('enroll', 'bind deployed, unlocked machines to Tang, rotate their volume keys, add a recovery passphrase and remove the bootstrap one (over SSH); a re-run continues an interrupted one')
   .option('--passphrase-file <file>', 'the bootstrap passphrase the image was built with (or env KEYLESSGO_PASSPHRASE_FILE)')
+  .option('--tpm2', "also bind to the machine's TPM 2.0 (clevis tpm2 pin; the image needs nbde.tpm2)")
+  .option('--tpm2-pcrs <list>', 'PCRs (sha256 bank) the TPM binding is sealed to, e.g. 7 or 0,2,4,7; default 7 (Secure Boot state), which survives kernel and GRUB updates', tpm2PcrList)
   .option('--recovery-key-out <file>', 'write the new recovery passphrase here (mode 0600; must not exist, unless an interrupted enroll of the same machine wrote it); {host} is replaced by the host')
   .addOption(new Option('--dropbear <action>', 'the SSH unlock fallback afterwards').choices(['regenerate-key', 'keep', 'remove']).default('regenerate-key'))
-  .action(async (opts: SshTangOptions & { passphraseFile?: string; recoveryKeyOut?: string; dropbear: DropbearAction }) => {
+  .action(async (opts: SshTangOptions & { passphraseFile?: string; tpm2?: boolean; tpm2Pcrs?: number[]; recoveryKeyOut?: string; dropbear: DropbearAction }) => {
     const log = commandLogger(opts);
     const passphraseFile = opts.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
-    const report = await enrollCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
+    const tpm2 = opts.tpm2 ? { ...DEFAULT_TPM2_PIN, ...(opts.tpm2Pcrs ? { pcrIds: opts.tpm2Pcrs } : {}) } : undefined;
+    const report = await enrollCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), tpm2, passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
     process.exitCode = report.exitCode;
   });
 

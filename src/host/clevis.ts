@@ -10,11 +10,38 @@ export interface TangPin {
   adv?: Record<string, unknown>;
 }
 
-/** The clevis pin and its JSON config: `tang` for one server, `sss` with a threshold for several. */
-export function clevisPinConfig(servers: readonly TangPin[], threshold: number): [pin: string, config: string] {
+/** clevis's tpm2 pin: the key is sealed by this machine's TPM, released only while these PCRs hold the values they had at binding. */
+export interface Tpm2Pin {
+  pcrBank: 'sha1' | 'sha256';
+  pcrIds: number[];
+}
+
+/** PCR 7 (Secure Boot state and keys) only: unchanged by kernel, initramfs and GRUB updates, so it survives `apt upgrade`. */
+export const DEFAULT_TPM2_PIN: Tpm2Pin = { pcrBank: 'sha256', pcrIds: [7] };
+
+/** Parses a PCR list such as `7` or `0,2,7` (each 0-23, no repeats). */
+export function parsePcrList(text: string): number[] {
+  const ids = text.split(',').map((part) => part.trim());
+  if (ids.some((id) => !/^\d+$/.test(id) || Number(id) > 23)) throw new Error(`expected PCR numbers 0-23 separated by commas, got "${text}"`);
+  const numbers = ids.map(Number);
+  if (new Set(numbers).size !== numbers.length) throw new Error(`PCR listed twice in "${text}"`);
+  return numbers.sort((a, b) => a - b);
+}
+
+function tpm2Config(tpm2: Tpm2Pin): Record<string, string> {
+  return { pcr_bank: tpm2.pcrBank, pcr_ids: tpm2.pcrIds.join(',') };
+}
+
+/**
+ * The clevis pin and its JSON config: `tang` or `tpm2` for a single pin, else `sss` whose
+ * threshold counts across every pin (Tang servers and the TPM): `t: 2` with one Tang server
+ * and the TPM needs both.
+ */
+export function clevisPinConfig(servers: readonly TangPin[], threshold: number, tpm2?: Tpm2Pin): [pin: string, config: string] {
   const pins = servers.map((server) => ({ url: server.url, adv: server.adv }));
-  if (pins.length === 1) return ['tang', JSON.stringify(pins[0])];
-  return ['sss', JSON.stringify({ t: threshold, pins: { tang: pins } })];
+  if (pins.length === 1 && !tpm2) return ['tang', JSON.stringify(pins[0])];
+  if (pins.length === 0 && tpm2) return ['tpm2', JSON.stringify(tpm2Config(tpm2))];
+  return ['sss', JSON.stringify({ t: threshold, pins: { ...(pins.length ? { tang: pins } : {}), ...(tpm2 ? { tpm2: tpm2Config(tpm2) } : {}) } })];
 }
 
 export function clevisBindArgs(device: string, keyFile: string, servers: readonly TangPin[], threshold: number): string[] {
@@ -39,23 +66,62 @@ export interface BoundTangServer {
   thumbprints: string[];
 }
 
+/** A TPM2 binding as its token records it; without PCRs the key is bound to the TPM alone. */
+export interface BoundTpm2 {
+  pcrBank?: string;
+  pcrIds: number[];
+}
+
+/** A clevis binding's policy: a pin, or sss with a threshold over nested pins. */
+export type ClevisPolicy =
+  | ({ pin: 'tang' } & BoundTangServer)
+  | ({ pin: 'tpm2' } & BoundTpm2)
+  | { pin: 'sss'; threshold: number; pins: ClevisPolicy[] }
+  | { pin: string };
+
 interface ClevisHeader {
-  clevis?: { pin?: string; tang?: { url?: string; adv?: { keys?: Array<{ kty: string; key_ops?: string[] }> } }; sss?: { jwe?: string[] } };
+  clevis?: {
+    pin?: string;
+    tang?: { url?: string; adv?: { keys?: Array<{ kty: string; key_ops?: string[] }> } };
+    tpm2?: { pcr_bank?: string; pcr_ids?: string };
+    sss?: { t?: number; jwe?: string[] };
+  };
 }
 
 function decodeProtected(segment: string): ClevisHeader {
   return JSON.parse(Buffer.from(segment, 'base64url').toString('utf8')) as ClevisHeader;
 }
 
-/** The Tang servers and signing-key thumbprints in a clevis JWE protected header (tang, or sss of tang). */
-function serversInHeader(header: ClevisHeader): BoundTangServer[] {
+/** The policy in a clevis JWE protected header, sss nesting followed down to tang and tpm2 pins. */
+function policyInHeader(header: ClevisHeader): ClevisPolicy | undefined {
   const clevis = header.clevis ?? {};
   if (clevis.pin === 'tang' && clevis.tang?.url) {
     const signing = (clevis.tang.adv?.keys ?? []).filter((key) => key.key_ops?.includes('verify'));
-    return [{ url: clevis.tang.url, thumbprints: signing.map(jwkThumbprint) }];
+    return { pin: 'tang', url: clevis.tang.url, thumbprints: signing.map(jwkThumbprint) };
   }
-  if (clevis.pin === 'sss') return (clevis.sss?.jwe ?? []).flatMap((compact) => serversInHeader(decodeProtected(compact.split('.')[0]!)));
-  return [];
+  if (clevis.pin === 'tpm2') {
+    const ids = clevis.tpm2?.pcr_ids ? clevis.tpm2.pcr_ids.split(',').map(Number) : [];
+    return { pin: 'tpm2', ...(clevis.tpm2?.pcr_bank ? { pcrBank: clevis.tpm2.pcr_bank } : {}), pcrIds: ids };
+  }
+  if (clevis.pin === 'sss') {
+    const pins = (clevis.sss?.jwe ?? []).map((compact) => policyInHeader(decodeProtected(compact.split('.')[0]!))).filter((p) => p !== undefined);
+    return { pin: 'sss', threshold: clevis.sss?.t ?? 0, pins };
+  }
+  return clevis.pin ? { pin: clevis.pin } : undefined;
+}
+
+/** Every pin of a policy, sss nodes flattened away. */
+function leafPins(policy: ClevisPolicy | undefined): ClevisPolicy[] {
+  if (!policy) return [];
+  return policy.pin === 'sss' && 'pins' in policy ? policy.pins.flatMap(leafPins) : [policy];
+}
+
+/** One line for a policy: `tang http://a`, `tpm2 sha256:7`, `sss 2 of (tang http://a, tpm2 sha256:7)`. */
+export function describeClevisPolicy(policy: ClevisPolicy): string {
+  if (policy.pin === 'tang' && 'url' in policy) return `tang ${policy.url}`;
+  if (policy.pin === 'tpm2' && 'pcrIds' in policy) return `tpm2 ${policy.pcrIds.length ? `${policy.pcrBank ?? 'sha1'}:${policy.pcrIds.join(',')}` : '(no PCR policy)'}`;
+  if (policy.pin === 'sss' && 'pins' in policy) return `sss ${policy.threshold} of (${policy.pins.map(describeClevisPolicy).join(', ')})`;
+  return policy.pin;
 }
 
 function clevisHeaderInToken(tokenJson: string): ClevisHeader | undefined {
@@ -64,10 +130,20 @@ function clevisHeaderInToken(tokenJson: string): ClevisHeader | undefined {
   return decodeProtected(token.jwe.protected);
 }
 
-/** Reads a clevis LUKS2 token (`cryptsetup token export`) down to its Tang servers. */
-export function tangServersInToken(tokenJson: string): BoundTangServer[] {
+/** The policy of a clevis LUKS2 token (`cryptsetup token export`); undefined for other tokens. */
+export function clevisPolicyInToken(tokenJson: string): ClevisPolicy | undefined {
   const header = clevisHeaderInToken(tokenJson);
-  return header ? serversInHeader(header) : [];
+  return header ? policyInHeader(header) : undefined;
+}
+
+/** Reads a clevis LUKS2 token down to its Tang servers. */
+export function tangServersInToken(tokenJson: string): BoundTangServer[] {
+  return leafPins(clevisPolicyInToken(tokenJson)).flatMap((p) => (p.pin === 'tang' && 'url' in p ? [{ url: p.url, thumbprints: p.thumbprints }] : []));
+}
+
+/** Reads a clevis LUKS2 token down to its TPM2 bindings (at most one per sss level, usually one). */
+export function tpm2BindingsInToken(tokenJson: string): BoundTpm2[] {
+  return leafPins(clevisPolicyInToken(tokenJson)).flatMap((p) => (p.pin === 'tpm2' && 'pcrIds' in p ? [{ ...(p.pcrBank ? { pcrBank: p.pcrBank } : {}), pcrIds: p.pcrIds }] : []));
 }
 
 /** The clevis pin (tang, sss, tpm2, ...) of a clevis LUKS2 token; undefined for other tokens. */

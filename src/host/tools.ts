@@ -28,6 +28,9 @@ export const TOOL_PACKAGES: Record<string, string> = {
   ssh: 'openssh-client',
   clevis: 'clevis',
   socat: 'socat',
+  // boot-test --tpm: a TPM 2.0 emulator for QEMU (swtpm_setup, in swtpm-tools, makes TPMs with certificates).
+  swtpm: 'swtpm',
+  swtpm_setup: 'swtpm-tools',
   // The Ironic tests: IPA's partitioning, a config drive, network_data.json as the image converts it.
   sgdisk: 'gdisk',
   genisoimage: 'genisoimage',

@@ -25,7 +25,9 @@ function describeToken(t: Token): string {
   const slots = `keyslot ${t.keyslots.join(', ') || '-'}`;
   if (!t.clevisPin) return `${t.type} -> ${slots}`;
   const servers = (t.tang ?? []).map((s) => `${s.url} (signing key ${s.thumbprints.join(', ') || 'unknown'})`);
-  return `clevis ${t.clevisPin} -> ${slots}${servers.length ? `: ${servers.join('; ')}` : ''}`;
+  const tpm2 = (t.tpm2 ?? []).map((b) => `TPM2 ${b.pcrIds.length ? `PCR ${b.pcrBank ?? 'sha1'}:${b.pcrIds.join(',')}` : 'without PCR policy'}`);
+  const pins = [...servers, ...tpm2];
+  return `clevis ${t.clevisPin} -> ${slots}${pins.length ? `: ${pins.join('; ')}` : ''}${t.policy ? ` [${t.policy}]` : ''}`;
 }
 
 const yesNo = (present: boolean) => (present ? 'yes' : 'NO');

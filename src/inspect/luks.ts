@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { clevisPinInToken, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
+import { clevisPinInToken, clevisPolicyInToken, describeClevisPolicy, tangServersInToken, tpm2BindingsInToken, type BoundTangServer, type BoundTpm2 } from '../host/clevis.js';
 import type { DiskImage } from './image.js';
 import type { ToolRunner } from './tools.js';
 
@@ -86,9 +86,11 @@ export interface Token {
   id: number;
   type: string;
   keyslots: number[];
-  /** For clevis tokens: the pin and the Tang servers with their signing-key thumbprints. */
+  /** For clevis tokens: the pin, the Tang servers with their signing-key thumbprints, the TPM2 bindings and the whole policy in one line. */
   clevisPin?: string;
   tang?: BoundTangServer[];
+  tpm2?: BoundTpm2[];
+  policy?: string;
 }
 
 export interface LuksSummary {
@@ -125,7 +127,10 @@ export function summariseLuks2(header: LuksBinaryHeader, metadataJson: string): 
   const tokens = Object.entries(metadata.tokens).map(([id, token]): Token => {
     const json = JSON.stringify(token);
     const clevisPin = clevisPinInToken(json);
-    return { id: Number(id), type: token.type, keyslots: token.keyslots.map(Number), ...(clevisPin ? { clevisPin, tang: tangServersInToken(json) } : {}) };
+    const policy = clevisPolicyInToken(json);
+    const tpm2 = tpm2BindingsInToken(json);
+    const clevis = clevisPin ? { clevisPin, tang: tangServersInToken(json), ...(tpm2.length ? { tpm2 } : {}), ...(policy && clevisPin !== 'tang' ? { policy: describeClevisPolicy(policy) } : {}) } : {};
+    return { id: Number(id), type: token.type, keyslots: token.keyslots.map(Number), ...clevis };
   });
   return {
     version: header.version,

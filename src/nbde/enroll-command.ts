@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from '../fleet/run.js';
 import type { FleetTarget } from '../fleet/targets.js';
+import type { Tpm2Pin } from '../host/clevis.js';
 import { readPrivateKey } from '../qemu/ssh.js';
 import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from './enroll.js';
 import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
@@ -24,6 +25,8 @@ export interface SshTarget {
 export interface TangOptions {
   tangUrls: string[];
   tangThps: string[];
+  /** Also bind to the machine's TPM (enroll only); the threshold counts it with the Tang servers. */
+  tpm2?: Tpm2Pin;
   threshold: number;
 }
 

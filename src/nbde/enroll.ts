@@ -26,7 +26,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
-import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
+import { clevisPinConfig, type BoundTangServer, type Tpm2Pin } from '../host/clevis.js';
 import {
   bindingDecrypts, detachedUnitCommand, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, shellQuote, slotOpenedBy, stageSecret,
   succeeds, unbindCommand, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
@@ -39,6 +39,8 @@ export interface EnrollOptions {
   tangUrls: string[];
   /** Signing-key thumbprints, one per Tang URL in order; none: trust on first use. */
   tangThps: string[];
+  /** Also bind to the machine's TPM (clevis tpm2 pin); the threshold then counts it with the Tang servers. */
+  tpm2?: Tpm2Pin;
   threshold: number;
   bootstrapPassphrase: string;
   recoveryKeyOut?: string;
@@ -279,7 +281,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
         return startReencrypt('--resume-only');
       case 'rotate the volume key': {
         // Tang must answer before the image's key (and with it the build-time binding) goes.
-        const [pin, config] = clevisPinConfig(await trust(), options.threshold);
+        const [pin, config] = clevisPinConfig(await trust(), options.threshold, options.tpm2);
         await must(remote, step, `test "$(printf ok | clevis encrypt ${pin} ${shellQuote(config)} | clevis decrypt)" = ok`);
         const salt = facts.header.digestSalts[0];
         await must(remote, step, `mkdir -p ${STATE} && { test -s ${IMAGE_DIGEST} || echo ${salt} > ${IMAGE_DIGEST}; }`);
@@ -293,7 +295,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
         for (const slot of facts.strayKeyslots) await must(remote, step, `cryptsetup luksKillSlot --batch-mode --key-file ${BOOTSTRAP} ${device} ${slot}`);
         return;
       case 'bind to Tang': {
-        const [pin, config] = clevisPinConfig(await trust(), options.threshold);
+        const [pin, config] = clevisPinConfig(await trust(), options.threshold, options.tpm2);
         await must(remote, step, `clevis luks bind -y -d ${device} -k ${BOOTSTRAP} ${pin} ${shellQuote(config)}`);
         return;
       }

@@ -45,11 +45,13 @@ export async function trustTang(remote: Remote, urls: readonly string[], thps: r
  * Checks --tang, --tang-thp and --threshold. Across several hosts, trusting whatever each one
  * is served would let one spoofed answer go unnoticed: refused without --trust-first-use.
  */
-export function checkTangOptions(options: { tangUrls: string[]; tangThps: string[]; threshold: number; hosts: number; trustFirstUse: boolean }): void {
+/** `tpm2`: the TPM counts as one more pin towards the threshold (enroll --tpm2). */
+export function checkTangOptions(options: { tangUrls: string[]; tangThps: string[]; threshold: number; hosts: number; trustFirstUse: boolean; tpm2?: unknown }): void {
   const { tangUrls, tangThps } = options;
-  if (tangUrls.length === 0) throw new InputError('give at least one --tang URL');
+  const pins = tangUrls.length + (options.tpm2 ? 1 : 0);
+  if (pins === 0) throw new InputError(options.tpm2 === undefined ? 'give at least one --tang URL' : 'give at least one --tang URL, or --tpm2');
   for (const url of tangUrls) if (!URL.canParse(url)) throw new InputError(`not a URL: ${url}`, '--tang');
-  if (options.threshold > tangUrls.length) throw new InputError(`--threshold ${options.threshold} exceeds the ${tangUrls.length} Tang server(s) given`);
+  if (options.threshold > pins) throw new InputError(`--threshold ${options.threshold} exceeds the ${pins} pin(s) given (${tangUrls.length} Tang server(s)${options.tpm2 ? ' and the TPM' : ''})`);
   if (tangThps.length > 0 && tangThps.length !== tangUrls.length) throw new InputError(`give one thumbprint per --tang URL, in order (${tangUrls.length} URLs, ${tangThps.length} thumbprints)`, '--tang-thp');
   for (const thp of tangThps) if (!/^[A-Za-z0-9_-]{20,}$/.test(thp)) throw new InputError(`not a JWK thumbprint (base64url, as \`jose jwk thp\` prints it): ${thp}`, '--tang-thp');
   if (tangThps.length === 0 && options.hosts > 1 && !options.trustFirstUse) {

@@ -59,6 +59,8 @@ export interface BootTestOptions {
   guestAddress?: string;
   /** Logical (and physical) sector size of the guest's disk (default: the one the image was built for). */
   sectorSize?: number;
+  /** A TPM 2.0 (swtpm): a fresh one per run, or the one whose state is in `stateDir` (kept). */
+  tpm?: { stateDir?: string };
   log: Logger;
 }
 
@@ -98,7 +100,7 @@ async function readInputs(options: BootTestOptions, log: Logger): Promise<Inputs
   const keyText = await readPrivateKey(options.privateKeyFile);
   const passphrase = await readPassphraseFile(options.passphraseFile);
   log.redactor.add(passphrase);
-  const missing = await missingTools([QEMU, 'qemu-img', ...firmwareFiles(options.firmware)]);
+  const missing = await missingTools([QEMU, 'qemu-img', ...firmwareFiles(options.firmware), ...(options.tpm ? ['swtpm'] : [])]);
   if (missing.length > 0) throw new HostError(`missing for the boot test: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}`);
   return { image, manifest, keyAuth: { type: 'publickey', username: USER, key: keyText }, passphrase };
 }
@@ -236,6 +238,7 @@ async function launchVm({ options, inputs, accel, host, workDir, serialLog }: La
     nics: options.nics,
     guestAddress: options.guestAddress,
     cdrom: options.configDrive && resolve(options.configDrive),
+    tpm: options.tpm && { stateDir: options.tpm.stateDir ? resolve(options.tpm.stateDir) : join(workDir, 'tpm') },
   };
   return Vm.start(config, join(dirname(serialLog), 'qemu.log'), options.log);
 }

@@ -212,6 +212,8 @@ export const recipeSchema = z
               .strict(),
           )
           .default([]),
+        // clevis-tpm2 and tpm2-tools in the image and its initramfs: `keylessgo enroll --tpm2` binds to the machine's TPM.
+        tpm2: z.boolean().default(false),
         threshold: z.number().int().min(1).default(1),
       })
       .strict()
@@ -229,9 +231,12 @@ export const recipeSchema = z
   })
   .strict()
   .superRefine((recipe, ctx) => {
-    const { tang, threshold, clevis } = recipe.nbde;
+    const { tang, threshold, clevis, tpm2 } = recipe.nbde;
     if (tang.length > 0 && !clevis) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'clevis'], message: 'binding to Tang at build time needs clevis in the image (nbde.clevis: true)' });
+    }
+    if (tpm2 && !clevis) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nbde', 'tpm2'], message: "clevis's tpm2 pin needs clevis in the image (nbde.clevis: true)" });
     }
     for (const [index, server] of tang.entries()) {
       // With the same server twice, one server would meet a threshold meant to need two.

@@ -45,11 +45,17 @@ export const BASE_PACKAGES = [
 /** Unlock by Tang in the initramfs next to dropbear (clevis-initramfs fetches keys with curl). */
 export const CLEVIS_PACKAGES = ['clevis', 'clevis-luks', 'clevis-initramfs', 'curl'] as const;
 
+/**
+ * clevis's tpm2 pin; with clevis-tpm2 installed, clevis-initramfs's hook also copies the tpm2
+ * tools it calls, the TCTI library for /dev/tpmrm0 and the tpm_tis and tpm_crb modules.
+ */
+export const CLEVIS_TPM2_PACKAGES = ['clevis-tpm2', 'tpm2-tools'] as const;
+
 /** Growing the root partition at first boot rewrites the GPT with sfdisk (in fdisk, not util-linux). */
 export const GROW_PACKAGES = ['fdisk'] as const;
 
 export function packageList(recipe: Recipe): string[] {
-  return [...new Set([...BASE_PACKAGES, ...(recipe.nbde.clevis ? CLEVIS_PACKAGES : []), ...(recipe.disk.growOnFirstBoot ? GROW_PACKAGES : []), ...recipe.packages])];
+  return [...new Set([...BASE_PACKAGES, ...(recipe.nbde.clevis ? CLEVIS_PACKAGES : []), ...(recipe.nbde.tpm2 ? CLEVIS_TPM2_PACKAGES : []), ...(recipe.disk.growOnFirstBoot ? GROW_PACKAGES : []), ...recipe.packages])];
 }
 
 export const DIVERTED_UPDATE_INITRAMFS = '/usr/sbin/update-initramfs';

@@ -47,14 +47,24 @@ export const CLEVIS_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   curl: /^(usr\/)?bin\/curl$/m,
 };
 
+/**
+ * Needed too for clevis's tpm2 pin (nbde.tpm2): what clevis-initramfs's hook copies then. The
+ * TPM drivers are not listed: Debian's kernels have tpm_tis and tpm_crb built in (CONFIG_TCG_TIS=y).
+ */
+export const CLEVIS_TPM2_INITRAMFS_ENTRIES: Record<string, RegExp> = {
+  'clevis tpm2 pin': /^(usr\/)?bin\/clevis-decrypt-tpm2$/m,
+  tpm2_unseal: /^(usr\/)?bin\/tpm2_unseal$/m,
+  'TPM device TCTI': /^(usr\/)?lib\/x86_64-linux-gnu\/libtss2-tcti-device\.so/m,
+};
+
 /** Needed too when the root partition grows at first boot (before the unlock). */
 export const GROW_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   sfdisk: /^(usr\/)?s?bin\/sfdisk$/m,
   'grow-root script': /^scripts\/init-premount\/keylessgo-grow-root$/m,
 };
 
-export function checkInitramfsListing(listing: string, withClevis = false, withGrow = false): Record<string, boolean> {
-  const required = { ...REQUIRED_INITRAMFS_ENTRIES, ...(withClevis ? CLEVIS_INITRAMFS_ENTRIES : {}), ...(withGrow ? GROW_INITRAMFS_ENTRIES : {}) };
+export function checkInitramfsListing(listing: string, withClevis = false, withGrow = false, withTpm2 = false): Record<string, boolean> {
+  const required = { ...REQUIRED_INITRAMFS_ENTRIES, ...(withClevis ? CLEVIS_INITRAMFS_ENTRIES : {}), ...(withTpm2 ? CLEVIS_TPM2_INITRAMFS_ENTRIES : {}), ...(withGrow ? GROW_INITRAMFS_ENTRIES : {}) };
   return Object.fromEntries(Object.entries(required).map(([name, pattern]) => [name, pattern.test(listing)]));
 }
 
@@ -225,7 +235,7 @@ export const initramfsStage = defineStage({
     await appendFile(join(ctx.rootfs, initrd), Buffer.concat([padding, archive]));
     ctx.state.initramfsAppended = { baseBytes: size, offset: size + padding.length, bytes: archive.length, paths: files.map((f) => f.path) };
 
-    ctx.state.initramfsChecks = checkInitramfsListing([base.listing, ...files.map((f) => f.path)].join('\n'), ctx.recipe.nbde.clevis, ctx.recipe.disk.growOnFirstBoot);
+    ctx.state.initramfsChecks = checkInitramfsListing([base.listing, ...files.map((f) => f.path)].join('\n'), ctx.recipe.nbde.clevis, ctx.recipe.disk.growOnFirstBoot, ctx.recipe.nbde.tpm2);
     const missing = Object.entries(ctx.state.initramfsChecks).filter(([, ok]) => !ok).map(([name]) => name);
     if (missing.length > 0) throw new Error(`the initramfs lacks: ${missing.join(', ')}`);
     ctx.log.info(`      dropbear host key ${ctx.state.dropbearHostKeys.find((k) => k.type === 'ssh-ed25519')?.fingerprint}; ${files.length} per-build files appended`);

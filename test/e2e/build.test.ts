@@ -208,11 +208,13 @@ describe('/boot and the initramfs', () => {
     expect(grub).toContain('initrd /initrd.img');
   });
 
-  it('the initramfs holds cryptsetup, dropbear, its config, the forced-command key and the crypttab entry', async () => {
+  it('the initramfs holds cryptsetup, dropbear, its config, the forced-command key, the crypttab entry, and clevis with its tang and tpm2 pins', async () => {
     const initrd = await dumpExt4File(bootPart, `/initrd.img-${manifest.kernel.version}`, join(scratch, 'initrd.img'));
     const layout = manifest.initramfs.appended;
     const { base, appended } = await listInitramfs(initrd, layout);
-    for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m, /^usr\/bin\/clevis$/m, /^usr\/bin\/curl$/m]) {
+    for (const entry of [/^usr\/sbin\/cryptsetup$/m, /^usr\/sbin\/dropbear$/m, /^cryptroot\/crypttab$/m, /^etc\/dropbear\/dropbear\.conf$/m, /^usr\/bin\/clevis$/m, /^usr\/bin\/curl$/m,
+      // nbde.tpm2: clevis-initramfs's hook copies the tpm2 pin, the tools it calls and the TCTI library for /dev/tpmrm0.
+      /^usr\/bin\/clevis-decrypt-tpm2$/m, /^usr\/bin\/tpm2_unseal$/m, /^usr\/bin\/tpm2_createprimary$/m, /^usr\/lib\/x86_64-linux-gnu\/libtss2-tcti-device\.so/m]) {
       expect(base).toMatch(entry);
     }
     // The base (cached across builds) holds no host key and no authorized key; this build's are appended.

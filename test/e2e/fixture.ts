@@ -107,7 +107,7 @@ async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: st
   return built;
 }
 
-/** The shared bookworm image: bound to a test Tang, with a canary hook, and the PXE boot files (--export-boot). */
+/** The shared bookworm image: bound to a test Tang, with clevis's tpm2 pin, with a canary hook, and the PXE boot files (--export-boot). */
 export async function buildFixture(): Promise<ImageFixture> {
   const dir = await mkdtemp(join(tmpdir(), 'keylessgo-e2e-'));
   await chmod(dir, 0o700);
@@ -118,7 +118,8 @@ export async function buildFixture(): Promise<ImageFixture> {
   const tang = await createTang(dir);
   const recipe = await testRecipe('debian-bookworm', 'e2e-bookworm');
   recipe.hooks = [hook];
-  recipe.nbde = { ...recipe.nbde, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
+  // tpm2: the unlock-policy tests enroll a TPM2 binding; one package set for every test keeps one cold bootstrap.
+  recipe.nbde = { ...recipe.nbde, tpm2: true, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
   const fixture: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(dir), ['--export-boot'])), canary, tang };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;

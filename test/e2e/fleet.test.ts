@@ -75,7 +75,7 @@ const log = (message: string) => process.stderr.write(`fleet: ${message}\n`);
 
 /** Boots both guests at once with the fleet Tang behind them; resolves when each shows `banner`. */
 async function bootBoth(banner: RegExp): Promise<number[]> {
-  await Promise.all([...vms.values()].map((vm) => vm.boot({ keyDir: tang.keyDir, logFile: tangLog }, {}, 1)));
+  await Promise.all([...vms.values()].map((vm) => vm.boot({ keyDir: tang.keyDir, logFile: tangLog }, {}, { cpus: 1 })));
   return Promise.all([...vms.values()].map((vm) => vm.waitFor(banner, BOOT_TIMEOUT_MS)));
 }
 

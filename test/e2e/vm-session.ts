@@ -12,6 +12,7 @@ import { firmwareArgs } from '../../src/qemu/firmware.js';
 import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
 import { createOverlay, freePort, Vm, type VmConfig } from '../../src/qemu/vm.js';
 import { pollUntil, secondsSince } from '../../src/qemu/wait.js';
+import { expect } from 'vitest';
 import type { ImageFixture } from './fixture.js';
 
 const log = new Logger('quiet');
@@ -47,15 +48,16 @@ export class TestVm {
   }
 
   /**
-   * Powers on (UEFI); `tang` serves a Tang server from those keys to the guest; `network`:
-   * NICs connected to nothing in front of the user-network one, a static guest address;
-   * `cpus` (default 2): 1 when several guests run side by side.
+   * Powers on (UEFI); `tang` serves Tang server(s) to the guest; `network`: NICs connected to
+   * nothing in front of the user-network one, a static guest address; `machine.cpus` (default
+   * 2): 1 when several guests run side by side; `machine.tpm`: a TPM 2.0 with its state in that
+   * directory (the same directory: the same machine).
    */
-  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, cpus = 2): Promise<void> {
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, machine: { cpus?: number; tpm?: VmConfig['tpm'] } = {}): Promise<void> {
     this.boots++;
     const config: VmConfig = {
       accel: 'tcg',
-      cpus,
+      cpus: machine.cpus ?? 2,
       memoryMiB: 2048,
       firmwareArgs: await firmwareArgs('uefi', this.dir),
       overlay: this.overlay,
@@ -64,10 +66,16 @@ export class TestVm {
       guestPort: 22,
       serialLog: this.serialLog,
       tang,
+      tpm: machine.tpm,
       ...network,
     };
     this.vm = await Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
     this.started = performance.now();
+  }
+
+  /** Seconds since the last power-on. */
+  get uptime(): number {
+    return secondsSince(this.started);
   }
 
   /** Waits for an SSH banner matching `pattern` (dropbear or OpenSSH); returns seconds since power-on. */
@@ -95,4 +103,10 @@ export class TestVm {
     await this.vm?.stop();
     this.vm = undefined;
   }
+}
+
+/** What every unlocked boot must show: / is the dm-crypt mapping of the LUKS root. */
+export async function expectEncryptedRoot(vm: TestVm): Promise<void> {
+  const { output } = await vm.ssh('findmnt -no SOURCE / && lsblk -no TYPE "$(findmnt -no SOURCE /)"');
+  expect(output).toMatch(/^\/dev\/mapper\/cryptroot\ncrypt$/m);
 }

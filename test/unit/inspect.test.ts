@@ -22,7 +22,6 @@ import { parseAuthorizedKeys, parseInstalledAuthorizedKeys } from '../../src/rec
 import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, ed25519Line, expectInputError, tempDir } from './helpers.js';
 import { dropbearEd25519, KEY_OPTIONS, luksContainer, newc, SIGNING_JWK, sparseFile, syntheticDisk, TANG_URL, zstd } from './synthetic-disk.js';
-import { peWithSignature, signedData } from './signed-pe.js';
 
 const host = new HostRunner(captureLogger('quiet').log);
 

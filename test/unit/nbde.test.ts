@@ -2,7 +2,8 @@ import { execa } from 'execa';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { clevisBindArgs, clevisPinConfig, parseClevisList, tangServersInToken } from '../../src/host/clevis.js';
+import { clevisBindArgs, clevisPinConfig, clevisPolicyInToken, describeClevisPolicy, parseClevisList, parsePcrList, tangServersInToken, tpm2BindingsInToken } from '../../src/host/clevis.js';
+import { packageList } from '../../src/stages/bootstrap.js';
 import { jwkThumbprint, parseAdvertisement } from '../../src/host/tang.js';
 import { expectInputError, recipeWith, tempDir } from './helpers.js';
 
@@ -53,6 +54,24 @@ describe('clevis command construction', () => {
     expect(JSON.parse(config)).toEqual({ t: 2, pins: { tang: [{ url: 'http://a.example', adv }, { url: 'http://b.example', adv }] } });
   });
 
+  it('binds the TPM alone with the tpm2 pin, sealed to the PCRs given', () => {
+    const [pin, config] = clevisPinConfig([], 1, { pcrBank: 'sha256', pcrIds: [7] });
+    expect(pin).toBe('tpm2');
+    expect(JSON.parse(config)).toEqual({ pcr_bank: 'sha256', pcr_ids: '7' });
+  });
+
+  it('counts the TPM with the Tang servers in one sss threshold: Tang and TPM is t=2', () => {
+    const [pin, config] = clevisPinConfig([{ url: 'http://a.example', adv }], 2, { pcrBank: 'sha256', pcrIds: [0, 7] });
+    expect(pin).toBe('sss');
+    expect(JSON.parse(config)).toEqual({ t: 2, pins: { tang: [{ url: 'http://a.example', adv }], tpm2: { pcr_bank: 'sha256', pcr_ids: '0,7' } } });
+  });
+
+  it('parses PCR lists and refuses bad ones', () => {
+    expect(parsePcrList('7')).toEqual([7]);
+    expect(parsePcrList('7, 0,4')).toEqual([0, 4, 7]);
+    for (const bad of ['', '24', '7,7', 'a', '1,,2', '-1']) expect(() => parsePcrList(bad), bad).toThrow();
+  });
+
   it('parses clevis luks list', () => {
     expect(parseClevisList(`1: tang '{"url":"http://10.0.2.2:8080"}'\n3: sss '{"t":1}'\n`)).toEqual([
       { slot: 1, pin: 'tang', config: '{"url":"http://10.0.2.2:8080"}' },
@@ -86,6 +105,34 @@ describe('clevis LUKS tokens', () => {
 
   it('ignores tokens that are not clevis tokens', () => {
     expect(tangServersInToken(JSON.stringify({ type: 'systemd-tpm2', keyslots: ['2'] }))).toEqual([]);
+    expect(tpm2BindingsInToken(JSON.stringify({ type: 'systemd-tpm2', keyslots: ['2'] }))).toEqual([]);
+    expect(clevisPolicyInToken(JSON.stringify({ type: 'systemd-tpm2', keyslots: ['2'] }))).toBeUndefined();
+  });
+
+  /** A compact JWE with this protected header, as clevis-encrypt-tpm2 writes it (fields from its source; the sealed blobs are placeholders: no TPM here). */
+  const tpm2Jwe = (tpm2: object) => `${Buffer.from(JSON.stringify({ alg: 'dir', enc: 'A256GCM', clevis: { pin: 'tpm2', tpm2: { hash: 'sha256', key: 'ecc', jwk_pub: 'AA', jwk_priv: 'AA', ...tpm2 } } })).toString('base64url')}..iv.ct.tag`;
+  const tokenOf = (compact: string) => {
+    const [protectedHeader, encryptedKey, iv, ciphertext, tag] = compact.split('.');
+    return JSON.stringify({ type: 'clevis', keyslots: ['2'], jwe: { protected: protectedHeader, encrypted_key: encryptedKey, iv, ciphertext, tag } });
+  };
+
+  it('reads a tpm2 binding: PCR bank and PCRs, or none', () => {
+    expect(tpm2BindingsInToken(tokenOf(tpm2Jwe({ pcr_bank: 'sha256', pcr_ids: '0,7' })))).toEqual([{ pcrBank: 'sha256', pcrIds: [0, 7] }]);
+    const unsealed = tokenOf(tpm2Jwe({}));
+    expect(tpm2BindingsInToken(unsealed)).toEqual([{ pcrIds: [] }]);
+    expect(describeClevisPolicy(clevisPolicyInToken(unsealed)!)).toBe('tpm2 (no PCR policy)');
+    expect(tangServersInToken(unsealed)).toEqual([]);
+  });
+
+  it('reads Tang servers and the TPM next to each other from an sss binding, with its threshold', async () => {
+    // Real clevis makes the sss and tang layers; one of its shares is then swapped for a tpm2 JWE (sss does not look inside them).
+    const { token } = await tokenFor('sss', (adv) => ({ t: 2, pins: { tang: [{ url: 'http://a.example', adv }, { url: 'http://b.example', adv }] } }));
+    const header = JSON.parse(Buffer.from((JSON.parse(token) as { jwe: { protected: string } }).jwe.protected, 'base64url').toString()) as { clevis: { sss: { jwe: string[] } } };
+    header.clevis.sss.jwe[1] = tpm2Jwe({ pcr_bank: 'sha256', pcr_ids: '7' });
+    const mixed = JSON.stringify({ ...(JSON.parse(token) as object), jwe: { protected: Buffer.from(JSON.stringify(header)).toString('base64url') } });
+    expect(tangServersInToken(mixed).map((s) => s.url)).toHaveLength(1);
+    expect(tpm2BindingsInToken(mixed)).toEqual([{ pcrBank: 'sha256', pcrIds: [7] }]);
+    expect(describeClevisPolicy(clevisPolicyInToken(mixed)!)).toMatch(/^sss 2 of \(tang http:\/\/[ab]\.example, tpm2 sha256:7\)$/);
   });
 });
 
@@ -96,6 +143,12 @@ describe('recipe nbde section', () => {
 
   it('refuses Tang servers without clevis in the image', async () => {
     await expectInputError(() => recipeWith('nbde:\n  clevis: false\n  tang: [{url: "http://tang.example"}]\n'), 'nbde.clevis: binding to Tang at build time needs clevis');
+  });
+
+  it('tpm2: clevis-tpm2 and tpm2-tools in the image, only when asked for and only with clevis', async () => {
+    expect(packageList(recipeWith('nbde:\n  tpm2: true\n'))).toEqual(expect.arrayContaining(['clevis-tpm2', 'tpm2-tools', 'clevis-initramfs']));
+    expect(packageList(recipeWith(''))).not.toContain('clevis-tpm2');
+    await expectInputError(() => recipeWith('nbde:\n  clevis: false\n  tpm2: true\n'), "nbde.tpm2: clevis's tpm2 pin needs clevis in the image");
   });
 
   it('refuses a malformed thumbprint', async () => {

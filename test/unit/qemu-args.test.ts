@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { bootTest } from '../../src/qemu/boot-test.js';
 import { firmwareFiles, firmwareQemuArgs } from '../../src/qemu/firmware.js';
-import { qemuArgs, type VmConfig } from '../../src/qemu/vm.js';
+import { qemuArgs, swtpmArgs, tangCommand, type VmConfig } from '../../src/qemu/vm.js';
 import { captureLogger, expectInputError, tempDir } from './helpers.js';
 
 const CONFIG: VmConfig = {
@@ -53,6 +53,42 @@ describe('the guest disk', () => {
     expect(values(args, '-drive')).toEqual(['file=/tmp/overlay.qcow2,if=none,id=disk0,format=qcow2,discard=unmap']);
     expect(values(args, '-device')).toContain('virtio-blk-pci,drive=disk0,logical_block_size=4096,physical_block_size=4096');
     expect(values(qemuArgs(CONFIG), '-device')).toContain('virtio-blk-pci,drive=disk0,logical_block_size=512,physical_block_size=512');
+  });
+});
+
+describe('TPM 2.0 (swtpm)', () => {
+  it('swtpm keeps its state and control socket in the state directory and ends with QEMU', () => {
+    expect(swtpmArgs('/run/vm/tpm')).toEqual(['socket', '--tpm2', '--tpmstate', 'dir=/run/vm/tpm', '--ctrl', 'type=unixio,path=/run/vm/tpm/swtpm.sock', '--log', 'file=/run/vm/tpm/swtpm.log', '--terminate']);
+  });
+
+  it('QEMU gets a TIS TPM on that socket, and none without a TPM', () => {
+    const args = qemuArgs({ ...CONFIG, tpm: { stateDir: '/run/vm/tpm' } });
+    expect(values(args, '-chardev')).toEqual(['socket,id=chrtpm,path=/run/vm/tpm/swtpm.sock']);
+    expect(values(args, '-tpmdev')).toEqual(['emulator,id=tpm0,chardev=chrtpm']);
+    expect(values(args, '-device')).toContain('tpm-tis,tpmdev=tpm0');
+    expect(qemuArgs(CONFIG).join(' ')).not.toMatch(/tpm/);
+  });
+});
+
+describe('Tang servers for the guest (guestfwd)', () => {
+  const netdev = (config: Partial<VmConfig>) => values(qemuArgs({ ...CONFIG, ...config }), '-netdev').find((n) => n.startsWith('user,'))!;
+
+  it('serves one tangd per connection at 10.0.2.100 by default, a second address on request', () => {
+    const user = netdev({ tang: [{ keyDir: '/k', logFile: '/l1' }, { keyDir: '/k', logFile: '/l2', address: '10.0.2.101' }] });
+    expect(user).toContain(`,guestfwd=tcp:10.0.2.100:80-cmd:/bin/sh -c 'echo "$(date +%s.%N) served" >>/l1; exec /usr/libexec/tangd /k 2>>/l1'`);
+    expect(user).toContain(',guestfwd=tcp:10.0.2.101:80-cmd:');
+    expect(netdev({ tang: { keyDir: '/k', logFile: '/l1' } })).toContain('guestfwd=tcp:10.0.2.100:80-cmd:');
+    expect(() => netdev({ tang: [{ keyDir: '/k', logFile: '/l1' }, { keyDir: '/k', logFile: '/l2' }] })).toThrow(/two Tang servers at one address/);
+  });
+
+  it('silent reads until the connection closes; refuse closes at once; late refuses until its flag file exists', () => {
+    expect(tangCommand({ keyDir: '/k', logFile: '/l', behaviour: 'silent' })).toBe('echo "$(date +%s.%N) silent" >>/l; exec cat >/dev/null');
+    expect(tangCommand({ keyDir: '/k', logFile: '/l', behaviour: 'refuse' })).toBe('echo "$(date +%s.%N) refused" >>/l');
+    expect(tangCommand({ keyDir: '/k', logFile: '/l', behaviour: 'late', upFlag: '/up' })).toBe(
+      'if [ -e /up ]; then echo "$(date +%s.%N) served" >>/l; exec /usr/libexec/tangd /k 2>>/l; fi; echo "$(date +%s.%N) refused" >>/l',
+    );
+    expect(() => tangCommand({ keyDir: '/k', logFile: '/l', behaviour: 'late' })).toThrow(/upFlag/);
+    expect(() => tangCommand({ keyDir: '/k,x', logFile: '/l' })).toThrow(/commas/);
   });
 });
 

@@ -32,7 +32,7 @@ const DEFAULTS = {
     dropbear: { port: 22, idleTimeoutSeconds: 180, forceUnlockCommand: true, extraOptions: [] },
   },
   kernel: { cmdline: ['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0'] },
-  nbde: { clevis: true, tang: [], threshold: 1 },
+  nbde: { clevis: true, tang: [], tpm2: false, threshold: 1 },
   overlays: [],
   variables: {},
   hooks: [],

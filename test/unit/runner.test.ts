@@ -14,7 +14,7 @@ interface FakeStage {
   produces?: ProductName[];
   failure?: Error;
   /** Runs after the log line, before the failure. */
-  work?: (ctx: StageContext<ProductName, ProductName>) => Promise<void>;
+  work?: (ctx: StageContext<any, any>) => Promise<void>;
 }
 
 /** A stage that logs one line, does its work, sets its products and, if `failure` is given, then throws it. */
