@@ -116,9 +116,12 @@ describe('TPM2 and Tang', () => {
         '--tang', `http://${TANG_GUEST_ADDRESS}`, '--tpm2', '--threshold', '2', '--recovery-key-out', recoveryFile, '--dropbear', 'keep', '--json'], { all: true, reject: false });
       process.stderr.write(`unlock-policy: enroll --tang --tpm2 --threshold 2 took ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
       expect(enrolled.exitCode, enrolled.all).toBe(0);
-      const report = JSON.parse(enrolled.stdout) as { tang: { pin: string; servers: Array<{ url: string }> } };
-      expect(report.tang.pin).toBe('sss');
-      expect(report.tang.servers.map((s) => s.url)).toEqual([`http://${TANG_GUEST_ADDRESS}`]);
+      // --json: one record per host, the enroll report in its details.
+      const record = JSON.parse(enrolled.stdout) as { result: string; details: { tang: Array<{ pin: string; servers: Array<{ url: string }> }> } };
+      expect(record.result).toBe('ok');
+      expect(record.details.tang).toHaveLength(1);
+      expect(record.details.tang[0]!.pin).toBe('sss');
+      expect(record.details.tang[0]!.servers.map((s) => s.url)).toEqual([`http://${TANG_GUEST_ADDRESS}`]);
       const recovery = (await readFile(recoveryFile, 'utf8')).trim();
       const list = (await vm.ssh('clevis luks list -d "$(cryptsetup status cryptroot | awk \'/device:/ {print $2}\')"')).output;
       expect(list).toMatch(/^\d+: sss '\{"t":2,"pins":\{"tang":\[\{"url":"http:\/\/10\.0\.2\.100"\}\],"tpm2":\[\{[^}]*"pcr_bank":"sha256","pcr_ids":"7"\}\]\}\}'$/m);
