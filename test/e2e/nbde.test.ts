@@ -7,8 +7,7 @@
  *      at all, and the Tang log shows the key recovery request.
  *   2. Tang unreachable: no unlock by itself; SSH unlock via dropbear still works. That is
  *      every boot in boot.test.ts, which serves no Tang to the same bound image.
- *   3. Enrollment (enroll, its resumption, rebind after Tang key rotation, keyless reboots):
- *      fleet.test.ts, on two machines at once; TPM2 with Tang: unlock-policy.test.ts.
+ *   3. Enrollment (`enroll --tang --tpm2`, then keyless reboots): unlock-policy.test.ts.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
