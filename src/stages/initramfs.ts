@@ -60,6 +60,7 @@ export const CLEVIS_TPM2_INITRAMFS_ENTRIES: Record<string, RegExp> = {
 /** Needed too when the root partition grows at first boot (before the unlock). */
 export const GROW_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   sfdisk: /^(usr\/)?s?bin\/sfdisk$/m,
+  partx: /^(usr\/)?s?bin\/partx$/m,
   'grow-root script': /^scripts\/init-premount\/keylessgo-grow-root$/m,
 };
 

@@ -275,10 +275,10 @@ describe('initramfs checkInitramfsListing', () => {
     expect(checkInitramfsListing(listing)).toEqual({ ...ALL_TRUE, [name]: false });
   });
 
-  it('wants sfdisk and the grow script when the root grows at first boot', () => {
-    expect(checkInitramfsListing(LISTING, false, true)).toEqual({ ...ALL_TRUE, sfdisk: false, 'grow-root script': false });
-    const withGrow = `${LISTING}\nusr/sbin/sfdisk\nscripts/init-premount/keylessgo-grow-root`;
-    expect(checkInitramfsListing(withGrow, false, true)).toEqual({ ...ALL_TRUE, sfdisk: true, 'grow-root script': true });
+  it('wants sfdisk, partx and the grow script when the root grows at first boot', () => {
+    expect(checkInitramfsListing(LISTING, false, true)).toEqual({ ...ALL_TRUE, sfdisk: false, partx: false, 'grow-root script': false });
+    const withGrow = `${LISTING}\nusr/sbin/sfdisk\nusr/bin/partx\nscripts/init-premount/keylessgo-grow-root`;
+    expect(checkInitramfsListing(withGrow, false, true)).toEqual({ ...ALL_TRUE, sfdisk: true, partx: true, 'grow-root script': true });
   });
 
   it('does not take a look-alike path for the real one', () => {
