@@ -2,7 +2,9 @@
 /**
  * `make bench`: measures, in one run on this machine, a cold build of the default recipe
  * (empty cache, packages from the mirror), a warm rebuild after a change that leaves the
- * package set alone (new key and passphrase, kernel parameter, overlay file), the qcow2 size
+ * package set alone (new key and passphrase, kernel parameter, overlay file), a cold build after
+ * a simulated archive update (stage cache emptied, the package cache kept but for one package,
+ * which is downloaded again), the qcow2 size
  * against the bytes the filesystems use, and a boot test; and, as baselines from the same
  * run, the time the build spends inside host tools (the floor) and a peer tool building a
  * comparable image where one is installed (bench/peers/run-*.sh). Prints a table, writes JSON.
@@ -15,7 +17,7 @@
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { access, mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { constants, cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -73,6 +75,19 @@ async function changedRecipe() {
   return file;
 }
 
+/**
+ * What an archive publication does to the next build: every stage cache entry is a miss (their
+ * keys hold the Release dates), and one package has a new version. Empties the stage cache and
+ * removes that package's file from the package cache.
+ */
+async function simulateArchiveUpdate(changedPackage) {
+  await execa('node', [CLI, 'cache', 'prune', '--cache-dir', cacheDir]);
+  const pool = join(cacheDir, 'packages', parse(await readFile(RECIPE, 'utf8')).suite);
+  const files = (await readdir(pool)).filter((f) => f.startsWith(`${changedPackage}_`));
+  if (files.length !== 1) throw new Error(`expected one ${changedPackage} file in ${pool}, found ${files.length}`);
+  await rm(join(pool, files[0]));
+}
+
 async function bootTest(build) {
   const qcow2 = build.manifest.outputs.find((o) => o.format === 'qcow2');
   const out = join(dir, 'boot-test');
@@ -109,6 +124,9 @@ const loadBefore = loadavg()[0];
 const cold = await timedBuild('cold', RECIPE);
 const warm = await timedBuild('warm', await changedRecipe());
 const warmHits = ['bootstrap', 'initramfs'].filter((stage) => new RegExp(`cache hit: ${stage}`).test(warm.log));
+await simulateArchiveUpdate('jq');
+const updated = await timedBuild('archive-update', RECIPE);
+const packageCacheUse = /package cache: (\d+) packages from it, (\d+) downloaded/.exec(updated.log);
 const qcow2 = cold.manifest.outputs.find((o) => o.format === 'qcow2');
 const used = cold.manifest.filesystems.usedBytes;
 const usedBytes = used.root + used.boot + used.esp;
@@ -122,6 +140,7 @@ const peerPlain = peerResults.find((p) => p.ok && p.variant === 'plain');
 const rows = [
   ['cold build (s)', cold.seconds, TARGETS.coldSeconds, peerPlain?.seconds],
   [`warm rebuild (s), cache hits: ${warmHits.join('+') || 'none'}`, warm.seconds, TARGETS.warmSeconds, undefined],
+  [`cold after an archive update (s), ${packageCacheUse ? `${packageCacheUse[1]} packages cached, ${packageCacheUse[2]} downloaded` : 'package cache unused'}`, updated.seconds, undefined, undefined],
   ['qcow2 / bytes used by the filesystems', qcow2.bytes / usedBytes, TARGETS.qcow2OverUsed, undefined],
   ['boot test: unlocked (s)', boot.unlocked, TARGETS.unlockedSeconds, undefined],
   ['boot test: OpenSSH answering (s)', boot.booted, TARGETS.bootedSeconds, undefined],
@@ -137,11 +156,12 @@ lines.push('');
 lines.push(`machine: ${cpus().length} cores, load average ${fmt(loadBefore, 2)} at the start, ${fmt(loadavg()[0], 2)} at the end (1-minute)`);
 lines.push(`cold build ${fmt(cold.seconds)} s = ${fmt(cold.seconds / floorSeconds, 2)} x the time inside host tools (${fmt(floorSeconds)} s); stages: ${Object.entries(cold.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
 lines.push(`warm rebuild stages: ${Object.entries(warm.manifest.stageSeconds).map(([s, t]) => `${s} ${t}`).join(', ')}`);
+lines.push(`after an archive update: ${fmt(updated.seconds)} s = ${fmt(updated.seconds / cold.seconds, 2)} x cold; bootstrap ${updated.manifest.stageSeconds.bootstrap} s vs ${cold.manifest.stageSeconds.bootstrap} s cold`);
 lines.push(`sizes: qcow2 ${(qcow2.bytes / 1e6).toFixed(0)} MB, raw ${raw ? (raw.bytes / 1e9).toFixed(2) : '-'} GB apparent / ${rawAllocated ? (rawAllocated / 1e6).toFixed(0) : '-'} MB allocated, filesystems use ${(usedBytes / 1e6).toFixed(0)} MB (root ${(used.root / 1e6).toFixed(0)}, boot ${(used.boot / 1e6).toFixed(0)}, esp ${(used.esp / 1e6).toFixed(1)})`);
 lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocked ${fmt(boot.unlocked)} s, OpenSSH ${fmt(boot.booted)} s, running ${fmt(boot.running)} s, ${boot.passed ? 'passed' : 'FAILED'}`);
 for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
 process.stdout.write(`${lines.join('\n')}\n`);
 
-const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
+const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, archiveUpdate: { seconds: updated.seconds, stageSeconds: updated.manifest.stageSeconds, packagesCached: Number(packageCacheUse?.[1] ?? 0), packagesDownloaded: Number(packageCacheUse?.[2] ?? 0) }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
 await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(keepDir ? `bench.json: ${join(dir, 'bench.json')}\n` : `work directory ${dir} removed (KEYLESSGO_BENCH_KEEP=1 keeps it, with bench.json and the logs)\n`);

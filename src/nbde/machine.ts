@@ -10,6 +10,9 @@ import { EnrollError } from '../errors.js';
 import { parseLuksDump, type LuksSummary } from '../host/cryptsetup.js';
 import { tangServersInToken, type BoundTangServer } from '../host/clevis.js';
 import type { Logger } from '../log.js';
+import { shellQuote } from '../base/shell.js';
+
+export { shellQuote };
 
 export interface RemoteResult {
   output: string;
@@ -24,10 +27,6 @@ export interface Remote {
   run(command: string, stdin?: string): Promise<RemoteResult>;
 }
 
-/** Shells-quotes one word for the remote POSIX shell. */
-export function shellQuote(word: string): string {
-  return `'${word.replaceAll("'", `'\\''`)}'`;
-}
 
 export async function must(remote: Remote, step: string, command: string, stdin?: string): Promise<string> {
   const result = await remote.run(command, stdin);

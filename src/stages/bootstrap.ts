@@ -3,7 +3,8 @@
  *
  * Host commands: mmdebstrap (default) or debootstrap, chroot (package list), cp (cache).
  * With a cache, the tree is copied from an entry keyed by everything it depends on
- * (including the archive's Release dates, so an updated archive is a miss, never stale).
+ * (including the archive's Release dates, so an updated archive is a miss, never stale),
+ * and a miss downloads only the packages missing from the package cache beside it.
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
  * installation and run once, after configuration, by the initramfs stage.
  */
@@ -15,6 +16,7 @@ import { defineStage } from '../pipeline/stage.js';
 import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { formatSize } from '../recipe/size.js';
 import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
+import { PackageCache, type InstalledPackage } from '../host/package-cache.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
 export const BASE_PACKAGES = [
@@ -60,7 +62,8 @@ export function packageList(recipe: Recipe): string[] {
 
 export const DIVERTED_UPDATE_INITRAMFS = '/usr/sbin/update-initramfs';
 
-export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>): string[] {
+/** `cacheOptions`: the package cache's hooks (PackageCache.mmdebstrapOptions). */
+export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>, cacheOptions: string[] = []): string[] {
   const { recipe } = ctx;
   return [
     '--mode=root',
@@ -70,19 +73,22 @@ export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'ro
     `--include=${packageList(recipe).join(',')}`,
     // Divert update-initramfs so kernel and hook installs don't each build an initramfs.
     `--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename --add ${DIVERTED_UPDATE_INITRAMFS} && ln -s /bin/true "$1${DIVERTED_UPDATE_INITRAMFS}"`,
+    ...cacheOptions,
     recipe.suite,
     ctx.rootfs,
     ...sourceLines(ctx.mirror, recipe.suite, recipe.bootstrap.components),
   ];
 }
 
-export function debootstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>): string[] {
+/** `packageCacheDir`: debootstrap keeps (and checks) the .deb files there itself. */
+export function debootstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>, packageCacheDir?: string): string[] {
   const { recipe } = ctx;
   return [
     `--variant=${recipe.bootstrap.variant === 'apt' ? 'minbase' : recipe.bootstrap.variant}`,
     `--arch=${recipe.architecture}`,
     `--components=${recipe.bootstrap.components.join(',')}`,
     `--include=${packageList(recipe).join(',')}`,
+    ...(packageCacheDir ? [`--cache-dir=${packageCacheDir}`] : []),
     recipe.suite,
     ctx.rootfs,
     ctx.mirror.archive,
@@ -127,17 +133,38 @@ async function removeGeneratedHostKeys(rootfs: string): Promise<void> {
   }
 }
 
-async function installTree(ctx: BuildContext): Promise<void> {
+async function installedPackages(ctx: BuildContext): Promise<InstalledPackage[]> {
+  const listing = await ctx.host.run('chroot', [ctx.rootfs, 'dpkg-query', '-W', '-f', '${Package}\t${Version}\t${Architecture}\n']);
+  return listing
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [name, version, architecture] = line.split('\t');
+      return { name: name!, version: version ?? '', architecture: architecture ?? '' };
+    });
+}
+
+/** Bootstraps the tree; with a package cache, takes the .deb files it has and adds those downloaded. */
+async function installTree(ctx: BuildContext, packages?: PackageCache): Promise<void> {
   // The tools' own temp dirs (mmdebstrap's gpghome) inside the work tree: a killed build's are reaped with it.
   const tmp = join(ctx.workDir, 'tmp');
   await mkdir(tmp, { recursive: true, mode: 0o700 });
   const options = { stream: true, env: { TMPDIR: tmp } };
+  if (packages) await mkdir(packages.dir, { recursive: true, mode: 0o755 });
+  const cached = await packages?.files();
+  const incoming = packages && ctx.recipe.bootstrap.tool === 'mmdebstrap' ? await packages.createIncoming() : undefined;
+  const incomingCleanup = incoming ? ctx.cleanup.add('remove the incoming package files', () => rm(incoming, { recursive: true, force: true })) : undefined;
   if (ctx.recipe.bootstrap.tool === 'mmdebstrap') {
-    await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx), options);
+    await ctx.host.run('mmdebstrap', mmdebstrapArgs(ctx, incoming ? packages!.mmdebstrapOptions(incoming) : []), options);
   } else {
-    await ctx.host.run('debootstrap', debootstrapArgs(ctx), options);
+    await ctx.host.run('debootstrap', debootstrapArgs(ctx, packages?.dir), options);
   }
   await removeGeneratedHostKeys(ctx.rootfs);
+  if (packages && cached) {
+    const use = await packages.update(await installedPackages(ctx), cached, incoming);
+    await incomingCleanup?.release();
+    ctx.log.info(`      package cache: ${use.reused} packages from it, ${use.downloaded} downloaded${use.removed ? `, ${use.removed} superseded versions removed` : ''}`);
+  }
 }
 
 /** Copies a root tree with owners, modes, links, device nodes and extended attributes. */
@@ -159,7 +186,7 @@ async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
       await copyTree(ctx, join(hit.dir, 'rootfs'), ctx.rootfs);
     } else {
       ctx.log.info(`      cache miss: bootstrap ${key}`);
-      await installTree(ctx);
+      await installTree(ctx, PackageCache.beside(cache.root, ctx.recipe.suite));
       const entry = await cache.store('bootstrap', key, inputs, async (dir) => {
         await copyTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
         return {};
@@ -184,14 +211,7 @@ export const bootstrapStage = defineStage({
     if (ctx.cache) await cachedTree(ctx, ctx.cache);
     else await installTree(ctx);
     ctx.state.archiveReleases ??= null;
-    const listing = await ctx.host.run('chroot', [ctx.rootfs, 'dpkg-query', '-W', '-f', '${Package}\t${Version}\n']);
-    ctx.state.packages = listing
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => {
-        const [name, version] = line.split('\t');
-        return { name: name!, version: version ?? '' };
-      });
+    ctx.state.packages = (await installedPackages(ctx)).map(({ name, version }) => ({ name, version }));
     const kernels = (await readdir(join(ctx.rootfs, 'boot'))).filter((f) => f.startsWith('vmlinuz-'));
     if (kernels.length !== 1) throw new Error(`expected one kernel in /boot, found ${kernels.length}`);
     ctx.state.kernelVersion = kernels[0]!.slice('vmlinuz-'.length);

@@ -3,7 +3,7 @@
  * sfdisk, cryptsetup, an AES-XTS decryption with the volume key, debugfs, cpio, qemu-img.
  */
 import { execa } from 'execa';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
@@ -287,6 +287,17 @@ describe('rebuild from the stage cache', () => {
     expect(stdout).toMatch(new RegExp(`^initramfs +${first.cache.initramfs} +\\d+(\\.\\d)? MiB `, 'm'));
     // The run's cache also holds the trixie image's entries.
     expect(stdout).toMatch(/^\d+ entries, \d+(\.\d+)? (MiB|GiB) in /m);
+  });
+
+  it("keeps the first build's .deb files in the package cache, one per installed package, none in the image", async () => {
+    const debs = await readdir(join(cacheDirOf(image.dir), 'packages', 'bookworm'));
+    const cached = new Set(debs.filter((f) => f.endsWith('.deb')).map((f) => f.split('_').slice(0, 2).join('_')));
+    const installed = manifest.packages.installed.map((p) => `${p.name}_${p.version.replaceAll(':', '%3a')}`);
+    expect(installed.length).toBeGreaterThan(100);
+    expect(installed.filter((p) => !cached.has(p))).toEqual([]);
+    expect(debs.filter((f) => f.startsWith('.incoming-'))).toEqual([]);
+    expect(await readFile(image.buildLog, 'utf8')).toMatch(new RegExp(`package cache: 0 packages from it, ${installed.length} downloaded`));
+    expect((await listExt4Dir(rootPlain, '/var/cache/apt/archives')).filter((f) => f.endsWith('.deb'))).toEqual([]);
   });
 
   it('leaves no lock and no partial entry in the cache, which holds no private key', async () => {

@@ -166,6 +166,15 @@ describe('bootstrap', () => {
     ]);
   });
 
+  it("mmdebstrap: the package cache's options come after the hooks, before the suite", () => {
+    const args = mmdebstrapArgs(ctx(), ['--skip=essential/unlink', '--setup-hook=copy in']);
+    expect(args.slice(6, 9)).toEqual(['--skip=essential/unlink', '--setup-hook=copy in', 'bookworm']);
+  });
+
+  it('debootstrap: keeps its .deb files in the package cache directory', () => {
+    expect(debootstrapArgs(ctx('bootstrap: {tool: debootstrap}\n'), '/var/cache/kg/packages/bookworm').slice(4, 6)).toEqual(['--cache-dir=/var/cache/kg/packages/bookworm', 'bookworm']);
+  });
+
   it('mmdebstrap: uses the target suite for every apt line', () => {
     const args = mmdebstrapArgs({ ...ctx(), recipe: recipeWith('', 'trixie') });
     expect(args.filter((a) => a.startsWith('deb '))).toEqual([
