@@ -9,6 +9,7 @@ export default defineConfig({
     hookTimeout: 20 * 60 * 1000,
     // Boot tests are CPU-bound under TCG on a 2-core machine: run test files one at a time.
     fileParallelism: false,
-    reporters: ['default'],
+    // The JSON report keeps each file's start and end: `make bench` prints the suite's wall time from it.
+    reporters: ['default', ['json', { outputFile: 'test-results/e2e.json' }]],
   },
 });

@@ -117,6 +117,15 @@ async function peers() {
   return results;
 }
 
+/** The e2e suite's wall time and per-file seconds from the last e2e run's JSON report (vitest.e2e.config.ts), if any. */
+async function lastE2eRun() {
+  const report = await readFile(join(REPO, 'test-results/e2e.json'), 'utf8').then(JSON.parse, () => undefined);
+  if (!report?.testResults?.length) return undefined;
+  const files = report.testResults.map((f) => ({ file: f.name.slice(REPO.length + 1), seconds: (f.endTime - f.startTime) / 1000, status: f.status }));
+  const end = Math.max(...report.testResults.map((f) => f.endTime));
+  return { at: new Date(report.startTime).toISOString(), seconds: (end - report.startTime) / 1000, success: report.success, files };
+}
+
 const fmt = (n, digits = 1) => (n === undefined || n === null || Number.isNaN(n) ? '-' : n.toFixed(digits));
 
 // Other load on the machine distorts every figure: the report says how much there was.
@@ -135,6 +144,7 @@ const rawAllocated = raw ? (await stat(join(cold.out, raw.path))).blocks * 512 :
 const floorSeconds = Object.values(cold.manifest.hostToolSeconds).reduce((a, b) => a + b, 0);
 const boot = await bootTest(cold);
 const peerResults = await peers();
+const e2e = await lastE2eRun();
 const peerPlain = peerResults.find((p) => p.ok && p.variant === 'plain');
 
 const rows = [
@@ -159,9 +169,12 @@ lines.push(`warm rebuild stages: ${Object.entries(warm.manifest.stageSeconds).ma
 lines.push(`after an archive update: ${fmt(updated.seconds)} s = ${fmt(updated.seconds / cold.seconds, 2)} x cold; bootstrap ${updated.manifest.stageSeconds.bootstrap} s vs ${cold.manifest.stageSeconds.bootstrap} s cold`);
 lines.push(`sizes: qcow2 ${(qcow2.bytes / 1e6).toFixed(0)} MB, raw ${raw ? (raw.bytes / 1e9).toFixed(2) : '-'} GB apparent / ${rawAllocated ? (rawAllocated / 1e6).toFixed(0) : '-'} MB allocated, filesystems use ${(usedBytes / 1e6).toFixed(0)} MB (root ${(used.root / 1e6).toFixed(0)}, boot ${(used.boot / 1e6).toFixed(0)}, esp ${(used.esp / 1e6).toFixed(1)})`);
 lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocked ${fmt(boot.unlocked)} s, OpenSSH ${fmt(boot.booted)} s, running ${fmt(boot.running)} s, ${boot.passed ? 'passed' : 'FAILED'}`);
+lines.push(e2e
+  ? `e2e suite, last run (${e2e.at}, ${e2e.files.length} files, ${e2e.success ? 'passed' : 'not all passed'}): ${fmt(e2e.seconds)} s wall including its fixtures; ${e2e.files.sort((a, b) => b.seconds - a.seconds).map((f) => `${f.file.replace('test/e2e/', '')} ${fmt(f.seconds, 0)}`).join(', ')}`
+  : 'e2e suite: no report (test-results/e2e.json is written by `make test-e2e`)');
 for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
 process.stdout.write(`${lines.join('\n')}\n`);
 
-const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, archiveUpdate: { seconds: updated.seconds, stageSeconds: updated.manifest.stageSeconds, packagesCached: Number(packageCacheUse?.[1] ?? 0), packagesDownloaded: Number(packageCacheUse?.[2] ?? 0) }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults };
+const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, archiveUpdate: { seconds: updated.seconds, stageSeconds: updated.manifest.stageSeconds, packagesCached: Number(packageCacheUse?.[1] ?? 0), packagesDownloaded: Number(packageCacheUse?.[2] ?? 0) }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults, e2e };
 await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(keepDir ? `bench.json: ${join(dir, 'bench.json')}\n` : `work directory ${dir} removed (KEYLESSGO_BENCH_KEEP=1 keeps it, with bench.json and the logs)\n`);
