@@ -5,6 +5,7 @@
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { HostRunner } from '../../src/host/run.js';
 import { probeImageFormat } from '../../src/inspect/disk-format.js';
 import { Logger } from '../../src/log.js';
@@ -17,6 +18,7 @@ import type { ImageFixture } from './fixture.js';
 
 const log = new Logger('quiet');
 const SSH_TIMEOUT_MS = 10 * 60 * 1000;
+const POWER_OFF_TIMEOUT_MS = 3 * 60 * 1000;
 
 export class TestVm {
   private vm?: Vm;
@@ -97,6 +99,24 @@ export class TestVm {
     } finally {
       client.end();
     }
+  }
+
+  /**
+   * Shuts the booted system down and waits until QEMU exits by itself. Then the guest's kernel
+   * has sent the TPM its orderly TPM2_Shutdown: a TPM counts every power loss without one as a
+   * failed authorization, and swtpm (at most 3 failures) then refuses the tpm2 pin's primary key
+   * with TPM_RC_LOCKOUT, as after three `stop()`s of a running guest.
+   */
+  async powerOff(timeoutMs = POWER_OFF_TIMEOUT_MS): Promise<void> {
+    const exited = this.vm!.exited.signal;
+    // The connection may close before the command's status arrives.
+    await this.ssh('systemctl poweroff').catch(() => undefined);
+    const off = await Promise.race([
+      new Promise<boolean>((resolve) => (exited.aborted ? resolve(true) : exited.addEventListener('abort', () => resolve(true), { once: true }))),
+      sleep(timeoutMs, false),
+    ]);
+    await this.stop();
+    if (!off) throw new Error(`the guest did not power off within ${timeoutMs / 1000} s of systemctl poweroff (see ${this.serialLog})`);
   }
 
   async stop(): Promise<void> {
