@@ -9,11 +9,9 @@
  *   2. `status --json` before: bootstrap passphrase opens, volume key the image's
  *   3. `enroll --inventory --parallel 2 --known-hosts`, pinned to the fleet Tang's key: the SSH
  *      connection of one guest is dropped while its header shows the online re-encryption;
- *      that host fails at once, its re-encryption goes on as a systemd unit (checked), then is
- *      stopped at 80 % as a reboot would stop it; the other host is enrolled; a second
- *      `enroll` resumes the re-encryption (--resume-only) and finishes (the other host:
- *      already enrolled, skipped). Prints the wall times, and the re-encryption speed beside
- *      the other guest and alone (the resumed part), for "one host alone"
+ *      that host fails at once, its re-encryption goes on as a systemd unit (checked); the
+ *      other host is enrolled; a second `enroll` continues from where the first left it and
+ *      finishes (the other host: already enrolled, skipped). Prints the wall times and steps
  *   4. `status --json` after; the volume key differs from the image's (read from the image
  *      file), recovery files 0600, no secret in any output
  *   5. Tang key rotation: tangd-rotate-keys, `rebind --inventory`, the old keys deleted
@@ -125,8 +123,9 @@ afterAll(async () => {
 
 describe('fleet', () => {
   it('unlock --inventory unlocks both guests and refuses the one whose host key is not vouched for', async () => {
-    // The impostor first, one host at a time: it must meet guest a still waiting at dropbear.
-    const unlocked = await keylessgo(['unlock', ...sshArgs(), '--passphrase-file', image.passphraseFile, '--known-hosts', knownHosts, '--parallel', '1', '--limit', 'others:fleet', '--json']);
+    // All three at once: the impostor's refusal (key exchange, a second) meets guest a still at
+    // dropbear, whose own unlock waits for its keyslot's KDF (a minute under TCG).
+    const unlocked = await keylessgo(['unlock', ...sshArgs(), '--passphrase-file', image.passphraseFile, '--known-hosts', knownHosts, '--parallel', '3', '--limit', 'others:fleet', '--json']);
     expect(unlocked.exitCode, unlocked.all).toBe(1);
     expect(unlocked.records.get('impostor')).toMatchObject({ result: 'failed', error: expect.stringMatching(/refused, nothing sent/) });
     for (const name of NAMES) expect(unlocked.records.get(name), unlocked.all).toMatchObject({ result: 'ok', details: { outcome: 'unlocked' } });
@@ -145,7 +144,7 @@ describe('fleet', () => {
   }, 120_000);
 
   let thumbprint: string;
-  it('enroll --inventory --parallel 2 enrolls both; a host whose connection drops mid re-encryption, then whose re-encryption stops, is finished by a second enroll', async () => {
+  it('enroll --inventory --parallel 2 enrolls both; a host whose connection drops mid re-encryption is finished by a second enroll', async () => {
     // tangd-keygen names each key file by its thumbprint: the signing one is the pin.
     thumbprint = await signingThumbprint();
     const enrollArgs = ['enroll', ...sshArgs(), '--known-hosts', systemKnownHosts, '--limit', 'fleet', '--parallel', '2', '--passphrase-file', image.passphraseFile, '--tang', TANG_URL, '--tang-thp', thumbprint, '--recovery-key-out', join(dir, '{host}.recovery'), '--json',
@@ -155,14 +154,13 @@ describe('fleet', () => {
     const first = execa('node', [CLI, ...enrollArgs], { all: true, reject: false });
     const b = vms.get(NAMES[1])!;
     await dropConnectionDuringReencrypt(b, first);
-    const stoppedAt = await stopReencryptAt(b, STOP_AT_PERCENT);
     const firstRun = parsed(await first);
     const firstSeconds = (performance.now() - started) / 1000;
     expect(firstRun.exitCode, firstRun.all).toBe(1);
     expect(firstRun.records.get(NAMES[0]), firstRun.all).toMatchObject({ result: 'ok', details: { result: 'enrolled', volumeKeyChanged: true } });
     expect(firstRun.records.get(NAMES[1])).toMatchObject({ result: 'failed', error: expect.stringMatching(/SSH connection to 127\.0\.0\.1:\d+ was lost/) });
     const a = firstRun.records.get(NAMES[0])!;
-    log(`enroll --parallel 2: ${firstSeconds.toFixed(1)} s wall; ${NAMES[0]} enrolled in ${a.seconds} s (steps ${JSON.stringify(a.details.stepSeconds)}), its re-encryption beside ${NAMES[1]}'s until ${NAMES[1]}'s stopped at ${stoppedAt.percent}%; ${NAMES[1]} dropped after ${firstRun.records.get(NAMES[1])!.seconds} s`);
+    log(`enroll --parallel 2: ${firstSeconds.toFixed(1)} s wall; ${NAMES[0]} enrolled in ${a.seconds} s (steps ${JSON.stringify(a.details.stepSeconds)}), its re-encryption beside ${NAMES[1]}'s; ${NAMES[1]} dropped after ${firstRun.records.get(NAMES[1])!.seconds} s`);
 
     const resumedStarted = performance.now();
     const second = await keylessgo(enrollArgs);
@@ -171,14 +169,11 @@ describe('fleet', () => {
     expect(second.records.get(NAMES[0])).toMatchObject({ result: 'skipped', details: { result: 'already-enrolled', steps: [] } });
     const resumed = second.records.get(NAMES[1])!;
     expect(resumed).toMatchObject({ result: 'ok', details: { result: 'enrolled', volumeKeyChanged: true, bootstrapRemoved: true } });
-    // The unit was stopped as a reboot would stop it: the header still shows the re-encryption, which is resumed (--resume-only).
-    expect(resumed.details.steps).toEqual(['resume the re-encryption', 'remove stale bindings', 'bind to Tang', 'add the recovery passphrase', 'remove the bootstrap passphrase']);
-    const speeds = await reencryptSpeeds(b);
-    log(`second enroll (${NAMES[1]} resumed, ${NAMES[0]} skipped): ${resumedSeconds.toFixed(1)} s wall; ${NAMES[1]} ${resumed.seconds} s (steps ${JSON.stringify(resumed.details.stepSeconds)})`);
-    // One host alone, from the same host's own figures: its re-encryption speed beside the other vs alone (the resumed part), and its other steps alone.
-    const aloneEstimate = (a.details.stepSeconds['rotate the volume key'] as number) * (speeds.beside / speeds.alone)
-      + Object.entries(resumed.details.stepSeconds as Record<string, number>).filter(([step]) => !step.includes('re-encryption')).reduce((sum, [, seconds]) => sum + seconds, 0);
-    log(`re-encryption speed of ${NAMES[1]}: ${speeds.beside} MiB/s beside ${NAMES[0]}'s, ${speeds.alone} MiB/s alone (${100 - stoppedAt.percent}% resumed alone); one host alone ≈ ${aloneEstimate.toFixed(0)} s (estimate: ${NAMES[0]}'s re-encryption at the alone speed plus ${NAMES[1]}'s other steps alone)`);
+    // Its re-encryption still running (waited for) or ended on its own: either way it goes on from there, never rotating the key again.
+    expect(['wait for the re-encryption', 'remove stale bindings']).toContain(resumed.details.steps[0]);
+    expect(resumed.details.steps.slice(-3)).toEqual(['bind to Tang', 'add the recovery passphrase', 'remove the bootstrap passphrase']);
+    expect(resumed.details.steps).not.toContain('rotate the volume key');
+    log(`second enroll (${NAMES[1]} resumed alone, ${NAMES[0]} skipped): ${resumedSeconds.toFixed(1)} s wall; ${NAMES[1]} ${resumed.seconds} s (steps ${JSON.stringify(resumed.details.stepSeconds)})`);
 
     for (const name of NAMES) {
       const report = (name === NAMES[0] ? firstRun : second).records.get(name)!.details;
@@ -191,7 +186,7 @@ describe('fleet', () => {
     }
     // The image's bootstrap and build-time binding slots; the resumed host also had the re-encryption's new one.
     expect(firstRun.records.get(NAMES[0])!.details.keyslotsBefore).toEqual([0, 1]);
-    expect(resumed.details.keyslotsBefore).toEqual([0, 1, 2]);
+    expect(resumed.details.keyslotsBefore).toContain(2);
     // No secret went to a host the known_hosts file does not vouch for: both were checked.
     for (const run of [firstRun, second]) expect(run.all).not.toMatch(/NOT checked/);
   }, 60 * 60 * 1000);
@@ -301,48 +296,16 @@ async function dropConnectionDuringReencrypt(vm: TestVm, enroll: ResultPromise):
   // This command's own sshd processes are its parent and grandparent: everything else goes.
   const killed = await vm.ssh('me=$PPID; priv=$(ps -o ppid= -p $me | tr -d " "); for p in $(pgrep -f "^sshd: root"); do [ "$p" = "$me" ] || [ "$p" = "$priv" ] || kill "$p"; done; echo killed');
   expect(killed.output).toContain('killed');
-  log(`dropped the enroll connection of one guest during its re-encryption (${await reencryptProgress(vm)}% done)`);
-  // The re-encryption goes on without keylessgo: still running, and further on, a while later.
-  const before = await reencryptProgress(vm);
-  await sleep(20_000);
+  // The re-encryption goes on without keylessgo (stopReencryptAt then waits for it to get further).
+  await sleep(5000);
   expect((await vm.ssh(`systemctl is-active ${REENCRYPT_UNIT}`)).output.trim()).toBe('active');
-  expect(await reencryptProgress(vm)).toBeGreaterThan(before);
+  log(`dropped the enroll connection of one guest during its re-encryption (${await reencryptProgress(vm)}% done); its unit is still active`);
 }
-
-/** The re-encryption stops at this point of its progress (as a reboot would stop it), so that a second enroll must resume it. */
-const STOP_AT_PERCENT = 80;
 
 /** The last progress `cryptsetup reencrypt` logged (its unit's journal), in percent. */
 async function reencryptProgress(vm: TestVm): Promise<number> {
   const { output } = await vm.ssh(`journalctl --no-pager -o cat -u ${REENCRYPT_UNIT} | grep -o 'Progress: *[0-9.]*' | tail -1`);
   return Number(/([\d.]+)/.exec(output)?.[1] ?? 0);
-}
-
-/** Waits until `vm`'s re-encryption has reached `percent`, then stops its unit (cryptsetup ends cleanly on SIGTERM, the header still in re-encryption). */
-async function stopReencryptAt(vm: TestVm, percent: number): Promise<{ percent: number }> {
-  let progress = 0;
-  while ((progress = await reencryptProgress(vm)) < percent) await sleep(5000);
-  await vm.ssh(`systemctl stop ${REENCRYPT_UNIT}`);
-  expect((await vm.ssh(`systemctl is-active ${REENCRYPT_UNIT} || true`)).output.trim()).not.toBe('active');
-  expect((await vm.ssh(REENCRYPT_FLAG)).output.trim()).toBe('1');
-  log(`stopped the re-encryption of one guest at ${progress}%`);
-  return { percent: progress };
-}
-
-/**
- * `vm`'s re-encryption speed (cryptsetup's average of each run, MiB/s) in its first run,
- * beside the other guest's, and in the resumed one, alone.
- */
-async function reencryptSpeeds(vm: TestVm): Promise<{ beside: number; alone: number }> {
-  const { output } = await vm.ssh(`journalctl --no-pager -o cat -u ${REENCRYPT_UNIT}`);
-  const unit = { KiB: 1 / 1024, MiB: 1, GiB: 1024 } as Record<string, number>;
-  // "Progress: 80.1%, ETA 00m45s, 1234 MiB written, speed   5.2 MiB/s", at the end "Finished, time ..., speed ...": the run's average.
-  const runs = output.split(/^Started .*$/m).slice(1).map((run) => [...run.matchAll(/(?:Progress|Finished).*speed\s+([\d.]+) ([KMG]iB)\/s/g)].map((m) => Number(m[1]) * unit[m[2]!]!));
-  expect(runs, output).toHaveLength(2);
-  const [beside, alone] = runs.map((speeds) => speeds.at(-1));
-  expect(beside, output).toBeGreaterThan(0);
-  expect(alone, output).toBeGreaterThan(0);
-  return { beside: beside!, alone: alone! };
 }
 
 async function rootPartition() {
