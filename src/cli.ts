@@ -230,7 +230,8 @@ function sshTangCommand(name: string, description: string): Command {
     .command(name)
     .description(description)
     .requiredOption('--key <file>', 'SSH private key for root on the machines')
-    .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs");
+    .option('--host-key-fingerprint <SHA256:...>', "refuse a machine whose SSH host key differs")
+    .option('--known-hosts <file>', "refuse machines whose OpenSSH host key this known_hosts file does not list (checked before anything is sent)");
   for (const option of tangOptions) command.addOption(option);
   return withFleetOptions(command);
 }
@@ -238,6 +239,7 @@ function sshTangCommand(name: string, description: string): Command {
 interface SshTangOptions extends FleetCliOptions, LogOptions {
   key: string;
   hostKeyFingerprint?: string;
+  knownHosts?: string;
   tang?: string[];
   tangThp?: string[];
   trustFirstUse?: boolean;
@@ -248,6 +250,7 @@ function fleetCommandOptions(opts: SshTangOptions, log: Logger) {
   return {
     keyFile: opts.key,
     hostKeyFingerprint: opts.hostKeyFingerprint,
+    knownHosts: opts.knownHosts,
     tangUrls: opts.tang ?? [],
     tangThps: opts.tangThp ?? [],
     trustFirstUse: opts.trustFirstUse ?? false,

@@ -16,7 +16,10 @@ export async function probeSshServer(target: FleetTarget): Promise<{ server: Ssh
   return { server: /dropbear/i.test(banner) ? 'dropbear' : /openssh/i.test(banner) ? 'openssh' : 'other', banner };
 }
 
-function keyAuth(target: FleetTarget, privateKey: string): AnyAuthMethod {
+/** What a connection needs of a target (enroll and rebind have no inventory variables). */
+export type SshEndpoint = Pick<FleetTarget, 'name' | 'address' | 'port' | 'user'>;
+
+function keyAuth(target: SshEndpoint, privateKey: string): AnyAuthMethod {
   return { type: 'publickey', username: target.user, key: privateKey };
 }
 
@@ -27,7 +30,7 @@ export class UntrustedHostKeyError extends Error {}
  * Opens a session; with `trust`, a host key it does not vouch for ends the connection during
  * key exchange (before authentication), and the error says why.
  */
-export async function connectTarget(target: FleetTarget, privateKey: string, signal: AbortSignal, trust?: HostKeyTrust): Promise<Session & { trustedBy?: string }> {
+export async function connectTarget(target: SshEndpoint, privateKey: string, signal: AbortSignal, trust?: HostKeyTrust): Promise<Session & { trustedBy?: string }> {
   let refusal: string | undefined;
   let trustedBy: string | undefined;
   try {

@@ -76,27 +76,31 @@ export interface HostKeyTrust {
   /** Dropbear host key fingerprints from the image's manifest.json (any host). */
   manifest?: { file: string; fingerprints: string[] };
   knownHosts?: { file: string; entries: KnownHostsEntry[] };
+  /** One expected SHA256 fingerprint (enroll and rebind's --host-key-fingerprint, for one machine). */
+  fingerprint?: string;
 }
 
 export type HostKeyVerdict = { trusted: true; by: string } | { trusted: false; reason: string };
 
 /** `hosts`: the names the host may be listed under (inventory name, address). */
 export function judgeHostKey(trust: HostKeyTrust, hosts: readonly string[], port: number, key: HostKey): HostKeyVerdict {
-  if (!trust.manifest && !trust.knownHosts) return { trusted: false, reason: 'no --manifest or --known-hosts to check the host key against' };
+  if (!trust.manifest && !trust.knownHosts && !trust.fingerprint) return { trusted: false, reason: 'no --manifest or --known-hosts to check the host key against' };
   const names = [...new Set(hosts)].map((host) => knownHostsName(host, port));
   const entries = (trust.knownHosts?.entries ?? []).filter((entry) => names.some((name) => entryMatches(entry, name)));
   if (entries.some((entry) => entry.revoked && entry.fingerprint === key.fingerprint)) return { trusted: false, reason: `host key ${key.type} ${key.fingerprint} is @revoked in ${trust.knownHosts!.file}` };
   if (entries.some((entry) => !entry.revoked && entry.fingerprint === key.fingerprint)) return { trusted: true, by: trust.knownHosts!.file };
   if (trust.manifest?.fingerprints.includes(key.fingerprint)) return { trusted: true, by: trust.manifest.file };
+  if (trust.fingerprint === key.fingerprint) return { trusted: true, by: '--host-key-fingerprint' };
   const sources = [
+    ...(trust.fingerprint ? [`--host-key-fingerprint ${trust.fingerprint}`] : []),
     ...(trust.manifest ? [`the manifest ${trust.manifest.file}`] : []),
     ...(trust.knownHosts ? [`${trust.knownHosts.file} (${entries.length === 0 ? `no entry for ${names[0]}` : `${entries.length} other key(s) for ${names[0]}`})`] : []),
   ];
   return { trusted: false, reason: `host key ${key.type} ${key.fingerprint} is not in ${sources.join(' or ')}` };
 }
 
-export async function readHostKeyTrust(options: { manifest?: string; knownHosts?: string }): Promise<HostKeyTrust> {
-  const trust: HostKeyTrust = {};
+export async function readHostKeyTrust(options: { manifest?: string; knownHosts?: string; fingerprint?: string }): Promise<HostKeyTrust> {
+  const trust: HostKeyTrust = options.fingerprint ? { fingerprint: options.fingerprint } : {};
   if (options.manifest) trust.manifest = { file: options.manifest, fingerprints: (await readBootManifest(options.manifest)).dropbear.hostKeys.map((k) => k.fingerprint) };
   if (options.knownHosts) trust.knownHosts = { file: options.knownHosts, entries: await readKnownHosts(options.knownHosts) };
   return trust;

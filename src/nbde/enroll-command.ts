@@ -3,6 +3,8 @@ import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from '../fleet/run.js';
+import type { SshEndpoint } from '../fleet/connect.js';
+import { readHostKeyTrust, type HostKeyTrust } from '../fleet/host-keys.js';
 import type { FleetTarget } from '../fleet/targets.js';
 import type { Tpm2Pin } from '../host/clevis.js';
 import { readPrivateKey } from '../qemu/ssh.js';
@@ -10,17 +12,6 @@ import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from '
 import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
 import { SshRemote } from './remote.js';
 import { checkTangOptions } from './tang-pins.js';
-
-/** One machine, reachable over SSH. */
-export interface SshTarget {
-  /** The name operators know it by (inventory name); `{host}` in --recovery-key-out. */
-  name: string;
-  address: string;
-  port: number;
-  user: string;
-  /** Refuse the machine when its SSH host key has another SHA256 fingerprint. */
-  hostKeyFingerprint?: string;
-}
 
 export interface TangOptions {
   tangUrls: string[];
@@ -30,14 +21,20 @@ export interface TangOptions {
   threshold: number;
 }
 
-export interface EnrollHostOptions extends TangOptions {
+/** How enroll and rebind reach a machine: the SSH key, the host keys trusted, where to log, when to stop. */
+export interface RemoteAccess {
   keyText: string;
+  /** Host keys to accept (--known-hosts, --host-key-fingerprint); undefined: any, with a warning. */
+  trust?: HostKeyTrust;
+  log: EnrollLog;
+  signal: AbortSignal;
+}
+
+export interface EnrollHostOptions extends TangOptions, RemoteAccess {
   bootstrapPassphrase: string;
   /** Where to write the recovery passphrase; `{host}` is replaced by the host's name. */
   recoveryKeyOut?: string;
   dropbear: DropbearAction;
-  log: EnrollLog;
-  signal: AbortSignal;
   pollMs?: number;
 }
 
@@ -62,16 +59,19 @@ export function formatEnrollReport(report: EnrollReport): string {
   return rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join('\n');
 }
 
-/** Connects as `target.user` with the private key, checks the host key, runs `work`, disconnects. */
-async function withRemote<T>(target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal, work: (remote: SshRemote) => Promise<T>): Promise<T> {
-  const remote = await SshRemote.connect(target.address, target.port, { type: 'publickey', username: target.user, key: keyText }, signal).catch((error: Error) => {
-    throw new HostError(`cannot log in to ${target.user}@${target.address}:${target.port}: ${error.message}`);
+/**
+ * Connects as `target.user` with the private key; with `trust`, a host key it does not vouch
+ * for ends the connection during key exchange (nothing sent). Runs `work`, disconnects.
+ */
+async function withRemote<T>(target: SshEndpoint, access: RemoteAccess, work: (remote: SshRemote) => Promise<T>): Promise<T> {
+  const { keyText, trust, log, signal } = access;
+  const remote = await SshRemote.connect(target, keyText, signal, trust).catch((error: Error) => {
+    throw new HostError(error.message);
   });
   try {
-    log.info(`connected to ${target.address}:${target.port}, host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`);
-    if (target.hostKeyFingerprint && remote.hostKey.fingerprint !== target.hostKeyFingerprint) {
-      throw new InputError(`host key ${remote.hostKey.fingerprint} of ${target.name} is not the expected ${target.hostKeyFingerprint}`, '--host-key-fingerprint');
-    }
+    const key = `host key ${remote.hostKey.type} ${remote.hostKey.fingerprint}`;
+    if (remote.trustedBy) log.info(`connected to ${target.address}:${target.port}, ${key} (vouched for by ${remote.trustedBy})`);
+    else log.warn(`connected to ${target.address}:${target.port}, ${key} NOT checked (no --known-hosts or --host-key-fingerprint)`);
     return await work(remote);
   } finally {
     remote.close();
@@ -79,25 +79,23 @@ async function withRemote<T>(target: SshTarget, keyText: string, log: EnrollLog,
 }
 
 /** Enrolls one machine (or continues its enrollment): the per-host entry point of single-host and inventory runs. */
-export function enrollHost(target: SshTarget, options: EnrollHostOptions): Promise<EnrollReport> {
-  return withRemote(target, options.keyText, options.log, options.signal, (remote) =>
+export function enrollHost(target: SshEndpoint, options: EnrollHostOptions): Promise<EnrollReport> {
+  return withRemote(target, options, (remote) =>
     enroll(remote, { ...options, recoveryKeyOut: options.recoveryKeyOut?.replaceAll('{host}', target.name) }),
   );
 }
 
-export interface RebindHostOptions extends TangOptions {
-  keyText: string;
-  log: EnrollLog;
-  signal: AbortSignal;
-}
+export interface RebindHostOptions extends TangOptions, RemoteAccess {}
 
-export function rebindHost(target: SshTarget, options: RebindHostOptions): Promise<RebindReport> {
-  return withRemote(target, options.keyText, options.log, options.signal, (remote) => rebind(remote, options));
+export function rebindHost(target: SshEndpoint, options: RebindHostOptions): Promise<RebindReport> {
+  return withRemote(target, options, (remote) => rebind(remote, options));
 }
 
 export interface FleetCommandOptions extends TangOptions {
   keyFile: string;
   hostKeyFingerprint?: string;
+  /** An OpenSSH known_hosts file with the machines' host keys: others are refused before anything is sent. */
+  knownHosts?: string;
   trustFirstUse: boolean;
   parallel?: number;
   json: boolean;
@@ -116,12 +114,14 @@ async function fleetCommand<T>(
   options: FleetCommandOptions,
   describe: (report: T) => TaskVerdict,
   format: (report: T) => string,
-  work: (target: SshTarget, keyText: string, log: EnrollLog, signal: AbortSignal) => Promise<T>,
+  work: (target: SshEndpoint, access: RemoteAccess) => Promise<T>,
 ): Promise<FleetReport<T>> {
   checkTangOptions({ ...options, hosts: targets.length });
   const keyText = await readPrivateKey(options.keyFile);
+  // Neither option: any host key, with a warning naming it (single-host use as before).
+  const trust = options.knownHosts || options.hostKeyFingerprint ? await readHostKeyTrust({ knownHosts: options.knownHosts, fingerprint: options.hostKeyFingerprint }) : undefined;
   const report = await runFleet(targets, { command: name, log: options.log, parallel: options.parallel, json: options.json, describe }, (target, progress) =>
-    work({ name: target.name, address: target.address, port: target.port, user: target.user, hostKeyFingerprint: options.hostKeyFingerprint }, keyText, hostLog(options.log, progress), progress.signal),
+    work(target, { keyText, trust, log: hostLog(options.log, progress), signal: progress.signal }),
   );
   if (!options.json) {
     for (const record of report.records) if (record.details !== undefined) process.stdout.write(`\n${record.host}:\n${format(record.details)}\n`);
@@ -137,7 +137,7 @@ export async function enrollCommand(targets: FleetTarget[], options: FleetComman
     skipped: report.result === 'already-enrolled',
     summary: `${report.result === 'already-enrolled' ? 'already enrolled' : 'enrolled'}; Tang keyslot ${report.tang.map((b) => b.slot).join(',')} (${report.tang.flatMap((b) => b.servers.flatMap((s) => s.thumbprints)).join(',')}), recovery keyslot ${report.recovery.slot}`,
   });
-  return fleetCommand('enroll', targets, options, describe, formatEnrollReport, (target, keyText, log, signal) => enrollHost(target, { ...options, keyText, bootstrapPassphrase, log, signal }));
+  return fleetCommand('enroll', targets, options, describe, formatEnrollReport, (target, access) => enrollHost(target, { ...options, ...access, bootstrapPassphrase }));
 }
 
 export function rebindCommand(targets: FleetTarget[], options: FleetCommandOptions): Promise<FleetReport<RebindReport>> {
@@ -145,5 +145,5 @@ export function rebindCommand(targets: FleetTarget[], options: FleetCommandOptio
     skipped: report.result === 'current',
     summary: `${report.result === 'current' ? 'already current' : 'rebound'}: keyslot ${report.current.slot} ${report.current.servers.flatMap((s) => s.thumbprints).join(',')}${report.old.length ? `; removed ${report.old.map((b) => `${b.slot} ${b.servers.flatMap((s) => s.thumbprints).join(',')}`).join('; ')}` : ''}`,
   });
-  return fleetCommand('rebind', targets, options, describe, formatRebindReport, (target, keyText, log, signal) => rebindHost(target, { ...options, keyText, log, signal }));
+  return fleetCommand('rebind', targets, options, describe, formatRebindReport, (target, access) => rebindHost(target, { ...options, ...access }));
 }

@@ -267,7 +267,8 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
 
   async function startReencrypt(args: string): Promise<void> {
     await must(remote, 'stage secrets', `umask 077 && cp ${BOOTSTRAP} ${UNIT_KEY}`);
-    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec stdbuf -oL cryptsetup reencrypt --batch-mode --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
+    // No --batch-mode: it silences the progress lines, the only sign of life of a re-encryption that takes hours on a large disk (it asks nothing here: key file, stdin /dev/null).
+    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec stdbuf -oL cryptsetup reencrypt --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
     await followUnit(remote, REENCRYPT_UNIT, log, pollMs);
   }
 

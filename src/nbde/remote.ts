@@ -1,7 +1,9 @@
 /** The enrolled machine's root shell over SSH (ssh2), as the `Remote` that enroll drives. */
-import type { AnyAuthMethod, Client } from 'ssh2';
+import type { Client } from 'ssh2';
 import { HostError } from '../errors.js';
-import { exec, openSession, type HostKey } from '../qemu/ssh.js';
+import { connectTarget, type SshEndpoint } from '../fleet/connect.js';
+import type { HostKeyTrust } from '../fleet/host-keys.js';
+import { exec, type HostKey } from '../qemu/ssh.js';
 import type { Remote, RemoteResult } from './enroll.js';
 
 // Online re-encryption of a large disk and an initramfs rebuild take a while.
@@ -10,6 +12,8 @@ const COMMAND_TIMEOUT_MS = 60 * 60 * 1000;
 export class SshRemote implements Remote {
   /** Set once the connection has closed: a command then has no answer, and ssh2 would wait for one forever. */
   private lost?: HostError;
+  /** The file that vouched for the host key (undefined: not checked). */
+  trustedBy?: string;
 
   private constructor(
     private readonly client: Client,
@@ -20,9 +24,12 @@ export class SshRemote implements Remote {
     client.once('close', () => (this.lost = new HostError(`the SSH connection to ${where} was lost`)));
   }
 
-  static async connect(host: string, port: number, auth: AnyAuthMethod, signal: AbortSignal): Promise<SshRemote> {
-    const { client, hostKey } = await openSession(port, auth, { timeoutMs: 60_000, signal, host });
-    return new SshRemote(client, hostKey, signal, `${host}:${port}`);
+  /** With `trust`, a host key it does not vouch for ends the connection during key exchange (UntrustedHostKeyError). */
+  static async connect(target: SshEndpoint, privateKey: string, signal: AbortSignal, trust?: HostKeyTrust): Promise<SshRemote> {
+    const { client, hostKey, trustedBy } = await connectTarget(target, privateKey, signal, trust);
+    const remote = new SshRemote(client, hostKey, signal, `${target.address}:${target.port}`);
+    remote.trustedBy = trustedBy;
+    return remote;
   }
 
   /**

@@ -159,23 +159,33 @@ export function exec(client: Client, command: string, options: SshOptions & { st
       stopListening();
       resolve({ output, exitCode });
     };
+    const fail = (error: unknown) => {
+      clearTimeout(timer);
+      stopListening();
+      client.off('close', done);
+      reject(error);
+    };
     client.once('close', done);
-    client.exec(command, (error, channel) => {
-      if (error) {
-        clearTimeout(timer);
-        stopListening();
-        reject(error);
-        return;
-      }
-      channel.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      channel.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      channel.on('exit', (code: number | null) => (exitCode = code ?? undefined));
-      channel.on('close', () => {
-        client.off('close', done);
-        done();
+    // ssh2 throws "Not connected" at once on a closed connection: the timer must not outlive
+    // the command (a 60-minute one kept a finished `enroll` process alive).
+    try {
+      client.exec(command, (error, channel) => {
+        if (error) {
+          fail(error);
+          return;
+        }
+        channel.on('data', (chunk: Buffer) => (output += chunk.toString()));
+        channel.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+        channel.on('exit', (code: number | null) => (exitCode = code ?? undefined));
+        channel.on('close', () => {
+          client.off('close', done);
+          done();
+        });
+        if (options.stdin !== undefined) channel.end(options.stdin);
       });
-      if (options.stdin !== undefined) channel.end(options.stdin);
-    });
+    } catch (error) {
+      fail(error);
+    }
   });
 }
 

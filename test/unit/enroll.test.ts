@@ -72,7 +72,9 @@ describe('enroll from the image', () => {
     await run(machine).result;
     const [reencrypt] = machine.commands(/systemd-run .*keylessgo-enroll-reencrypt/);
     expect(reencrypt).toMatch(/--collect --unit=keylessgo-enroll-reencrypt /);
-    expect(reencrypt).toMatch(/cryptsetup reencrypt --batch-mode --key-file \/run\/keylessgo-enroll\/reencrypt-unit .*--key-slot 0 --resilience checksum \/dev\/vda4/);
+    expect(reencrypt).toMatch(/cryptsetup reencrypt --key-file \/run\/keylessgo-enroll\/reencrypt-unit --progress-frequency 10 .*--key-slot 0 --resilience checksum \/dev\/vda4/);
+    // --batch-mode would silence the progress lines the journal and keylessgo show.
+    expect(reencrypt).not.toContain('--batch-mode');
     expect(reencrypt).toMatch(/--property='ExecStopPost=\/bin\/sh -c .*dd if=\/dev\/zero.*rm -rf \/run\/keylessgo-enroll\/reencrypt-unit/);
     expect(machine.commands(/systemd-run .*keylessgo-enroll-initramfs .*update-initramfs -u/)).toHaveLength(1);
     // Recorded before the rotation: how a re-run knows the key is no longer the image's.

@@ -4,10 +4,16 @@
  * never comes. The SSH server here is ssh2's own, on 127.0.0.1.
  */
 import { once } from 'node:events';
+import { writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterEach, describe, expect, it } from 'vitest';
+import { enrollCommand, rebindCommand } from '../../src/nbde/enroll-command.js';
 import { SshRemote } from '../../src/nbde/remote.js';
+import { exec, openSession } from '../../src/qemu/ssh.js';
+import { sshFingerprint } from '../../src/recipe/authorized-keys.js';
+import { captureLogger, tempDir } from './helpers.js';
 
 const { Server, utils } = ssh2;
 let server: InstanceType<typeof Server> | undefined;
@@ -42,7 +48,7 @@ describe('SshRemote', () => {
   it('fails a command whose connection drops, and every command after it, at once', async () => {
     const port = await startServer();
     const key = utils.generateKeyPairSync('ed25519').private;
-    const remote = await SshRemote.connect('127.0.0.1', port, { type: 'publickey', username: 'root', key }, new AbortController().signal);
+    const remote = await SshRemote.connect({ name: 'test', address: '127.0.0.1', port, user: 'root' }, key, new AbortController().signal);
     try {
       expect(await remote.run('true')).toEqual({ output: '', exitCode: 0 });
       const started = performance.now();
@@ -52,5 +58,91 @@ describe('SshRemote', () => {
     } finally {
       remote.close();
     }
+  });
+
+  it('exec on a connection already closed rejects at once and leaves no timer behind (it kept a finished enroll alive)', async () => {
+    const port = await startServer();
+    const options = { host: '127.0.0.1', timeoutMs: 60 * 60 * 1000, signal: new AbortController().signal };
+    const { client } = await openSession(port, { type: 'publickey', username: 'root', key: utils.generateKeyPairSync('ed25519').private }, options);
+    client.end();
+    await once(client, 'close');
+    const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+    const before = timers();
+    await expect(exec(client, 'true', options)).rejects.toThrow(/Not connected/);
+    expect(timers()).toBe(before);
+  });
+});
+
+/** An SSH server that logs every login attempt and command, answering each command with exit 1 and no output. */
+async function startRecordingServer(hostKey: string): Promise<{ port: number; seen: string[] }> {
+  const seen: string[] = [];
+  server = new Server({ hostKeys: [hostKey] }, (client) => {
+    // A client that refuses the host key disconnects during key exchange.
+    client.on('error', () => undefined);
+    client.on('authentication', (context) => {
+      seen.push(`login ${context.username}`);
+      context.accept();
+    });
+    client.on('ready', () => {
+      client.on('session', (accept) => {
+        accept().on('exec', (acceptExec, _reject, info) => {
+          seen.push(info.command);
+          const channel = acceptExec();
+          channel.exit(1);
+          channel.end();
+        });
+      });
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { port: (server.address() as AddressInfo).port, seen };
+}
+
+describe('enroll and rebind check the booted system\'s host key', () => {
+  async function setup() {
+    const dir = await tempDir();
+    const hostKey = utils.generateKeyPairSync('ed25519');
+    const { port, seen } = await startRecordingServer(hostKey.private);
+    const keyFile = join(dir, 'id');
+    await writeFile(keyFile, utils.generateKeyPairSync('ed25519').private, { mode: 0o600 });
+    const passphraseFile = join(dir, 'passphrase');
+    await writeFile(passphraseFile, 'bootstrap secret', { mode: 0o600 });
+    const knownHosts = async (name: string, publicKey: string) => {
+      const file = join(dir, `known_hosts-${name}`);
+      await writeFile(file, `[127.0.0.1]:${port} ${publicKey}\n`);
+      return file;
+    };
+    const targets = [{ name: '127.0.0.1', address: '127.0.0.1', port, user: 'root', vars: {} }];
+    const common = { keyFile, tangUrls: ['http://tang'], tangThps: ['sZIfPFzYp5tYmmV9xoZRmoV5EwvQjMvKuSk-wpa-SHg'], threshold: 1, trustFirstUse: false, json: true };
+    const fingerprint = sshFingerprint(Buffer.from(hostKey.public.split(' ')[1]!, 'base64'));
+    return { seen, targets, common, passphraseFile, fingerprint, listed: await knownHosts('listed', hostKey.public), other: await knownHosts('other', utils.generateKeyPairSync('ed25519').public) };
+  }
+
+  it('refuses a host whose key --known-hosts or --host-key-fingerprint does not vouch for during key exchange: no login, no command, no passphrase', async () => {
+    const { seen, targets, common, passphraseFile, other } = await setup();
+    const { log } = captureLogger();
+    const enrolled = await enrollCommand(targets, { ...common, knownHosts: other, passphraseFile, dropbear: 'keep', log });
+    expect(enrolled.exitCode).toBe(1);
+    expect(enrolled.records[0]).toMatchObject({ result: 'failed', error: expect.stringMatching(/^refused, nothing sent: host key ssh-ed25519 SHA256:\S+ is not in .*known_hosts-other/) });
+    const rebound = await rebindCommand(targets, { ...common, hostKeyFingerprint: 'SHA256:someOtherKey', log });
+    expect(rebound.records[0]).toMatchObject({ result: 'failed', error: expect.stringMatching(/^refused, nothing sent: .*--host-key-fingerprint SHA256:someOtherKey/) });
+    expect(seen).toEqual([]);
+  });
+
+  it('goes on with a host the file vouches for, and warns when nothing checks the key', async () => {
+    const { seen, targets, common, passphraseFile, listed, fingerprint } = await setup();
+    const checked = captureLogger();
+    const enrolled = await enrollCommand(targets, { ...common, knownHosts: listed, passphraseFile, dropbear: 'keep', log: checked.log });
+    // The server answers every command with exit 1: enroll stops at its first one, after logging in.
+    expect(enrolled.records[0]).toMatchObject({ result: 'failed', error: expect.stringMatching(/find the root LUKS device/) });
+    expect(seen).toEqual(expect.arrayContaining(['login root', 'findmnt -no SOURCE /']));
+    expect(checked.lines.join('\n')).toContain(`host key ssh-ed25519 ${fingerprint} (vouched for by ${listed})`);
+    const byFingerprint = captureLogger();
+    await rebindCommand(targets, { ...common, hostKeyFingerprint: fingerprint, log: byFingerprint.log });
+    expect(byFingerprint.lines.join('\n')).toContain('(vouched for by --host-key-fingerprint)');
+    const unchecked = captureLogger();
+    await rebindCommand(targets, { ...common, log: unchecked.log });
+    expect(unchecked.lines.join('\n')).toMatch(/warning: .*host key ssh-ed25519 \S+ NOT checked \(no --known-hosts or --host-key-fingerprint\)/);
   });
 });
