@@ -33,5 +33,12 @@ describe('examples/ansible', () => {
     expect(await args('192.0.2.12')).toEqual(['unlock', '--host', '192.0.2.12', '--port', '2222', '--user', 'root', '--key', expect.stringMatching(/\.ssh\/id_ed25519$/), '--json', '--passphrase-file', '/p', '--manifest', '/m.json']);
     expect((await args('node03.rack2.example')).slice(0, 7)).toEqual(['unlock', '--host', 'node03.rack2.example', '--port', '22', '--user', 'root']);
     expect(await args('192.0.2.11')).toContain('--manifest');
+
+    // enroll takes the Tang servers and no manifest (it does not accept --manifest).
+    await run('ansible-playbook', ['-i', INVENTORY, PLAYBOOK, '-f', '4', '--limit', 'node02.rack1.example', '-e', `keylessgo_command=${stub}`, '-e', 'keylessgo_action=enroll', '-e', 'keylessgo_manifest=/m.json', '-e', '{"keylessgo_tang": ["http://tang.example"]}'], { env });
+    const enroll = await args('192.0.2.12');
+    expect(enroll[0]).toBe('enroll');
+    expect(enroll).toContain('--tang=http://tang.example');
+    expect(enroll).not.toContain('--manifest');
   }, 180_000);
 });
