@@ -1,4 +1,5 @@
 /** SSH to one fleet target: banner first (what is answering), then a session whose host key is judged before anything is sent. */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { AnyAuthMethod } from 'ssh2';
 import { openSession, readBanner, type Session } from '../qemu/ssh.js';
 import { judgeHostKey, type HostKeyTrust } from './host-keys.js';
@@ -6,12 +7,28 @@ import type { FleetTarget } from './targets.js';
 
 const BANNER_TIMEOUT_MS = 10_000;
 const LOGIN_TIMEOUT_MS = 60_000;
+/**
+ * A machine that is booting (its initramfs reconfiguring the network, or QEMU's forward to it)
+ * may close a connection before its banner: ask again, a few times, before calling it silent.
+ * (openSession retries a connection lost before the handshake itself.)
+ */
+export const RETRY_ATTEMPTS = 3;
+const RETRY_DELAY_MS = 2_000;
+
+async function pause(signal?: AbortSignal): Promise<void> {
+  await sleep(RETRY_DELAY_MS, undefined, { signal }).catch(() => undefined);
+}
 
 /** What answers on the target's SSH port: dropbear in the initramfs, the booted system's OpenSSH, something else, nothing. */
 export type SshServer = 'dropbear' | 'openssh' | 'other' | 'none';
 
-export async function probeSshServer(target: FleetTarget): Promise<{ server: SshServer; banner?: string }> {
-  const banner = await readBanner(target.port, BANNER_TIMEOUT_MS, target.address);
+/** `attempts`: RETRY_ATTEMPTS where one probe decides what to do; 1 where a loop polls anyway. */
+export async function probeSshServer(target: FleetTarget, attempts = 1, signal?: AbortSignal): Promise<{ server: SshServer; banner?: string }> {
+  let banner: string | undefined;
+  for (let attempt = 1; !banner && attempt <= attempts && !signal?.aborted; attempt++) {
+    if (attempt > 1) await pause(signal);
+    banner = (await readBanner(target.port, BANNER_TIMEOUT_MS, target.address)) ?? undefined;
+  }
   if (!banner) return { server: 'none' };
   return { server: /dropbear/i.test(banner) ? 'dropbear' : /openssh/i.test(banner) ? 'openssh' : 'other', banner };
 }

@@ -16,7 +16,7 @@ import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
 import { readBootManifest } from '../qemu/manifest.js';
 import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
-import { connectTarget, probeSshServer } from './connect.js';
+import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from './run.js';
 import type { FleetTarget } from './targets.js';
@@ -115,7 +115,7 @@ export function compareVolumeKey(machine: readonly LuksHeaderDigest[], image: re
 
 export async function hostStatus(target: FleetTarget, inputs: StatusInputs, progress: HostProgress): Promise<HostStatus> {
   progress.phase('reading the SSH banner');
-  const probe = await probeSshServer(target);
+  const probe = await probeSshServer(target, RETRY_ATTEMPTS, progress.signal);
   if (probe.server === 'dropbear') return { state: 'locked', keyslots: [], tokens: [], bindings: [], bootstrapPassphrase: 'not tested', volumeKey: 'unknown' };
   if (probe.server === 'none') throw new Error(`no SSH server answers on ${target.address}:${target.port}`);
   progress.phase('connecting');

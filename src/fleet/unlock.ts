@@ -9,7 +9,7 @@ import { InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
 import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
-import { connectTarget, probeSshServer } from './connect.js';
+import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress } from './run.js';
 import type { FleetTarget } from './targets.js';
@@ -60,7 +60,7 @@ async function waitForOpenSsh(target: FleetTarget, seconds: number, signal: Abor
 
 export async function unlockHost(target: FleetTarget, inputs: { privateKey: string; passphrase: string; trust: HostKeyTrust; waitSeconds: number }, progress: HostProgress): Promise<UnlockResult> {
   progress.phase('reading the SSH banner');
-  const probe = await probeSshServer(target);
+  const probe = await probeSshServer(target, RETRY_ATTEMPTS, progress.signal);
   if (probe.server === 'openssh') return { outcome: 'already up' };
   if (probe.server === 'none') throw new Error(`no SSH server answers on ${target.address}:${target.port}`);
   if (probe.server === 'other') throw new Error(`not dropbear: the server says "${probe.banner}"`);

@@ -1,14 +1,17 @@
 /**
  * SshRemote when the connection drops (sshd killed, network gone) in the middle of a command
  * or between commands: each command fails at once instead of waiting for an answer that
- * never comes. The SSH server here is ssh2's own, on 127.0.0.1.
+ * never comes; probeSshServer when connections close before the banner. The SSH server
+ * here is ssh2's own, on 127.0.0.1.
  */
 import { once } from 'node:events';
+import { connect, createServer } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterEach, describe, expect, it } from 'vitest';
+import { probeSshServer, RETRY_ATTEMPTS } from '../../src/fleet/connect.js';
 import { enrollCommand, rebindCommand } from '../../src/nbde/enroll-command.js';
 import { SshRemote } from '../../src/nbde/remote.js';
 import { exec, openSession } from '../../src/qemu/ssh.js';
@@ -144,5 +147,54 @@ describe('enroll and rebind check the booted system\'s host key', () => {
     const unchecked = captureLogger();
     await rebindCommand(targets, { ...common, log: unchecked.log });
     expect(unchecked.lines.join('\n')).toMatch(/warning: .*host key ssh-ed25519 \S+ NOT checked \(no --known-hosts or --host-key-fingerprint\)/);
+  });
+});
+
+describe('probeSshServer', () => {
+  /** A TCP front for the SSH server that closes its first `drops` connections at once, as a booting machine's forward may. */
+  async function flakyFront(sshPort: number, drops: number): Promise<{ port: number; connections: () => number; close: () => void }> {
+    let connections = 0;
+    const front = createServer((socket) => {
+      connections++;
+      if (connections <= drops) {
+        socket.destroy();
+        return;
+      }
+      const upstream = connect(sshPort, '127.0.0.1');
+      socket.pipe(upstream).pipe(socket);
+      const end = () => {
+        socket.destroy();
+        upstream.destroy();
+      };
+      socket.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    });
+    front.listen(0, '127.0.0.1');
+    await once(front, 'listening');
+    return { port: (front.address() as AddressInfo).port, connections: () => connections, close: () => front.close() };
+  }
+
+  const target = (port: number) => ({ name: 'node', address: '127.0.0.1', port, user: 'root', vars: {} });
+
+  it('asks again when connections close before the banner (unlock and status decide on one probe)', async () => {
+    const front = await flakyFront(await startServer(), 2);
+    try {
+      expect(await probeSshServer(target(front.port), RETRY_ATTEMPTS)).toMatchObject({ server: 'other', banner: expect.stringMatching(/^SSH-2\.0-/) });
+      expect(front.connections()).toBe(3);
+    } finally {
+      front.close();
+    }
+  });
+
+  it('says none after its attempts, and probes once where a loop polls anyway', async () => {
+    const front = await flakyFront(await startServer(), 10);
+    try {
+      expect(await probeSshServer(target(front.port), RETRY_ATTEMPTS)).toEqual({ server: 'none' });
+      expect(front.connections()).toBe(3);
+      expect(await probeSshServer(target(front.port))).toEqual({ server: 'none' });
+      expect(front.connections()).toBe(4);
+    } finally {
+      front.close();
+    }
   });
 });
