@@ -12,8 +12,8 @@ const LOGIN_TIMEOUT_MS = 60_000;
  * may close a connection before its banner: ask again, a few times, before calling it silent.
  * (openSession retries a connection lost before the handshake itself.)
  */
-export const RETRY_ATTEMPTS = 3;
-const RETRY_DELAY_MS = 2_000;
+export const RETRY_ATTEMPTS = 5;
+const RETRY_DELAY_MS = 3_000;
 
 async function pause(signal?: AbortSignal): Promise<void> {
   await sleep(RETRY_DELAY_MS, undefined, { signal }).catch(() => undefined);

@@ -100,6 +100,7 @@ function connectOnce(port: number, auth: AnyAuthMethod, options: SshOptions): Pr
     client.on('error', (error: SshError) => {
       stopListening();
       client.end();
+      if (hostKey === undefined && error.level !== 'client-timeout') lostBeforeHostKey.add(error);
       reject(error);
     });
     client.connect({
@@ -117,14 +118,12 @@ function connectOnce(port: number, auth: AnyAuthMethod, options: SshOptions): Pr
 }
 
 // QEMU accepts on the host side and closes again if nothing answers in the guest. This was
-// seen right after dropbear's first banner, too. ssh2 reports it as "lost before handshake"
-// only when no server banner came, i.e. nothing was sent to the guest: connecting again is safe.
+// seen right after dropbear's first banner, too. A connection that failed before the server
+// showed its host key (ssh2's "lost before handshake", a reset, a refusal) sent nothing to
+// the guest: connecting again is safe. A timeout is not tried again (it already waited).
 const CONNECT_ATTEMPTS = 3;
 const CONNECT_RETRY_MS = 2000;
-
-function lostBeforeHandshake(error: unknown): boolean {
-  return error instanceof Error && error.message === 'Connection lost before handshake';
-}
+const lostBeforeHostKey = new WeakSet<Error>();
 
 /** Opens an authenticated session; rejects with ssh2's error (level `client-authentication` when refused). */
 export async function openSession(port: number, auth: AnyAuthMethod, options: SshOptions): Promise<Session> {
@@ -132,7 +131,7 @@ export async function openSession(port: number, auth: AnyAuthMethod, options: Ss
     try {
       return await connectOnce(port, auth, options);
     } catch (error) {
-      if (!lostBeforeHandshake(error) || attempt === CONNECT_ATTEMPTS) throw error;
+      if (!(error instanceof Error && lostBeforeHostKey.has(error)) || attempt === CONNECT_ATTEMPTS) throw error;
       await sleep(CONNECT_RETRY_MS, undefined, { signal: options.signal });
     }
   }

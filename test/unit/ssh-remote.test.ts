@@ -150,30 +150,34 @@ describe('enroll and rebind check the booted system\'s host key', () => {
   });
 });
 
-describe('probeSshServer', () => {
-  /** A TCP front for the SSH server that closes its first `drops` connections at once, as a booting machine's forward may. */
-  async function flakyFront(sshPort: number, drops: number): Promise<{ port: number; connections: () => number; close: () => void }> {
-    let connections = 0;
-    const front = createServer((socket) => {
-      connections++;
-      if (connections <= drops) {
-        socket.destroy();
-        return;
-      }
-      const upstream = connect(sshPort, '127.0.0.1');
-      socket.pipe(upstream).pipe(socket);
-      const end = () => {
-        socket.destroy();
-        upstream.destroy();
-      };
-      socket.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
-    });
-    front.listen(0, '127.0.0.1');
-    await once(front, 'listening');
-    return { port: (front.address() as AddressInfo).port, connections: () => connections, close: () => front.close() };
-  }
+/**
+ * A TCP front for an SSH server that ends its first `drops` connections at once, as a booting
+ * machine's forward may: closed, or reset (`reset`).
+ */
+async function flakyFront(sshPort: number, drops: number, reset = false): Promise<{ port: number; connections: () => number; close: () => void }> {
+  let connections = 0;
+  const front = createServer((socket) => {
+    connections++;
+    if (connections <= drops) {
+      if (reset) socket.resetAndDestroy();
+      else socket.destroy();
+      return;
+    }
+    const upstream = connect(sshPort, '127.0.0.1');
+    socket.pipe(upstream).pipe(socket);
+    const end = () => {
+      socket.destroy();
+      upstream.destroy();
+    };
+    socket.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+  });
+  front.listen(0, '127.0.0.1');
+  await once(front, 'listening');
+  return { port: (front.address() as AddressInfo).port, connections: () => connections, close: () => front.close() };
+}
 
+describe('probeSshServer', () => {
   const target = (port: number) => ({ name: 'node', address: '127.0.0.1', port, user: 'root', vars: {} });
 
   it('asks again when connections close before the banner (unlock and status decide on one probe)', async () => {
@@ -187,12 +191,40 @@ describe('probeSshServer', () => {
   });
 
   it('says none after its attempts, and probes once where a loop polls anyway', async () => {
-    const front = await flakyFront(await startServer(), 10);
+    const front = await flakyFront(await startServer(), 100);
     try {
       expect(await probeSshServer(target(front.port), RETRY_ATTEMPTS)).toEqual({ server: 'none' });
-      expect(front.connections()).toBe(3);
+      expect(front.connections()).toBe(RETRY_ATTEMPTS);
       expect(await probeSshServer(target(front.port))).toEqual({ server: 'none' });
-      expect(front.connections()).toBe(4);
+      expect(front.connections()).toBe(RETRY_ATTEMPTS + 1);
+    } finally {
+      front.close();
+    }
+  }, 30_000);
+});
+
+describe('openSession', () => {
+  const options = () => ({ host: '127.0.0.1', timeoutMs: 20_000, signal: new AbortController().signal });
+  const auth = () => ({ type: 'publickey' as const, username: 'root', key: utils.generateKeyPairSync('ed25519').private });
+
+  it('connects again after connections reset before the host key (nothing was sent)', async () => {
+    const front = await flakyFront(await startServer(), 2, true);
+    try {
+      const { client } = await openSession(front.port, auth(), options());
+      client.end();
+      expect(front.connections()).toBe(3);
+    } finally {
+      front.close();
+    }
+  });
+
+  it('never connects again after refusing the host key', async () => {
+    const { port, seen } = await startRecordingServer(utils.generateKeyPairSync('ed25519').private);
+    const front = await flakyFront(port, 0);
+    try {
+      await expect(openSession(front.port, auth(), { ...options(), acceptHostKey: () => false })).rejects.toThrow();
+      expect(front.connections()).toBe(1);
+      expect(seen).toEqual([]);
     } finally {
       front.close();
     }
