@@ -7,15 +7,17 @@
  * holds a secret (it is built with no host keys and no authorized_keys in the tree).
  *
  * Built in an overlay of the configured tree, beside the root filesystem (partition, encrypt).
+ * In that overlay, bookworm's module copying is batched (initramfs/module-copy.ts).
  *
  * Host commands: mount (overlay), chroot (update-initramfs, unmkinitramfs); for configure:
  * chroot (dpkg-divert, dropbearkey).
  */
 import { createHash } from 'node:crypto';
-import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { withChroot, type ChrootSession } from '../host/chroot.js';
 import { withOverlay } from '../host/mounts.js';
+import { HOOK_FUNCTIONS, withBatchedModuleCopy } from '../initramfs/module-copy.js';
 import { alignmentPadding, newcArchive, type NewcFile } from '../initramfs/newc.js';
 import { cacheKey } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
@@ -174,6 +176,21 @@ async function baseInitramfs(ctx: BuildContext, chroot: ChrootSession, initrd: s
   }
 }
 
+/**
+ * In the stage's overlay only: bookworm's one-module-at-a-time copying replaced by a batched
+ * one (src/initramfs/module-copy.ts). Before the cache key is taken, so the key covers it.
+ */
+async function batchModuleCopy(ctx: BuildContext): Promise<void> {
+  const file = join(ctx.rootfs, HOOK_FUNCTIONS);
+  const usrMerged = (await readlink(join(ctx.rootfs, 'lib')).catch(() => undefined))?.replace(/^\//, '') === 'usr/lib';
+  const result = withBatchedModuleCopy(await readFile(file, 'utf8'), usrMerged);
+  if ('reason' in result) {
+    ctx.log.info(`      initramfs-tools copies modules itself (${result.reason})`);
+    return;
+  }
+  await writeFile(file, result.script);
+}
+
 const hostKeyPath = (type: (typeof HOST_KEY_TYPES)[number]) => `${DROPBEAR_DIR}/dropbear_${type}_host_key`;
 
 async function generateHostKeys(chroot: ChrootSession): Promise<Array<{ type: string; fingerprint: string }>> {
@@ -225,7 +242,10 @@ export const initramfsStage = defineStage({
     // stage's mounts and scratch files stay out of it. Only the initramfs is taken back.
     const overlay = join(ctx.workDir, 'initramfs-overlay');
     const base = await withOverlay(ctx.host, ctx.cleanup, ctx.rootfs, overlay, (merged) =>
-      withChroot(ctx.host, ctx.cleanup, merged, (chroot) => baseInitramfs({ ...ctx, rootfs: merged }, chroot, initrd)),
+      withChroot(ctx.host, ctx.cleanup, merged, async (chroot) => {
+        await batchModuleCopy({ ...ctx, rootfs: merged });
+        return baseInitramfs({ ...ctx, rootfs: merged }, chroot, initrd);
+      }),
     );
     await copyFile(join(overlay, 'upper', initrd), join(ctx.rootfs, initrd));
 
