@@ -28,7 +28,8 @@ test-e2e: deps build
 test: deps build test-unit test-e2e
 
 # Speed and size against targets and baselines measured in the same run (never asserted).
-bench: deps build
+bench: build
+	bash scripts/install-deps.sh --bench
 	node scripts/bench.mjs
 
 image: deps build

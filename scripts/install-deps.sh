@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for every host tool keylessgo uses (build, boot-test, NBDE tests).
 # Installs only what is missing; the apt mirror is whatever the host's apt sources say.
+# --bench adds the peer builders `make bench` compares against (bench/peers/).
 set -euo pipefail
 
 packages=(
@@ -17,6 +18,10 @@ packages=(
   gdisk genisoimage jq           # Ironic tests: IPA's sgdisk steps, a config drive, network_data.json conversion
   ansible-core                   # examples/ansible: the playbook is syntax-checked and run in the unit tests
 )
+if [ "${1:-}" = --bench ]; then
+  # debos is left out: without KVM its build was stopped after 13 min short of an image (bench/peers/README.md).
+  packages+=(mkosi)
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: must run as root (it calls apt-get)" >&2
