@@ -33,20 +33,40 @@ export async function removeTree(host: HostRunner, dir: string): Promise<void> {
 }
 
 /**
- * Runs `fn` on a copy-on-write view of `lower` (overlayfs): whatever `fn` writes lands in
- * `scratch`/upper and `lower` stays as it was, so other work can read `lower` meanwhile.
- * `lower` must not change while the view is mounted.
+ * Mounts a copy-on-write view of `lower` at `target` (overlayfs): whatever is written there
+ * lands in `scratch`/upper and `lower` stays as it was. `lower` must not change while the view
+ * is mounted. The view's top directory keeps `lower`'s mode and owner (mkfs -d copies them).
  */
+export async function mountOverlay(host: HostRunner, cleanup: CleanupStack, lower: string, scratch: string, target: string): Promise<CleanupHandle> {
+  const [upper, work] = [join(scratch, 'upper'), join(scratch, 'work')];
+  for (const dir of [upper, work, target]) await mkdir(dir, { recursive: true, mode: 0o700 });
+  const top = await stat(lower);
+  await chown(upper, top.uid, top.gid);
+  await chmod(upper, top.mode & 0o7777);
+  await host.run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, target], { acquires: true });
+  return cleanup.add(`unmount ${target}`, () => unmount(host.forCleanup, target));
+}
+
+/** Runs `fn` on a copy-on-write view of `lower` (mountOverlay), so other work can read `lower` meanwhile. */
 export async function withOverlay<T>(host: HostRunner, cleanup: CleanupStack, lower: string, scratch: string, fn: (merged: string, upper: string) => Promise<T>): Promise<T> {
-  const [upper, work, merged] = ['upper', 'work', 'merged'].map((name) => join(scratch, name)) as [string, string, string];
-  for (const dir of [upper, work, merged]) await mkdir(dir, { recursive: true, mode: 0o700 });
-  await host.run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged], { acquires: true });
-  const handle = cleanup.add(`unmount ${merged}`, () => unmount(host.forCleanup, merged));
+  const merged = join(scratch, 'merged');
+  const handle = await mountOverlay(host, cleanup, lower, scratch, merged);
   try {
-    return await fn(merged, upper);
+    return await fn(merged, join(scratch, 'upper'));
   } finally {
     await handle.release();
   }
+}
+
+/** The lower directories of the overlays mounted now (the cached trees running builds read). */
+export async function overlayLowerDirs(mountsText?: string): Promise<string[]> {
+  const text = mountsText ?? (await readFile('/proc/self/mounts', 'utf8'));
+  return text
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((fields) => fields[2] === 'overlay')
+    .flatMap((fields) => (fields[3] ?? '').split(',').filter((option) => option.startsWith('lowerdir=')))
+    .flatMap((option) => option.slice('lowerdir='.length).split(':').map(decodeMountField));
 }
 
 /**

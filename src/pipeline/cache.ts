@@ -9,7 +9,8 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { join, sep } from 'node:path';
+import { overlayLowerDirs } from '../host/mounts.js';
 import type { Logger } from '../log.js';
 import { currentOwner, formatOwner, ownerAlive, parseOwner } from '../base/owner.js';
 
@@ -146,14 +147,20 @@ export class StageCache {
 
   /**
    * Removes entries last used before `before` (all entries without it), each under its lock,
-   * and leftovers of builds that died while filling an entry. Returns what was removed.
+   * and leftovers of builds that died while filling an entry. An entry a running build has
+   * mounted (its tree is that build's lower layer) is kept. Returns what was removed.
    */
   async prune(before?: Date): Promise<CacheEntry[]> {
     const removed: CacheEntry[] = [];
     for (const entry of await this.list()) {
       if (before && new Date(entry.lastUsedAt) >= before) continue;
+      // Under the lock: a build mounts the tree while it holds it.
       const release = await this.lock(entry.kind, entry.key);
       try {
+        if ((await overlayLowerDirs()).some((dir) => dir === entry.dir || dir.startsWith(entry.dir + sep))) {
+          this.log.warn(`cache: kept ${entry.kind} ${entry.key}: a running build has its tree mounted`);
+          continue;
+        }
         await rm(entry.dir, { recursive: true, force: true });
         removed.push(entry);
       } finally {

@@ -8,7 +8,7 @@
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
  * installation and run once, after configuration, by the initramfs stage.
  */
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
@@ -16,6 +16,7 @@ import { defineStage } from '../pipeline/stage.js';
 import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { formatSize } from '../recipe/size.js';
 import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
+import { mountOverlay } from '../host/mounts.js';
 import { PackageCache, type InstalledPackage } from '../host/package-cache.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
@@ -172,7 +173,27 @@ async function copyTree(ctx: BuildContext, from: string, to: string): Promise<vo
   await ctx.host.run('cp', ['-a', '--reflink=auto', from, to]);
 }
 
-/** Installs the tree, or copies it from the cache when the same inputs were bootstrapped before. */
+/** Moves a freshly installed tree into a cache entry; across file systems, copies it. */
+async function moveTree(ctx: BuildContext, from: string, to: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+    await copyTree(ctx, from, to);
+    await rm(from, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The build's tree is a copy-on-write view of the cached one (overlayfs): a cache hit copies
+ * nothing, later stages write into this build's layer only, and the cache entry stays as it
+ * was. `cache prune` keeps an entry while a build has it mounted.
+ */
+async function viewCachedTree(ctx: BuildContext, cachedTree: string): Promise<void> {
+  await mountOverlay(ctx.host, ctx.cleanup, cachedTree, join(ctx.workDir, 'rootfs-layer'), ctx.rootfs);
+}
+
+/** Installs the tree, or takes it from the cache when the same inputs were bootstrapped before. */
 async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
   const inputs = await bootstrapCacheInputs(ctx);
   if (!inputs) return installTree(ctx);
@@ -183,14 +204,15 @@ async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
     const hit = await cache.lookup('bootstrap', key);
     if (hit) {
       ctx.log.info(`      cache hit: bootstrap ${key} from ${hit.createdAt}`);
-      await copyTree(ctx, join(hit.dir, 'rootfs'), ctx.rootfs);
+      await viewCachedTree(ctx, join(hit.dir, 'rootfs'));
     } else {
       ctx.log.info(`      cache miss: bootstrap ${key}`);
       await installTree(ctx, PackageCache.beside(cache.root, ctx.recipe.suite));
       const entry = await cache.store('bootstrap', key, inputs, async (dir) => {
-        await copyTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
+        await moveTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
         return {};
       });
+      await viewCachedTree(ctx, join(entry.dir, 'rootfs'));
       ctx.log.info(`      cached as bootstrap ${key} (${formatSize(entry.bytes)})`);
     }
     ctx.state.cacheKeys.bootstrap = key;
@@ -204,7 +226,7 @@ export const bootstrapStage = defineStage({
   summary: 'install the Debian root tree (or take it from the cache)',
   needs: [],
   produces: ['kernelVersion', 'packages', 'archiveReleases'],
-  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp'],
+  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp', 'mount', 'umount'],
   async run(ctx) {
     const { recipe } = ctx;
     ctx.log.info(`      ${recipe.suite}/${recipe.architecture} from ${ctx.mirror.archive} (${ctx.mirror.origin}), ${packageList(recipe).length} packages requested`);

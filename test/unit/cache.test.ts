@@ -1,9 +1,11 @@
 /** The stage cache: keys, hit and miss, publication only when complete, locking, pruning. */
+import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cacheKey, canonicalJson, defaultCacheDir, StageCache } from '../../src/pipeline/cache.js';
+import { overlayLowerDirs } from '../../src/host/mounts.js';
 import { archiveReleaseDates, parseReleaseDate, releaseFileUrls } from '../../src/host/apt-sources.js';
 import { captureLogger, MIRROR, tempDir } from './helpers.js';
 
@@ -126,5 +128,39 @@ describe('StageCache', () => {
     expect(await readdir(join(root, 'bootstrap'))).toEqual([]);
     expect((await cache.prune()).map((e) => e.key)).toEqual([recent]);
     expect(await cache.list()).toEqual([]);
+  });
+
+  it('keeps an entry whose tree a running build has mounted as its lower layer (a real overlay mount)', async () => {
+    const root = await tempDir();
+    const { log, lines } = captureLogger();
+    const cache = new StageCache(root, log);
+    const key = cacheKey({ n: 4 });
+    const entry = await cache.store('bootstrap', key, { n: 4 }, async (dir) => {
+      await mkdir(join(dir, 'rootfs/etc'), { recursive: true });
+      return {};
+    });
+    const scratch = await tempDir();
+    for (const name of ['upper', 'work', 'merged']) await mkdir(join(scratch, name));
+    const merged = join(scratch, 'merged');
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${join(entry.dir, 'rootfs')},upperdir=${join(scratch, 'upper')},workdir=${join(scratch, 'work')}`, merged]);
+    try {
+      expect(await cache.prune()).toEqual([]);
+      expect(lines.join('\n')).toContain(`cache: kept bootstrap ${key}: a running build has its tree mounted`);
+      expect((await cache.list()).map((e) => e.key)).toEqual([key]);
+    } finally {
+      await execa('umount', [merged]);
+    }
+    expect((await cache.prune()).map((e) => e.key)).toEqual([key]);
+  });
+});
+
+describe('overlayLowerDirs', () => {
+  it('reads every lower directory of the overlays in a mount table, escapes decoded', async () => {
+    const mounts = [
+      '/dev/vda / ext4 rw,relatime 0 0',
+      'overlay /tmp/b/rootfs overlay rw,relatime,lowerdir=/var/cache/keylessgo/bootstrap/abc/rootfs,upperdir=/tmp/b/u,workdir=/tmp/b/w,uuid=on 0 0',
+      'overlay /tmp/c overlay rw,lowerdir=/a\\040b:/c,upperdir=/u,workdir=/w 0 0',
+    ].join('\n');
+    expect(await overlayLowerDirs(mounts)).toEqual(['/var/cache/keylessgo/bootstrap/abc/rootfs', '/a b', '/c']);
   });
 });
