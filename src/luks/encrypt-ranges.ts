@@ -29,7 +29,7 @@ export function nodeCipherName(cipher: string, keySizeBits: number): string {
 
 export interface EncryptRanges {
   plaintext: string;
-  /** The LUKS2 device (or file) to write into; data starts at dataOffsetBytes. */
+  /** The file (or device) to write into; the LUKS2 data segment starts at dataOffsetBytes. */
   target: string;
   dataOffsetBytes: number;
   ranges: readonly ByteRange[];
@@ -171,7 +171,6 @@ export async function encryptRanges(options: EncryptRanges): Promise<number> {
       }
     }
     await Promise.all(inFlight);
-    await target.datasync();
   } finally {
     await Promise.allSettled(inFlight);
     await pool.close();

@@ -22,7 +22,7 @@ import { partitionByRole } from './partition.js';
 export const encryptStage = defineStage({
   name: 'encrypt',
   summary: 'root ext4, LUKS2 header, encryption of the used blocks',
-  needs: ['configuredTree', 'layout', 'loop'],
+  needs: ['configuredTree', 'layout', 'loop', 'rawPartial'],
   produces: ['keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests'],
   hostTools: () => ['mkfs.ext4', 'dumpe2fs', 'cryptsetup', 'mount', 'umount'],
   async run(ctx) {
@@ -48,7 +48,11 @@ export const encryptStage = defineStage({
       ctx.state.keyslots = summary.keyslots;
       ctx.state.luksHeaderDigests = luksHeaderDigests(parseLuksJsonHeader(await ctx.host.run('cryptsetup', [...LUKS_JSON_DUMP_ARGS, device])));
       const ranges = await ext4UsedRanges(ctx.host, plaintext);
-      const written = await encryptRanges({ plaintext, target: device, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
+      // Into the disk file itself, not through the loop device: one page cache instead of two, and
+      // no flush through the loop driver (measured 7.0 s for 837 MiB that way). Only cryptsetup
+      // writes through the device, to the header area, and it syncs its writes.
+      const dataOffsetBytes = root.startBytes + LUKS_DATA_OFFSET_BYTES;
+      const written = await encryptRanges({ plaintext, target: ctx.state.rawPartial!, dataOffsetBytes, ranges, cipher: luks.cipher, volumeKey, sectorSize: luks.sectorSize, signal: ctx.signal });
       ctx.state.rootUsedBytes = written;
       ctx.state.encryptedRanges = ranges;
       ctx.log.info(`      LUKS2 ${summary.cipher}, uuid ${summary.uuid}, keyslot 0 (bootstrap passphrase); ${formatSize(written)} of ${formatSize(blocks * EXT4_BLOCK_BYTES)} in use, encrypted`);
