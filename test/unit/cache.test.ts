@@ -5,7 +5,7 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cacheKey, canonicalJson, defaultCacheDir, StageCache } from '../../src/pipeline/cache.js';
-import { overlayLowerDirs } from '../../src/host/mounts.js';
+import { overlayLowerDirs, overlaySupportsVolatile } from '../../src/host/mounts.js';
 import { archiveReleaseDates, parseReleaseDate, releaseFileUrls } from '../../src/host/apt-sources.js';
 import { captureLogger, MIRROR, tempDir } from './helpers.js';
 
@@ -151,6 +151,13 @@ describe('StageCache', () => {
       await execa('umount', [merged]);
     }
     expect((await cache.prune()).map((e) => e.key)).toEqual([key]);
+  });
+});
+
+describe('overlaySupportsVolatile', () => {
+  it('is true from Linux 5.10 on', () => {
+    expect(['4.18.0-553.el8_10.x86_64', '5.4.0-190-generic', '5.9.16'].map((r) => overlaySupportsVolatile(r))).toEqual([false, false, false]);
+    expect(['5.10.0-32-amd64', '6.1.0-57-amd64', '6.18.44-fc-v782'].map((r) => overlaySupportsVolatile(r))).toEqual([true, true, true]);
   });
 });
 
