@@ -1,8 +1,9 @@
 /**
  * bootstrap: a Debian root tree with the kernel, cryptsetup, dropbear and GRUB.
  *
- * Host commands: mmdebstrap (default) or debootstrap, chroot (package list), cp (cache).
- * With a cache, the tree is copied from an entry keyed by everything it depends on
+ * Host commands: mmdebstrap (default) or debootstrap, chroot (package list), mount and umount
+ * (the overlay over a cached tree), cp (a cache on another file system).
+ * With a cache, the tree is an overlay over an entry keyed by everything it depends on
  * (including the archive's Release dates, so an updated archive is a miss, never stale),
  * and a miss downloads only the packages missing from the package cache beside it.
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
