@@ -40,6 +40,8 @@ export const REQUIRED_INITRAMFS_ENTRIES: Record<string, RegExp> = {
   authorized_keys: /^root-[^/]+\/\.ssh\/authorized_keys$/m,
   crypttab: /^cryptroot\/crypttab$/m,
   'cryptroot-unlock': /^(usr\/)?s?bin\/cryptroot-unlock$/m,
+  'link-up script': /^scripts\/init-top\/keylessgo-link-up$/m,
+  ip: /^(usr\/)?s?bin\/ip$/m,
 };
 
 /** Needed too when the image unlocks by Tang (clevis-initramfs fetches the key with curl). */

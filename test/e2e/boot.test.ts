@@ -100,6 +100,12 @@ describe('keylessgo boot-test', () => {
     expect(sizes.df, growth.detail).toBeGreaterThan(2 * imageRoot);
     expect(growth.detail).toMatch(/initramfs: grew \/dev\/vda4 from \d+ to \d+ sectors/);
     expect(growth.detail).toMatch(/unit: grew ext4 on \/dev\/mapper\/cryptroot/);
+    // The link was up before ipconfig ran (keylessgo-link-up): its first DHCP round was answered,
+    // no 10 s wait after a failed first send.
+    const serial = await readFile(run.result.serialLog, 'utf8');
+    expect(serial).toMatch(/keylessgo-link-up: up: eth0/);
+    expect(serial).toMatch(/IP-Config: eth0 complete/);
+    expect(serial).not.toMatch(/IP-Config: no response/);
     await expectCleanedUp(run);
   });
 

@@ -258,6 +258,8 @@ describe('initramfs checkInitramfsListing', () => {
     'root-Xb3kZ1/.ssh/authorized_keys',
     'cryptroot/crypttab',
     'usr/bin/cryptroot-unlock',
+    'scripts/init-top/keylessgo-link-up',
+    'usr/bin/ip',
     'usr/lib/modules/6.1.0-28-amd64/kernel/drivers/md/dm-crypt.ko',
   ].join('\n');
   const ALL_TRUE = Object.fromEntries(Object.keys(REQUIRED_INITRAMFS_ENTRIES).map((name) => [name, true]));
@@ -279,6 +281,8 @@ describe('initramfs checkInitramfsListing', () => {
     ['authorized_keys', 'root-Xb3kZ1/.ssh/authorized_keys'],
     ['crypttab', 'cryptroot/crypttab'],
     ['cryptroot-unlock', 'usr/bin/cryptroot-unlock'],
+    ['link-up script', 'scripts/init-top/keylessgo-link-up'],
+    ['ip', 'usr/bin/ip'],
   ])('reports %s missing when %s is not listed', (name, path) => {
     const listing = LISTING.split('\n').filter((line) => line !== path).join('\n');
     expect(checkInitramfsListing(listing)).toEqual({ ...ALL_TRUE, [name]: false });

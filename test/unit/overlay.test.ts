@@ -47,6 +47,7 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/initramfs-tools/hooks/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-premount/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-top/keylessgo-config-drive',
+      'etc/initramfs-tools/scripts/init-top/keylessgo-link-up',
       'etc/kernel-img.conf',
       'etc/ssh/sshd_config.d/keylessgo.conf',
       'etc/systemd/network/20-wired.network',
