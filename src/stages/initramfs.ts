@@ -7,7 +7,8 @@
  * holds a secret (it is built with no host keys and no authorized_keys in the tree).
  *
  * Built in an overlay of the configured tree, beside the root filesystem (partition, encrypt).
- * In that overlay, bookworm's module copying is batched (initramfs/module-copy.ts).
+ * In that overlay, bookworm's copying of modules and libraries starts fewer processes
+ * (initramfs/hook-functions.ts).
  *
  * Host commands: mount (overlay), chroot (update-initramfs, unmkinitramfs); for configure:
  * chroot (dpkg-divert, dropbearkey).
@@ -17,7 +18,7 @@ import { appendFile, copyFile, mkdtemp, readdir, readFile, readlink, rm, stat, w
 import { join, relative } from 'node:path';
 import { withChroot, type ChrootSession } from '../host/chroot.js';
 import { withOverlay } from '../host/mounts.js';
-import { HOOK_FUNCTIONS, withBatchedModuleCopy } from '../initramfs/module-copy.js';
+import { HOOK_FUNCTIONS, withFasterHookFunctions } from '../initramfs/hook-functions.js';
 import { alignmentPadding, newcArchive, type NewcFile } from '../initramfs/newc.js';
 import { cacheKey } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
@@ -179,18 +180,16 @@ async function baseInitramfs(ctx: BuildContext, chroot: ChrootSession, initrd: s
 }
 
 /**
- * In the stage's overlay only: bookworm's one-module-at-a-time copying replaced by a batched
- * one (src/initramfs/module-copy.ts). Before the cache key is taken, so the key covers it.
+ * In the stage's overlay only: bookworm's module and library copying replaced by versions
+ * that start fewer processes (src/initramfs/hook-functions.ts). Before the cache key is
+ * taken, so the key covers them.
  */
-async function batchModuleCopy(ctx: BuildContext): Promise<void> {
+async function speedUpHookFunctions(ctx: BuildContext): Promise<void> {
   const file = join(ctx.rootfs, HOOK_FUNCTIONS);
   const usrMerged = (await readlink(join(ctx.rootfs, 'lib')).catch(() => undefined))?.replace(/^\//, '') === 'usr/lib';
-  const result = withBatchedModuleCopy(await readFile(file, 'utf8'), usrMerged);
-  if ('reason' in result) {
-    ctx.log.info(`      initramfs-tools copies modules itself (${result.reason})`);
-    return;
-  }
-  await writeFile(file, result.script);
+  const { script, notes } = withFasterHookFunctions(await readFile(file, 'utf8'), usrMerged);
+  for (const note of notes) ctx.log.info(`      ${note}`);
+  await writeFile(file, script);
 }
 
 const hostKeyPath = (type: (typeof HOST_KEY_TYPES)[number]) => `${DROPBEAR_DIR}/dropbear_${type}_host_key`;
@@ -245,7 +244,7 @@ export const initramfsStage = defineStage({
     const overlay = join(ctx.workDir, 'initramfs-overlay');
     const base = await withOverlay(ctx.host, ctx.cleanup, ctx.rootfs, overlay, (merged) =>
       withChroot(ctx.host, ctx.cleanup, merged, async (chroot) => {
-        await batchModuleCopy({ ...ctx, rootfs: merged });
+        await speedUpHookFunctions({ ...ctx, rootfs: merged });
         return baseInitramfs({ ...ctx, rootfs: merged }, chroot, initrd);
       }),
     );
