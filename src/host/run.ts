@@ -39,22 +39,49 @@ export function formatCommand(file: string, args: readonly string[]): string {
   return [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(' ');
 }
 
+/**
+ * Time in host commands, the floor `make bench` compares a build against: seconds per tool
+ * (summed, so commands that ran side by side count twice), and the wall-clock seconds during
+ * which at least one ran (each second once).
+ */
+export class ToolClock {
+  readonly seconds: Record<string, number> = {};
+  private running = 0;
+  private busySince = 0;
+  private busyMs = 0;
+
+  start(): number {
+    const now = performance.now();
+    if (this.running++ === 0) this.busySince = now;
+    return now;
+  }
+
+  stop(tool: string, started: number): void {
+    const now = performance.now();
+    this.seconds[tool] = (this.seconds[tool] ?? 0) + (now - started) / 1000;
+    if (--this.running === 0) this.busyMs += now - this.busySince;
+  }
+
+  get busySeconds(): number {
+    return (this.busyMs + (this.running > 0 ? performance.now() - this.busySince : 0)) / 1000;
+  }
+}
+
 export class HostRunner {
   constructor(
     private readonly log: Logger,
     private readonly signal?: AbortSignal,
-    /** Seconds spent in each host command, summed: the floor `make bench` compares a build against. */
-    readonly toolSeconds: Record<string, number> = {},
+    readonly clock = new ToolClock(),
   ) {}
 
   /** The same runner without the build's cancel signal: undo actions must run after Ctrl-C. */
   get forCleanup(): HostRunner {
-    return this.signal ? new HostRunner(this.log, undefined, this.toolSeconds) : this;
+    return this.signal ? new HostRunner(this.log, undefined, this.clock) : this;
   }
 
-  /** A runner of its own for one stage (its own fault-injection hook), with the same signal and tool times. */
+  /** A runner of its own for one stage (its own fault-injection hook), with the same signal and clock. */
   forStage(): HostRunner {
-    return new HostRunner(this.log, this.signal, this.toolSeconds);
+    return new HostRunner(this.log, this.signal, this.clock);
   }
 
   /** Called before each command (the build's fault injection); throwing stops the command. */
@@ -80,11 +107,10 @@ export class HostRunner {
         for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
       });
     }
-    const started = performance.now();
+    const started = this.clock.start();
     const result = await child;
     // A chroot'ed command is counted under its own name.
-    const tool = file === 'chroot' && args[1] ? `chroot ${args[1]}` : file;
-    this.toolSeconds[tool] = (this.toolSeconds[tool] ?? 0) + (performance.now() - started) / 1000;
+    this.clock.stop(file === 'chroot' && args[1] ? `chroot ${args[1]}` : file, started);
     if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
     if (result.failed) {
       const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');

@@ -127,7 +127,8 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
     stageTimes: ctx.state.stageTimes,
-    hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.toolSeconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
+    hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.clock.seconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
+    hostToolBusySeconds: Math.round(ctx.host.clock.busySeconds * 10) / 10,
   };
 }
 

@@ -44,7 +44,7 @@ describe('buildManifest', () => {
     authorizedKeys: [],
     kernelCmdline: 'root=/dev/mapper/cryptroot ro',
     toolVersion: '0.0.0',
-    host: { toolSeconds: { mmdebstrap: 12.34 } },
+    host: { clock: { seconds: { mmdebstrap: 12.34 }, busySeconds: 12.34 } },
     state: { layout: { diskBytes: 3 * 1024 ** 3, partitions: [] }, outputs, cacheKeys: {}, stageSeconds: {} },
   } as unknown as BuildContext;
   const manifest = buildManifest(ctx, {}, new Date(0));

@@ -255,3 +255,18 @@ describe('a command that acquires something (mount, losetup)', () => {
     await expect(host.run('echo', ['other'])).rejects.toThrow();
   });
 });
+
+describe('the host tool clock', () => {
+  it('sums seconds per tool, and counts the wall-clock seconds with a command running once', async () => {
+    const { log } = captureLogger('quiet');
+    const host = new HostRunner(log);
+    const stage = host.forStage();
+    await Promise.all([host.run('sleep', ['0.4']), stage.run('sleep', ['0.4'])]);
+    await host.run('true', []);
+    expect(host.clock).toBe(stage.clock);
+    expect(host.clock.seconds.sleep).toBeGreaterThanOrEqual(0.8);
+    expect(host.clock.busySeconds).toBeGreaterThanOrEqual(0.4);
+    expect(host.clock.busySeconds).toBeLessThan(host.clock.seconds.sleep! - 0.2);
+    expect(Object.keys(host.clock.seconds).sort()).toEqual(['sleep', 'true']);
+  });
+});
