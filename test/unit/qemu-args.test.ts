@@ -47,6 +47,18 @@ describe('firmware arguments', () => {
   });
 });
 
+describe('the guest CPU', () => {
+  const cpuOf = (args: string[]) => args[args.indexOf('-cpu') + 1]!.split(',');
+
+  it('is the host under KVM; under TCG kvm64 (no REP_GOOD/ERMS) with AES-NI, PCLMULQDQ and SSE4.2 for the guest\'s crypto', () => {
+    expect(cpuOf(qemuArgs({ ...CONFIG, accel: 'kvm' }))).toEqual(['host']);
+    const tcg = cpuOf(qemuArgs(CONFIG));
+    expect(tcg[0]).toBe('kvm64');
+    expect(tcg).toEqual(expect.arrayContaining(['+aes', '+pclmulqdq', '+sse4.2']));
+    expect(tcg.filter((flag) => /erms|rep/.test(flag))).toEqual([]);
+  });
+});
+
 describe('the guest disk', () => {
   it('is a virtio-blk device with the requested logical and physical sector size', () => {
     const args = qemuArgs({ ...CONFIG, sectorSize: 4096 });
