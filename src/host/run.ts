@@ -91,6 +91,8 @@ export class HostRunner {
     const display = formatCommand(file, args);
     this.beforeCommand?.(display);
     this.log.verbose(`$ ${display}`);
+    // From before the spawn: starting a process is part of what a tool costs.
+    const started = this.clock.start();
     const child = execa(file, args, {
       input: options.input,
       cwd: options.cwd,
@@ -107,10 +109,8 @@ export class HostRunner {
         for (const line of chunk.toString().split('\n')) if (line.trim()) this.log.verbose(`  ${line}`);
       });
     }
-    const started = this.clock.start();
-    const result = await child;
     // A chroot'ed command is counted under its own name.
-    this.clock.stop(file === 'chroot' && args[1] ? `chroot ${args[1]}` : file, started);
+    const result = await child.finally(() => this.clock.stop(file === 'chroot' && args[1] ? `chroot ${args[1]}` : file, started));
     if (result.isCanceled) throw new CommandError(display, undefined, 'cancelled');
     if (result.failed) {
       const tail = String(result.stderr || result.all || result.message).split('\n').slice(-15).join('\n');
