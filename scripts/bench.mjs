@@ -7,8 +7,9 @@
  * which is downloaded again), the qcow2 size
  * against the bytes the filesystems use, and a boot test; and, as baselines from the same
  * run, the time the build spends inside host tools (the floor) and a peer tool building a
- * comparable image where one is installed (bench/peers/run-*.sh). Prints a table, writes JSON.
- * Targets are reported as ratios, never asserted.
+ * comparable image where one is installed (bench/peers/run-*.sh); last, the e2e suite's wall
+ * time (~50 min here; KEYLESSGO_BENCH_E2E=0 skips it and reports the last run's report, if any).
+ * Prints a table, writes JSON. Targets are reported as ratios, never asserted.
  *
  * The work directory (~4.4 GB: images, cache, logs, bench.json) is removed when the run ends,
  * failed or not, unless KEYLESSGO_BENCH_KEEP=1; a directory given as KEYLESSGO_BENCH_DIR is the
@@ -118,13 +119,25 @@ async function peers() {
   return results;
 }
 
-/** The e2e suite's wall time and per-file seconds from the last e2e run's JSON report (vitest.e2e.config.ts), if any. */
-async function lastE2eRun() {
+/** The e2e suite's wall time and per-file seconds from its JSON report (vitest.e2e.config.ts), if any. */
+async function e2eReport() {
   const report = await readFile(join(REPO, 'test-results/e2e.json'), 'utf8').then(JSON.parse, () => undefined);
   if (!report?.testResults?.length) return undefined;
   const files = report.testResults.map((f) => ({ file: f.name.slice(REPO.length + 1), seconds: (f.endTime - f.startTime) / 1000, status: f.status }));
   const end = Math.max(...report.testResults.map((f) => f.endTime));
   return { at: new Date(report.startTime).toISOString(), seconds: (end - report.startTime) / 1000, success: report.success, files };
+}
+
+/** Runs the e2e suite (its report lands in test-results/e2e.json), or only reads the last report. */
+async function e2eSuite() {
+  if (process.env.KEYLESSGO_BENCH_E2E === '0') return { ...(await e2eReport()), thisRun: false };
+  say('e2e suite (vitest.e2e.config.ts, about 50 minutes on 2 cores) ...');
+  // A report left from an earlier run must not pass for this one's.
+  await rm(join(REPO, 'test-results/e2e.json'), { force: true });
+  const run = await execa('npx', ['vitest', 'run', '--config', 'vitest.e2e.config.ts'], { cwd: REPO, all: true, reject: false, env: { FORCE_COLOR: '0' } });
+  await writeFile(join(dir, 'e2e.log'), run.all ?? '');
+  const report = await e2eReport();
+  return report ? { ...report, thisRun: true } : { thisRun: true, error: `no report (vitest exit ${run.exitCode}): ${(run.all ?? '').split('\n').slice(-5).join(' | ')}` };
 }
 
 const fmt = (n, digits = 1) => (n === undefined || n === null || Number.isNaN(n) ? '-' : n.toFixed(digits));
@@ -147,7 +160,7 @@ const floorSeconds = cold.manifest.hostToolBusySeconds;
 const toolSecondsSummed = Object.values(cold.manifest.hostToolSeconds).reduce((a, b) => a + b, 0);
 const boot = await bootTest(cold);
 const peerResults = await peers();
-const e2e = await lastE2eRun();
+const e2e = await e2eSuite();
 const peerPlain = peerResults.find((p) => p.ok && p.variant === 'plain');
 
 const rows = [
@@ -172,9 +185,9 @@ lines.push(`warm rebuild stages: ${Object.entries(warm.manifest.stageSeconds).ma
 lines.push(`after an archive update: ${fmt(updated.seconds)} s = ${fmt(updated.seconds / cold.seconds, 2)} x cold; bootstrap ${updated.manifest.stageSeconds.bootstrap} s vs ${cold.manifest.stageSeconds.bootstrap} s cold`);
 lines.push(`sizes: qcow2 ${(qcow2.bytes / 1e6).toFixed(0)} MB, raw ${raw ? (raw.bytes / 1e9).toFixed(2) : '-'} GB apparent / ${rawAllocated ? (rawAllocated / 1e6).toFixed(0) : '-'} MB allocated, filesystems use ${(usedBytes / 1e6).toFixed(0)} MB (root ${(used.root / 1e6).toFixed(0)}, boot ${(used.boot / 1e6).toFixed(0)}, esp ${(used.esp / 1e6).toFixed(1)})`);
 lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocked ${fmt(boot.unlocked)} s, OpenSSH ${fmt(boot.booted)} s, running ${fmt(boot.running)} s, ${boot.passed ? 'passed' : 'FAILED'}`);
-lines.push(e2e
-  ? `e2e suite, last run (${e2e.at}, ${e2e.files.length} files, ${e2e.success ? 'passed' : 'not all passed'}): ${fmt(e2e.seconds)} s wall including its fixtures; ${e2e.files.sort((a, b) => b.seconds - a.seconds).map((f) => `${f.file.replace('test/e2e/', '')} ${fmt(f.seconds, 0)}`).join(', ')}`
-  : 'e2e suite: no report (test-results/e2e.json is written by `make test-e2e`)');
+lines.push(e2e.files
+  ? `e2e suite, ${e2e.thisRun ? 'this run' : `last run, not this one (KEYLESSGO_BENCH_E2E=0), ${e2e.at}`} (${e2e.files.length} files, ${e2e.success ? 'passed' : 'not all passed'}): ${fmt(e2e.seconds)} s wall including its fixtures; ${e2e.files.sort((a, b) => b.seconds - a.seconds).map((f) => `${f.file.replace('test/e2e/', '')} ${fmt(f.seconds, 0)}`).join(', ')}`
+  : `e2e suite: ${e2e.error ?? 'no report (KEYLESSGO_BENCH_E2E=0, and test-results/e2e.json is written by `make test-e2e`)'}`);
 for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
 process.stdout.write(`${lines.join('\n')}\n`);
 
