@@ -198,9 +198,20 @@ export async function runOnce(port: number, auth: AnyAuthMethod, command: string
   }
 }
 
+/**
+ * An ed25519 key pair in OpenSSH format that ssh2 can read back: ssh2 1.17's generator strips
+ * leading zero bytes from the public key, so about 1 pair in 256 does not parse (mscdex/ssh2#1390).
+ */
+export function ed25519KeyPair(): { private: string; public: string } {
+  for (;;) {
+    const pair = utils.generateKeyPairSync('ed25519');
+    if (!(utils.parseKey(pair.private) instanceof Error) && !(utils.parseKey(pair.public) instanceof Error)) return pair;
+  }
+}
+
 /** A throwaway key pair that no authorized_keys file contains. */
 export function unknownKeyAuth(username: string): AnyAuthMethod {
-  return { type: 'publickey', username, key: utils.generateKeyPairSync('ed25519').private };
+  return { type: 'publickey', username, key: ed25519KeyPair().private };
 }
 
 /** Whether ssh2 failed because the server refused every offered authentication. */
