@@ -134,7 +134,8 @@ async function e2eSuite() {
   say('e2e suite (vitest.e2e.config.ts, about 50 minutes on 2 cores) ...');
   // A report left from an earlier run must not pass for this one's.
   await rm(join(REPO, 'test-results/e2e.json'), { force: true });
-  const run = await execa('npx', ['vitest', 'run', '--config', 'vitest.e2e.config.ts'], { cwd: REPO, all: true, reject: false, env: { FORCE_COLOR: '0' } });
+  // Its progress goes to stderr as it runs (the table goes to stdout), and into e2e.log.
+  const run = await execa('npx', ['vitest', 'run', '--config', 'vitest.e2e.config.ts'], { cwd: REPO, all: true, reject: false, stdout: ['pipe', 2], stderr: ['pipe', 2], env: { FORCE_COLOR: '0' } });
   await writeFile(join(dir, 'e2e.log'), run.all ?? '');
   const report = await e2eReport();
   return report ? { ...report, thisRun: true } : { thisRun: true, error: `no report (vitest exit ${run.exitCode}): ${(run.all ?? '').split('\n').slice(-5).join(' | ')}` };
