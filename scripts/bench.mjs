@@ -8,7 +8,7 @@
  * against the bytes the filesystems use, and a boot test; and, as baselines from the same
  * run, the time the build spends inside host tools (the floor) and a peer tool building a
  * comparable image where one is installed (bench/peers/run-*.sh); last, the e2e suite's wall
- * time (~50 min here; KEYLESSGO_BENCH_E2E=0 skips it and reports the last run's report, if any).
+ * time (50-60 min here; KEYLESSGO_BENCH_E2E=0 skips it and reports the last run's report, if any).
  * Prints a table, writes JSON. Targets are reported as ratios, never asserted.
  *
  * The work directory (~4.4 GB: images, cache, logs, bench.json) is removed when the run ends,
@@ -131,7 +131,7 @@ async function e2eReport() {
 /** Runs the e2e suite (its report lands in test-results/e2e.json), or only reads the last report. */
 async function e2eSuite() {
   if (process.env.KEYLESSGO_BENCH_E2E === '0') return { ...(await e2eReport()), thisRun: false };
-  say('e2e suite (vitest.e2e.config.ts, about 50 minutes on 2 cores) ...');
+  say('e2e suite (vitest.e2e.config.ts, 50-60 minutes on 2 cores) ...');
   // A report left from an earlier run must not pass for this one's.
   await rm(join(REPO, 'test-results/e2e.json'), { force: true });
   // Its progress goes to stderr as it runs (the table goes to stdout), and into e2e.log.
