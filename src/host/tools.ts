@@ -7,6 +7,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   debootstrap: 'debootstrap',
   chroot: 'coreutils',
   cp: 'coreutils',
+  sync: 'coreutils',
   mount: 'mount',
   umount: 'mount',
   losetup: 'mount',

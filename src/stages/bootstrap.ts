@@ -2,7 +2,7 @@
  * bootstrap: a Debian root tree with the kernel, cryptsetup, dropbear and GRUB.
  *
  * Host commands: mmdebstrap (default) or debootstrap, chroot (package list), mount and umount
- * (the overlay over a cached tree), cp (a cache on another file system).
+ * (the overlay over a cached tree), cp (a cache on another file system), sync (a new cache entry).
  * With a cache, the tree is an overlay over an entry keyed by everything it depends on
  * (including the archive's Release dates, so an updated archive is a miss, never stale),
  * and a miss downloads only the packages missing from the package cache beside it.
@@ -64,6 +64,12 @@ export function packageList(recipe: Recipe): string[] {
 
 export const DIVERTED_UPDATE_INITRAMFS = '/usr/sbin/update-initramfs';
 
+/**
+ * mmdebstrap's own hooks (since 0.8) that run dpkg under eatmydata and take it out again,
+ * wrapper and libraries, before the tree is used: the image's own apt keeps dpkg's fsyncs.
+ */
+export const EATMYDATA_HOOKS = '/usr/share/mmdebstrap/hooks/eatmydata';
+
 /** `cacheOptions`: the package cache's hooks (PackageCache.mmdebstrapOptions). */
 export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>, cacheOptions: string[] = []): string[] {
   const { recipe } = ctx;
@@ -75,6 +81,10 @@ export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'ro
     `--include=${packageList(recipe).join(',')}`,
     // Divert update-initramfs so kernel and hook installs don't each build an initramfs.
     `--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename --add ${DIVERTED_UPDATE_INITRAMFS} && ln -s /bin/true "$1${DIVERTED_UPDATE_INITRAMFS}"`,
+    // dpkg fsyncs every file it unpacks and each status change (42,600 calls, 11 s here); a tree
+    // a crash leaves half-written is thrown away anyway, and the cache flushes a finished tree
+    // at once (syncfs) before keeping it.
+    `--hook-dir=${EATMYDATA_HOOKS}`,
     ...cacheOptions,
     recipe.suite,
     ctx.rootfs,
@@ -211,6 +221,8 @@ async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
       await installTree(ctx, PackageCache.beside(cache.root, ctx.recipe.suite));
       const entry = await cache.store('bootstrap', key, inputs, async (dir) => {
         await moveTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
+        // dpkg ran without fsync (mmdebstrapArgs): one syncfs makes the entry survive a power cut.
+        await ctx.host.run('sync', ['--file-system', dir]);
         return {};
       });
       await viewCachedTree(ctx, join(entry.dir, 'rootfs'));
@@ -227,7 +239,7 @@ export const bootstrapStage = defineStage({
   summary: 'install the Debian root tree (or take it from the cache)',
   needs: [],
   produces: ['kernelVersion', 'packages', 'archiveReleases'],
-  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp', 'mount', 'umount'],
+  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp', 'mount', 'umount', 'sync'],
   async run(ctx) {
     const { recipe } = ctx;
     ctx.log.info(`      ${recipe.suite}/${recipe.architecture} from ${ctx.mirror.archive} (${ctx.mirror.origin}), ${packageList(recipe).length} packages requested`);

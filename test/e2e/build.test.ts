@@ -298,6 +298,10 @@ describe('rebuild from the stage cache', () => {
     expect(debs.filter((f) => f.startsWith('.incoming-'))).toEqual([]);
     expect(await readFile(image.buildLog, 'utf8')).toMatch(new RegExp(`package cache: 0 packages from it, ${installed.length} downloaded`));
     expect((await listExt4Dir(rootPlain, '/var/cache/apt/archives')).filter((f) => f.endsWith('.deb'))).toEqual([]);
+    // The bootstrap's dpkg ran under eatmydata: none of it stays in the image, whose own apt must sync.
+    expect((await listExt4Dir(rootPlain, '/usr/bin')).filter((f) => /^dpkg\.distrib$|^eatmydata$/.test(f))).toEqual([]);
+    expect((await listExt4Dir(rootPlain, '/usr/lib/x86_64-linux-gnu')).filter((f) => f.startsWith('libeatmydata'))).toEqual([]);
+    expect(await readExt4File(rootPlain, '/var/lib/dpkg/diversions')).not.toContain('/usr/bin/dpkg');
   });
 
   it('leaves no lock and no partial entry in the cache, which holds no private key', async () => {
