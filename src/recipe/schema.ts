@@ -60,6 +60,16 @@ export function isMirrorUrl(text: string): boolean {
 export const MIRROR_URL_MESSAGE = 'expected an http://, https:// or file:// mirror URL';
 const mirrorUrl = z.string().refine(isMirrorUrl, MIRROR_URL_MESSAGE);
 
+/** The levels each initramfs compressor accepts. */
+const COMPRESS_LEVELS = { zstd: [1, 19], gzip: [1, 9], xz: [0, 9], lz4: [1, 12] } as const;
+
+/**
+ * zstd at its own default level: initramfs-tools would use 9, which took 5.4 s instead of 1.3 s
+ * for the default image's 156 MB archive here, on the build's critical path, for 40 MB instead
+ * of 45. Other compressors keep initramfs-tools' defaults.
+ */
+const DEFAULT_COMPRESS_LEVELS: Partial<Record<keyof typeof COMPRESS_LEVELS, number>> = { zstd: 3 };
+
 /** Parameters keylessgo sets itself: root= is the unlocked LUKS volume, ip= comes from initramfs.network. */
 const OWN_KERNEL_PARAMETERS = ['root', 'ip', 'BOOTIF'];
 const parameterName = (parameter: string) => parameter.split('=')[0]!;
@@ -178,6 +188,7 @@ export const recipeSchema = z
           .default({ mode: 'dhcp' }),
         modules: z.enum(['most', 'dep', 'netboot', 'list']).default('most'),
         compress: z.enum(['zstd', 'gzip', 'xz', 'lz4']).default('zstd'),
+        compressLevel: z.number().int().optional(),
         dropbear: z
           .object({
             port: z.number().int().min(1).max(65535).default(22),
@@ -189,7 +200,8 @@ export const recipeSchema = z
           .default({}),
       })
       .strict()
-      .default({}),
+      .default({})
+      .transform((initramfs) => ({ ...initramfs, compressLevel: initramfs.compressLevel ?? DEFAULT_COMPRESS_LEVELS[initramfs.compress] })),
     kernel: z
       .object({
         cmdline: z.array(kernelParameter).default(['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0']),
@@ -252,6 +264,11 @@ export const recipeSchema = z
     }
     if (recipe.luks.sectorSize < recipe.disk.sectorSize) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['luks', 'sectorSize'], message: `must be at least disk.sectorSize (${recipe.disk.sectorSize}): the kernel cannot map ${recipe.luks.sectorSize}-byte LUKS2 sectors on a disk with ${recipe.disk.sectorSize}-byte sectors` });
+    }
+    const { compress, compressLevel } = recipe.initramfs;
+    const [lowest, highest] = COMPRESS_LEVELS[compress];
+    if (compressLevel !== undefined && (compressLevel < lowest || compressLevel > highest)) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['initramfs', 'compressLevel'], message: `${compress} takes levels ${lowest} to ${highest}` });
     }
     const fixed = recipe.disk.esp + recipe.disk.boot + 4 * MiB;
     if (recipe.disk.size - fixed < 512 * MiB) {

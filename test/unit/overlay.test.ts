@@ -107,7 +107,7 @@ describe('the base overlay rendered for the default recipe', () => {
     expect(files['etc/hosts']).toContain('127.0.1.1\tkeylessgo\n');
     // Every Ethernet NIC, whatever the kernel named it and whichever is cabled.
     expect(files['etc/systemd/network/20-wired.network']).toContain('[Match]\nType=ether\n');
-    expect(files['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^MODULES=most\nCOMPRESS=zstd$/m);
+    expect(files['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^MODULES=most\nCOMPRESS=zstd\nCOMPRESSLEVEL=3\n# /m);
   });
 
   it('keeps each source file and its permission bits', () => {

@@ -29,6 +29,7 @@ const DEFAULTS = {
     network: { mode: 'dhcp' },
     modules: 'most',
     compress: 'zstd',
+    compressLevel: 3,
     dropbear: { port: 22, idleTimeoutSeconds: 180, forceUnlockCommand: true, extraOptions: [] },
   },
   kernel: { cmdline: ['console=tty0', 'console=ttyS0,115200n8', 'net.ifnames=0'] },
@@ -105,11 +106,20 @@ describe('boot and disk sector size', () => {
     expect(recipeWith('disk: {sectorSize: 4096, esp: 300MiB}\n').disk.esp).toBe(300 * MiB);
   });
 
+  it('compresses the initramfs with zstd -3 unless told; other compressors keep initramfs-tools\' levels', () => {
+    expect(recipeWith('initramfs: {compressLevel: 19}\n').initramfs).toMatchObject({ compress: 'zstd', compressLevel: 19 });
+    expect(recipeWith('initramfs: {compress: xz}\n').initramfs.compressLevel).toBeUndefined();
+    expect(recipeWith('initramfs: {compress: xz, compressLevel: 0}\n').initramfs.compressLevel).toBe(0);
+  });
+
   it.each([
     ['disk: {sectorSize: 1024}', 'disk.sectorSize: expected 512 or 4096'],
     ['disk: {sectorSize: 4096, esp: 64MiB}', 'disk.esp: with disk.sectorSize 4096 the ESP must be at least 260 MiB'],
     ['disk: {sectorSize: 4096}\nluks: {sectorSize: 512}', 'luks.sectorSize: must be at least disk.sectorSize (4096)'],
     ['boot: {secureBoot: yes-please}', 'boot.secureBoot: '],
+    ['initramfs: {compressLevel: 20}', 'initramfs.compressLevel: zstd takes levels 1 to 19'],
+    ['initramfs: {compress: gzip, compressLevel: 0}', 'initramfs.compressLevel: gzip takes levels 1 to 9'],
+    ['initramfs: {compressLevel: 2.5}', 'initramfs.compressLevel: '],
   ])('refuses %s', async (yaml, message) => {
     const error = await expectInputError(() => recipeWith(`${yaml}\n`));
     expect(error.message).toContain(message);
