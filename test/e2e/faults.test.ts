@@ -2,8 +2,9 @@
  * Faults leave nothing behind: a failure injected at the start, in the middle (at the
  * stage's second host command) and at the end of every stage, SIGTERM and SIGINT during long
  * stages, a second Ctrl-C during cleanup, and two builds at once. After each: no loop device,
- * mount, temp dir, cache lock or partial entry of ours, no output (partial or final), and an
- * exit code and message that name what happened. Builds use the run's warm stage cache.
+ * mount, temp dir, cache lock, partial entry or incoming .deb directory of ours, no output
+ * (partial or final), and an exit code and message that name what happened. Builds use the
+ * run's warm stage cache.
  * After a SIGKILL (no cleanup possible) the next build reaps what the dead one left.
  */
 import { execa, type ResultPromise } from 'execa';
@@ -36,7 +37,8 @@ async function hostState(): Promise<HostState> {
   const loops = (await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).stdout.split('\n').filter((l) => l.includes(dir));
   const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((l) => l.includes(buildTmp));
   const temps = await readdir(buildTmp);
-  const cache = (await execa('find', [cacheDirOf(image.dir), '-maxdepth', '2', '-name', '*.lock', '-o', '-maxdepth', '2', '-name', '*.partial-*'])).stdout.split('\n').filter(Boolean);
+  // Locks and partial entries sit beside the entries; the .deb files a bootstrap is adding, in packages/<suite>/.
+  const cache = (await execa('find', [cacheDirOf(image.dir), '-maxdepth', '3', '(', '-name', '*.lock', '-o', '-name', '*.partial-*', '-o', '-name', '.incoming-*', ')'])).stdout.split('\n').filter(Boolean);
   return { loops, mounts, temps, cache };
 }
 
