@@ -42,14 +42,18 @@ export function parseColonFields(text: string): Record<string, string> {
   return fields;
 }
 
+/**
+ * /boot is an automount and the ESP a nofail mount (fstab.ejs): starting the mount unit waits
+ * for a mount still under way, and the mounted file system is findmnt's last line, above autofs.
+ */
 function mountCheck(mountPoint: string, fsType: string): GuestCheck {
   const name = `${mountPoint} mounted (${fsType})`;
   return {
     name,
-    command: `findmnt -n -o SOURCE,FSTYPE ${mountPoint}`,
+    command: `systemctl start "$(systemd-escape -p --suffix=mount ${mountPoint})" 2>&1; findmnt -n -o SOURCE,FSTYPE ${mountPoint}`,
     judge: (output) => {
-      const [source = '', type = ''] = output.trim().split(/\s+/);
-      return check(name, type === fsType, output.trim() ? `${source} ${type}` : 'not mounted');
+      const [source = '', type = ''] = output.trim().split('\n').at(-1)!.split(/\s+/);
+      return check(name, type === fsType, type === fsType ? `${source} ${type}` : output.trim().replaceAll('\n', '; ') || 'not mounted');
     },
   };
 }

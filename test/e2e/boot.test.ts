@@ -106,6 +106,9 @@ describe('keylessgo boot-test', () => {
     expect(serial).toMatch(/keylessgo-link-up: up: eth0/);
     expect(serial).toMatch(/IP-Config: eth0 complete/);
     expect(serial).not.toMatch(/IP-Config: no response/);
+    // crypttab's "nofail" is for systemd only: hooks/keylessgo-crypttab keeps it from the initramfs.
+    expect(serial).toMatch(/cryptsetup: cryptroot: set up successfully/);
+    expect(serial).not.toMatch(/ignoring unknown option/);
     await expectCleanedUp(run);
   });
 

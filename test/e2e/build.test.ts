@@ -172,7 +172,7 @@ describe('LUKS2 root', () => {
   });
 
   it('carries crypttab and fstab that point at the LUKS and /boot UUIDs', async () => {
-    expect(await readExt4File(rootPlain, '/etc/crypttab')).toMatch(new RegExp(`^cryptroot\\s+UUID=${manifest.luks.uuid}\\s+none\\s+luks,discard,initramfs$`, 'm'));
+    expect(await readExt4File(rootPlain, '/etc/crypttab')).toMatch(new RegExp(`^cryptroot\\s+UUID=${manifest.luks.uuid}\\s+none\\s+luks,discard,initramfs,nofail$`, 'm'));
     const fstab = await readExt4File(rootPlain, '/etc/fstab');
     expect(fstab).toMatch(/^\/dev\/mapper\/cryptroot\s+\/\s+ext4/m);
     expect(fstab).toContain(`UUID=${manifest.filesystems.bootUuid}\t/boot\t`);

@@ -93,3 +93,22 @@ describe('root growth check', () => {
     expect(names.indexOf('systemctl is-system-running')).toBeLessThan(names.indexOf(ROOT_GROWTH_CHECK.name));
   });
 });
+
+describe('mount checks', () => {
+  const boot = guestChecks(MANIFEST, PLAIN).find((c) => c.name === '/boot mounted (ext4)')!;
+
+  it('starts the mount unit first: /boot is an automount, the ESP a nofail mount', () => {
+    expect(boot.command).toMatch(/^systemctl start "\$\(systemd-escape -p --suffix=mount \/boot\)" 2>&1; findmnt -n -o SOURCE,FSTYPE \/boot$/);
+  });
+
+  it('judges the file system mounted over the automount', () => {
+    expect(boot.judge('systemd-1 autofs\n/dev/vda3 ext4\n')).toMatchObject({ ok: true, detail: '/dev/vda3 ext4' });
+  });
+
+  it('fails an automount that never mounted, and says why', () => {
+    expect(boot.judge('systemd-1 autofs\n').ok).toBe(false);
+    const failed = boot.judge('Job for boot.mount failed.\n');
+    expect(failed).toMatchObject({ ok: false, detail: 'Job for boot.mount failed.' });
+    expect(boot.judge('').detail).toBe('not mounted');
+  });
+});

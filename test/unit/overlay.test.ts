@@ -1,5 +1,6 @@
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { templateData } from '../../src/pipeline/build.js';
 import { BASE_OVERLAY, renderOverlays, resolveInRoot, writeOverlayFiles, type RenderedFile } from '../../src/pipeline/overlay.js';
@@ -44,6 +45,7 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/hosts',
       'etc/initramfs-tools/conf.d/keylessgo.conf',
       'etc/initramfs-tools/hooks/keylessgo-config-drive',
+      'etc/initramfs-tools/hooks/keylessgo-crypttab',
       'etc/initramfs-tools/hooks/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-premount/keylessgo-grow-root',
       'etc/initramfs-tools/scripts/init-top/keylessgo-config-drive',
@@ -68,16 +70,29 @@ describe('the base overlay rendered for the default recipe', () => {
     expect(off['etc/initramfs-tools/conf.d/keylessgo.conf']).toMatch(/^KEYLESSGO_GROW_ROOT=no$/m);
   });
 
-  it('crypttab unlocks the LUKS UUID in the initramfs', () => {
-    expect(files['etc/crypttab']).toMatch(new RegExp(`^cryptroot\\s+UUID=${IDS.luksUuid}\\s+none\\s+luks,discard,initramfs$`, 'm'));
+  it('crypttab unlocks the LUKS UUID in the initramfs; after it, systemd does not wait for its disk', () => {
+    expect(files['etc/crypttab']).toMatch(new RegExp(`^cryptroot\\s+UUID=${IDS.luksUuid}\\s+none\\s+luks,discard,initramfs,nofail$`, 'm'));
   });
 
-  it('fstab mounts the mapper root, /boot by UUID and the ESP by volume id XXXX-XXXX', () => {
-    const entries = files['etc/fstab']!.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/).slice(0, 3));
+  it('the initramfs hook drops crypttab\'s "nofail", which only systemd knows, and nothing else', async () => {
+    const hook = join(BASE_OVERLAY, 'etc/initramfs-tools/hooks/keylessgo-crypttab');
+    expect((await execa('sh', [hook, 'prereqs'])).stdout).toBe('cryptroot');
+    const destdir = await tempDir();
+    await mkdir(join(destdir, 'cryptroot'));
+    const entries = ['cryptroot\tUUID=a\tnone\tluks,discard,initramfs,nofail', 'data UUID=b none nofail,luks', 'swap UUID=c none luks,nofail,discard', 'other UUID=d none luks'];
+    await writeFile(join(destdir, 'cryptroot/crypttab'), `${entries.join('\n')}\n`);
+    await execa('sh', [hook], { env: { DESTDIR: destdir } });
+    expect(await readFile(join(destdir, 'cryptroot/crypttab'), 'utf8')).toBe('cryptroot\tUUID=a\tnone\tluks,discard,initramfs\ndata UUID=b none luks\nswap UUID=c none luks,discard\nother UUID=d none luks\n');
+    // No crypttab in the initramfs (no encrypted volume): nothing to do, and no error.
+    await execa('sh', [hook], { env: { DESTDIR: await tempDir() } });
+  });
+
+  it('fstab mounts the mapper root, /boot by UUID and the ESP by volume id XXXX-XXXX, /boot and the ESP without holding up the boot', () => {
+    const entries = files['etc/fstab']!.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/).slice(0, 4));
     expect(entries).toEqual([
-      ['/dev/mapper/cryptroot', '/', 'ext4'],
-      [`UUID=${IDS.bootFsUuid}`, '/boot', 'ext4'],
-      ['UUID=A1B2-C3D4', '/boot/efi', 'vfat'],
+      ['/dev/mapper/cryptroot', '/', 'ext4', 'errors=remount-ro'],
+      [`UUID=${IDS.bootFsUuid}`, '/boot', 'ext4', 'defaults,nodev,nosuid,x-systemd.automount,nofail'],
+      ['UUID=A1B2-C3D4', '/boot/efi', 'vfat', 'umask=0077,shortname=winnt,nofail'],
     ]);
   });
 
