@@ -96,6 +96,13 @@ describe('the base overlay rendered for the default recipe', () => {
     ]);
   });
 
+  it('the config drive service keeps its temporary files out of /tmp, which systemd-tmpfiles-setup empties beside it', () => {
+    const unit = files['etc/systemd/system/keylessgo-config-drive.service']!;
+    expect(unit).toMatch(/^DefaultDependencies=no$/m);
+    expect(unit).toMatch(/^RuntimeDirectory=keylessgo-config-drive$/m);
+    expect(unit).toMatch(/^Environment=TMPDIR=\/run\/keylessgo-config-drive$/m);
+  });
+
   it('dropbear runs without passwords or forwarding, with the idle timeout', () => {
     expect(files['etc/dropbear/initramfs/dropbear.conf']).toContain('DROPBEAR_OPTIONS="-s -j -k -p 22 -I 180"\n');
   });
