@@ -5,7 +5,8 @@
  * mount, temp dir, cache lock, partial entry or incoming .deb directory of ours, no output
  * (partial or final), and an exit code and message that name what happened. Builds use the
  * run's warm stage cache.
- * After a SIGKILL (no cleanup possible) the next build reaps what the dead one left.
+ * After a SIGKILL of a build and its children (no cleanup possible) the next build reaps what
+ * the dead one left.
  */
 import { execa, type ResultPromise } from 'execa';
 import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
@@ -167,6 +168,45 @@ async function pollFor(condition: () => Promise<boolean>, seconds: number, what:
 const stageStarted = (child: ResultPromise<{ all: true; reject: false }>, stage: string) =>
   new Promise<void>((resolve) => child.all!.on('data', (chunk: Buffer) => chunk.toString().includes(`"event":"stage-start","stage":"${stage}"`) && resolve()));
 
+/** The processes whose parent is in `pids`, not in it themselves (from /proc). */
+async function childrenOf(pids: Set<number>): Promise<number[]> {
+  const found: number[] = [];
+  for (const name of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (pids.has(ppid) && !pids.has(Number(name))) found.push(Number(name));
+  }
+  return found;
+}
+
+/**
+ * SIGKILLs a build and everything it started, as the OOM killer or a lost shell session may:
+ * stopped first, top down, so that none starts another or cleans up. (An orphaned mmdebstrap
+ * would otherwise run on and, on its next write to the dead build's pipe, unmount its own
+ * mounts, or not, depending on where it was.)
+ */
+async function killTree(pid: number): Promise<void> {
+  const tree = new Set<number>();
+  for (let next = [pid]; next.length > 0; next = await childrenOf(tree)) {
+    for (const member of next) {
+      tree.add(member);
+      try {
+        process.kill(member, 'SIGSTOP');
+      } catch {
+        // gone already
+      }
+    }
+  }
+  for (const member of tree) {
+    try {
+      process.kill(member, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+}
+
 describe('SIGKILL (no cleanup at all): the next build reaps what the dead one left', () => {
   it('during mmdebstrap (its mounts), encryption (the loop device) and export; each next build reaps, the last succeeds', async () => {
     const recipe = await recipeFile('faults');
@@ -174,11 +214,11 @@ describe('SIGKILL (no cleanup at all): the next build reaps what the dead one le
     const leftoverCounts: Array<Record<string, number>> = [];
     const outputs: string[] = [];
     const started = performance.now();
-    /** Starts a build, SIGKILLs it once `ready` resolves, and records what it left. */
+    /** Starts a build, SIGKILLs it and its children once `ready` resolves, and records what it left. */
     const killWhen = async (ready: (child: ResultPromise<{ all: true; reject: false }>) => Promise<void>, extraArgs: string[] = []) => {
       const child = startBuild(recipe, await mkdtemp(join(dir, 'killed-')), {}, extraArgs);
       await ready(child);
-      child.kill('SIGKILL');
+      await killTree(child.pid!);
       const done = await child;
       outputs.push(String(done.all));
       expect(done.signal).toBe('SIGKILL');
