@@ -3,8 +3,8 @@
  * sha256sum here). A disk image is mostly holes: the caller names the ranges that may hold
  * data, and the rest is hashed from a zero buffer without reading it from the file.
  */
-import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
 import type { ByteRange } from '../host/ext4.js';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
@@ -35,35 +35,55 @@ export function hashPieces(size: number, dataRanges: readonly ByteRange[]): Piec
   return pieces;
 }
 
+interface HashJob {
+  path: string;
+  pieces: Piece[];
+  chunkBytes: number;
+}
+
+/**
+ * The worker's code. It runs from its source text (eval), so the same code works from the
+ * compiled dist/ and under the test runner, which has no compiled file to point a worker at.
+ * It may use only what it requires itself.
+ */
+function hashWorker(): void {
+  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const { closeSync, openSync, readSync } = require('node:fs') as typeof import('node:fs');
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
+  const { path, pieces, chunkBytes } = workerData as HashJob;
+  const zeros = Buffer.alloc(chunkBytes);
+  const buffer = Buffer.allocUnsafe(chunkBytes);
+  const fd = openSync(path, 'r');
+  try {
+    const hash = createHash('sha256');
+    for (const piece of pieces) {
+      if (!piece.read) {
+        hash.update(zeros.subarray(0, piece.length));
+        continue;
+      }
+      const bytesRead = readSync(fd, buffer, 0, piece.length, piece.start);
+      if (bytesRead !== piece.length) throw new Error(`short read from ${path} at ${piece.start}`);
+      hash.update(buffer.subarray(0, piece.length));
+    }
+    parentPort!.postMessage(hash.digest('hex'));
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * Hex SHA-256 of `path`. Without `dataRanges` the whole file is read; with them, bytes outside
- * every range must be zeros (holes, or never written), or the hash is wrong.
+ * every range must be zeros (holes, or never written), or the hash is wrong. The hashing runs in
+ * a worker thread: hashes of several files, and the main thread's own work, run side by side.
  */
 export async function sha256File(path: string, dataRanges?: readonly ByteRange[]): Promise<string> {
-  const file = await open(path, 'r');
-  try {
-    const { size } = await file.stat();
-    const pieces = hashPieces(size, dataRanges ?? [{ start: 0, length: size }]);
-    const zeros = Buffer.alloc(CHUNK_BYTES);
-    // Two buffers: the next piece is read while the current one is hashed.
-    const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)];
-    const load = async (index: number): Promise<Buffer> => {
-      const piece = pieces[index]!;
-      if (!piece.read) return zeros.subarray(0, piece.length);
-      const buffer = buffers[index % 2]!;
-      const { bytesRead } = await file.read(buffer, 0, piece.length, piece.start);
-      if (bytesRead !== piece.length) throw new Error(`short read from ${path} at ${piece.start}`);
-      return buffer.subarray(0, piece.length);
-    };
-    const hash = createHash('sha256');
-    let next = pieces.length > 0 ? load(0) : undefined;
-    for (let index = 0; next; index++) {
-      const current = await next;
-      next = index + 1 < pieces.length ? load(index + 1) : undefined;
-      hash.update(current);
-    }
-    return hash.digest('hex');
-  } finally {
-    await file.close();
-  }
+  const { size } = await stat(path);
+  const job: HashJob = { path, pieces: hashPieces(size, dataRanges ?? [{ start: 0, length: size }]), chunkBytes: CHUNK_BYTES };
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(`(${hashWorker.toString()})()`, { eval: true, workerData: job });
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    // After the digest arrived this rejection changes nothing.
+    worker.once('exit', (code) => reject(new Error(`hashing ${path}: worker exited with code ${code} before it finished`)));
+  });
 }

@@ -4,8 +4,9 @@
  * and kernel command line. Every output is written under a *.partial name; the runner
  * renames the set once the build succeeded.
  *
- * Host commands: qemu-img, sfdisk (-J for the manifest's partition table). Hashes are computed
- * in Node (OpenSSL's SHA-256), the raw image's holes from zeros in memory, not read from disk.
+ * Host commands: sfdisk (-J for the manifest's partition table), qemu-img (a compressed qcow2
+ * only; formats/qcow2.ts writes the uncompressed one). Hashes are computed in Node (OpenSSL's
+ * SHA-256), the raw image's holes from zeros in memory, not read from disk.
  */
 import { copyFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -13,6 +14,8 @@ import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
 import type { ByteRange } from '../host/ext4.js';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import { sha256File } from '../pipeline/sparse-sha256.js';
+import { writeQcow2 } from '../formats/qcow2.js';
+import { allSettledOrThrow } from '../base/settle.js';
 import { defineStage } from '../pipeline/stage.js';
 import { SUITE_VERSIONS, type Recipe } from '../recipe/schema.js';
 import { packageList } from './bootstrap.js';
@@ -86,8 +89,9 @@ export function rawDataRanges(layout: PartitionLayout, encryptedRanges: readonly
   ];
 }
 
-export function qemuImgConvertArgs(raw: string, qcow2: string, compress: boolean): string[] {
-  return ['convert', '-f', 'raw', '-O', 'qcow2', ...(compress ? ['-c'] : []), '-o', 'compat=1.1', raw, qcow2];
+/** qemu-img writes the compressed qcow2 (zlib clusters); an uncompressed one is written by writeQcow2. */
+export function qemuImgConvertArgs(raw: string, qcow2: string): string[] {
+  return ['convert', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compat=1.1', raw, qcow2];
 }
 
 /** The manifest: what is in the image, how it was built, and what the boot test compares against. */
@@ -138,7 +142,7 @@ export const exportStage = defineStage({
   // Everything the manifest reports, so every other stage.
   needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'tang', 'boundKeyslots', 'bootUsedBytes'],
   produces: [],
-  hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') ? ['qemu-img'] : []), 'sfdisk'],
+  hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') && recipe.output.compress ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
     const { recipe, outDir } = ctx;
     // Read through the loop device: sfdisk reads a plain file as 512-byte sectors, whatever the GPT's.
@@ -146,26 +150,28 @@ export const exportStage = defineStage({
     await ctx.state.loop!.handle.release();
     const rawPartial = ctx.state.rawPartial!;
 
-    // The raw image is hashed on this thread while qemu-img converts it on the other core; the
-    // qcow2 (not written in order, so not hashable while written) is hashed once complete.
+    // The raw image is hashed in a worker thread while this thread writes the qcow2, hashing it
+    // as it goes; a compressed qcow2 comes from qemu-img and is hashed once complete.
     // Without raw in the formats the disk file is only the qcow2's source: not hashed, not published.
     const hashed: Array<Promise<{ file: PendingOutput; sha256: string }>> = [];
     const hash = (file: PendingOutput, dataRanges?: readonly ByteRange[]) => sha256File(file.partial, dataRanges).then((sha256) => ({ file, sha256 }));
+    const { encryptedRanges } = ctx.state;
+    const dataRanges = encryptedRanges && rawDataRanges(ctx.state.layout!, encryptedRanges);
     if (recipe.output.formats.includes('raw')) {
-      const raw: PendingOutput = { partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' };
-      const { encryptedRanges } = ctx.state;
-      hashed.push(hash(raw, encryptedRanges && rawDataRanges(ctx.state.layout!, encryptedRanges)));
+      hashed.push(hash({ partial: rawPartial, final: join(outDir, `${recipe.name}.raw`), format: 'raw' }, dataRanges));
     }
     if (recipe.output.formats.includes('qcow2')) {
       const qcow2: PendingOutput = { partial: join(outDir, `${recipe.name}.qcow2.partial`), final: join(outDir, `${recipe.name}.qcow2`), format: 'qcow2' };
       ctx.cleanup.add(`remove ${qcow2.partial}`, () => rm(qcow2.partial, { force: true }));
-      hashed.push(ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, qcow2.partial, recipe.output.compress)).then(() => hash(qcow2)));
+      hashed.push(
+        recipe.output.compress
+          ? ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, qcow2.partial)).then(() => hash(qcow2))
+          : writeQcow2({ raw: rawPartial, qcow2: qcow2.partial, dataRanges: dataRanges ?? [{ start: 0, length: ctx.state.layout!.diskBytes }], signal: ctx.signal }).then((sha256) => ({ file: qcow2, sha256 })),
+      );
     }
     if (ctx.exportBoot) hashed.push(...(await writeBootFiles(ctx)).map((file) => hash(file)));
-    // Settled, not raced: a failed hash must not let cleanup remove files qemu-img is still writing.
-    const settled = await Promise.allSettled(hashed);
-    for (const result of settled) if (result.status === 'rejected') throw result.reason;
-    const results = settled.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    // Settled, not raced: a failed hash must not let cleanup remove files still being written.
+    const results = await allSettledOrThrow(hashed);
     const pending = results.map((r) => r.file);
     for (const { file, sha256 } of results) {
       const { size } = await stat(file.partial);

@@ -91,9 +91,9 @@ describe('rawDataRanges', () => {
 
 describe('export stage', () => {
   /** A small partitioned disk file with data in the ESP, the LUKS header area and a few root ranges, exported to `formats`. */
-  async function exportDisk(formats: string) {
+  async function exportDisk(formats: string, compress = false) {
     const work = await tempDir();
-    const recipe = recipeWith(`disk: {size: 1GiB, esp: 32MiB, boot: 128MiB}\noutput: {formats: ${formats}}\n`);
+    const recipe = recipeWith(`disk: {size: 1GiB, esp: 32MiB, boot: 128MiB}\noutput: {formats: ${formats}, compress: ${compress}}\n`);
     const layout = partitionLayout(recipe.disk);
     const rawPartial = join(work, 'test.raw.partial');
     const encryptedRanges = [{ start: 0, length: 3 * MiB }, { start: 200 * MiB, length: 4096 }];
@@ -133,10 +133,20 @@ describe('export stage', () => {
     const sums = await readFile(join(work, 'SHA256SUMS'), 'utf8');
     expect(sums).toBe(ctx.state.outputs.map((o) => `${o.sha256}  ${o.path.split('/').pop()}\n`).join(''));
     expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.raw: OK\ntest.qcow2: OK');
+    await execa('qemu-img', ['check', join(work, 'test.qcow2')]);
     await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', join(work, 'test.raw'), join(work, 'test.qcow2')]);
     const manifest = JSON.parse(await readFile(join(work, 'manifest.json'), 'utf8')) as { outputs: Array<{ sha256: string }>; hostToolSeconds: Record<string, number> };
     expect(manifest.outputs.map((o) => o.sha256)).toEqual(ctx.state.outputs.map((o) => o.sha256));
-    expect(Object.keys(manifest.hostToolSeconds).sort()).toEqual(['qemu-img', 'sfdisk']);
+    // The uncompressed qcow2 is keylessgo's own (formats/qcow2.ts), not qemu-img's.
+    expect(Object.keys(manifest.hostToolSeconds).sort()).toEqual(['sfdisk']);
+  });
+
+  it('has qemu-img write a compressed qcow2, and hashes it', async () => {
+    const { work, ctx } = await exportDisk('[qcow2]', true);
+    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.qcow2: OK');
+    const info = JSON.parse((await execa('qemu-img', ['check', '--output=json', join(work, 'test.qcow2')])).stdout) as { 'compressed-clusters': number };
+    expect(info['compressed-clusters']).toBeGreaterThan(0);
+    expect(Object.keys(ctx.host.clock.seconds).sort()).toEqual(['qemu-img', 'sfdisk']);
   });
 
   it('without raw in the formats makes the qcow2 from the disk file and neither hashes nor publishes the raw', async () => {
