@@ -15,6 +15,7 @@ import { LUKS_DATA_OFFSET_BYTES, LUKS_JSON_DUMP_ARGS, luksDump, luksFormatArgs, 
 import { EXT4_BLOCK_BYTES, ext4UsedRanges, mkfsExt4Args } from '../host/ext4.js';
 import { encryptRanges } from '../luks/encrypt-ranges.js';
 import { withTreeView } from '../host/mounts.js';
+import { allSettledOrThrow } from '../base/settle.js';
 import { defineStage } from '../pipeline/stage.js';
 import { formatSize } from '../recipe/size.js';
 import { partitionByRole } from './partition.js';
@@ -32,15 +33,17 @@ export const encryptStage = defineStage({
     const plaintext = join(ctx.workDir, 'root.ext4');
     ctx.cleanup.add(`remove ${plaintext}`, () => rm(plaintext, { force: true }));
     const blocks = Math.floor((root.sizeBytes - LUKS_DATA_OFFSET_BYTES) / EXT4_BLOCK_BYTES);
-    // /boot is its own filesystem and the initramfs and bootloader stages write to /boot and /tmp meanwhile.
-    await withTreeView(ctx.host, ctx.cleanup, ctx.rootfs, join(ctx.workDir, 'root-view'), ['boot', 'tmp'], (tree) =>
-      ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: ctx.ids.rootFsUuid, blocks })),
-    );
-
     const volumeKey = randomBytes(luks.keySize / 8);
     try {
       const volumeKeyFile = await ctx.secrets.put('volume-key', volumeKey, ctx.log.redactor);
-      await ctx.host.run('cryptsetup', luksFormatArgs({ device, uuid: ctx.ids.luksUuid, keyFile: ctx.passphraseFile, volumeKeyFile, luks }));
+      // The header (its KDF, ~0.7 s) is written while mkfs.ext4 fills the plaintext image: neither needs the other.
+      await allSettledOrThrow([
+        // /boot is its own filesystem and the initramfs and bootloader stages write to /boot and /tmp meanwhile.
+        withTreeView(ctx.host, ctx.cleanup, ctx.rootfs, join(ctx.workDir, 'root-view'), ['boot', 'tmp'], (tree) =>
+          ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: ctx.ids.rootFsUuid, blocks })),
+        ),
+        ctx.host.run('cryptsetup', luksFormatArgs({ device, uuid: ctx.ids.luksUuid, keyFile: ctx.passphraseFile, volumeKeyFile, luks })),
+      ]);
       const summary = await luksDump(ctx.host, device);
       if (summary.version !== 2 || summary.uuid !== ctx.ids.luksUuid || summary.keyslots.join(',') !== '0' || summary.dataOffsetBytes !== LUKS_DATA_OFFSET_BYTES) {
         throw new Error(`unexpected LUKS header: version ${summary.version}, uuid ${summary.uuid}, keyslots [${summary.keyslots.join(',')}], data offset ${summary.dataOffsetBytes}`);
