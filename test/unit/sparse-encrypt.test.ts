@@ -5,13 +5,13 @@
  * Real mkfs.ext4 and cryptsetup on small files (no device-mapper needed).
  */
 import { execa } from 'execa';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LUKS_DATA_OFFSET_BYTES, luksFormatArgs, parseLuksDump } from '../../src/host/cryptsetup.js';
 import { EXT4_BLOCK_BYTES, mkfsExt4Args, usedBytesFromSuperblock, usedRangesFromDumpe2fs, type ByteRange } from '../../src/host/ext4.js';
-import { encryptRanges, nodeCipherName } from '../../src/luks/encrypt-ranges.js';
+import { ecbCipherName, encryptRanges } from '../../src/luks/encrypt-ranges.js';
 import { recipeWith, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -45,11 +45,12 @@ describe('usedBytesFromSuperblock', () => {
   });
 });
 
-describe('nodeCipherName', () => {
-  it('maps LUKS key sizes to AES-XTS variants and refuses others', () => {
-    expect(nodeCipherName('aes-xts-plain64', 512)).toBe('aes-256-xts');
-    expect(nodeCipherName('aes-xts-plain64', 256)).toBe('aes-128-xts');
-    expect(() => nodeCipherName('serpent-xts-plain64', 512)).toThrow(/unsupported cipher/);
+describe('ecbCipherName', () => {
+  it('maps LUKS key sizes to the AES-ECB of one half of the XTS key and refuses others', () => {
+    expect(ecbCipherName('aes-xts-plain64', 512)).toBe('aes-256-ecb');
+    expect(ecbCipherName('aes-xts-plain64', 256)).toBe('aes-128-ecb');
+    expect(() => ecbCipherName('serpent-xts-plain64', 512)).toThrow(/unsupported cipher/);
+    expect(() => ecbCipherName('aes-xts-plain64', 384)).toThrow(/unsupported key size/);
   });
 });
 
@@ -124,5 +125,55 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     // And the plaintext marker is nowhere in our output.
     const whole = await readRange(ours, 0, LUKS_DATA_OFFSET_BYTES + fsBytes);
     expect(whole.includes('plaintext marker')).toBe(false);
+  });
+});
+
+describe('encryptRanges against Node\'s aes-xts', () => {
+  const TiB = 1024 * 1024 * MiB;
+  // Sector numbers (in 512-byte units) beyond 2^32 catch an IV cut to 32 bits; a range over 4 MiB spans chunks and ECB pieces.
+  const rangesFor = (sectorSize: number): ByteRange[] => [
+    { start: sectorSize, length: 3 * sectorSize },
+    { start: 2 * TiB - 2 * MiB, length: 4 * MiB + 64 * 1024 + 3 * sectorSize },
+    { start: 7 * TiB + 12345 * sectorSize, length: 5 * sectorSize },
+  ];
+
+  it.each([
+    [64, 4096],
+    [64, 512],
+    [32, 4096],
+    [32, 512],
+  ])('encrypts each sector as createCipheriv does (%d-byte key, %d-byte sectors)', async (keyBytes, sectorSize) => {
+    const work = await tempDir();
+    const plaintext = join(work, 'plain.img');
+    const target = join(work, 'target.img');
+    const ranges = rangesFor(sectorSize);
+    const dataOffsetBytes = 16 * MiB;
+    const end = Math.max(...ranges.map((r) => r.start + r.length));
+    // Sparse files: only the ranges hold data.
+    const plain = await open(plaintext, 'w');
+    for (const range of ranges) await plain.write(randomBytes(range.length), 0, range.length, range.start);
+    await plain.close();
+    await writeFile(target, '');
+    await truncate(target, dataOffsetBytes + end);
+    const volumeKey = randomBytes(keyBytes);
+
+    const written = await encryptRanges({ plaintext, target, dataOffsetBytes, ranges, cipher: 'aes-xts-plain64', volumeKey, sectorSize, workers: 2 });
+    expect(written).toBe(ranges.reduce((sum, r) => sum + r.length, 0));
+
+    for (const range of ranges) {
+      const input = await readRange(plaintext, range.start, range.length);
+      const expected = Buffer.alloc(range.length);
+      for (let at = 0; at < range.length; at += sectorSize) {
+        const iv = Buffer.alloc(16);
+        iv.writeBigUInt64LE(BigInt((range.start + at) / 512));
+        const cipher = createCipheriv(`aes-${(keyBytes / 2) * 8}-xts`, volumeKey, iv);
+        Buffer.concat([cipher.update(input.subarray(at, at + sectorSize)), cipher.final()]).copy(expected, at);
+      }
+      const actual = await readRange(target, dataOffsetBytes + range.start, range.length);
+      // Compared sector by sector so that a failure names the first wrong one.
+      for (let at = 0; at < range.length; at += sectorSize) {
+        expect(actual.subarray(at, at + sectorSize).equals(expected.subarray(at, at + sectorSize)), `sector at byte ${range.start + at}`).toBe(true);
+      }
+    }
   });
 });
