@@ -15,12 +15,15 @@ export interface Ext4FromTree {
   uuid: string;
   /** Filesystem size in blocks; the whole device when absent. */
   blocks?: number;
+  /** Where the filesystem starts in `image` (a file); at its start when absent. */
+  offsetBytes?: number;
 }
 
-export function mkfsExt4Args({ image, tree, label, uuid, blocks }: Ext4FromTree): string[] {
+export function mkfsExt4Args({ image, tree, label, uuid, blocks, offsetBytes }: Ext4FromTree): string[] {
   // lazy_itable_init=0: otherwise the machine zeroes the inode tables through dm-crypt in the
   // background at first boot.
-  return ['-q', '-F', '-t', 'ext4', '-b', String(EXT4_BLOCK_BYTES), '-E', 'lazy_itable_init=0', '-L', label, '-U', uuid, '-d', tree, image, ...(blocks === undefined ? [] : [String(blocks)])];
+  const extended = ['lazy_itable_init=0', ...(offsetBytes ? [`offset=${offsetBytes}`] : [])].join(',');
+  return ['-q', '-F', '-t', 'ext4', '-b', String(EXT4_BLOCK_BYTES), '-E', extended, '-L', label, '-U', uuid, '-d', tree, image, ...(blocks === undefined ? [] : [String(blocks)])];
 }
 
 /** A byte range of the filesystem image. */
@@ -58,8 +61,9 @@ export function usedRangesFromDumpe2fs(text: string): ByteRange[] {
   return used;
 }
 
-export async function ext4UsedRanges(host: HostRunner, image: string): Promise<ByteRange[]> {
-  return usedRangesFromDumpe2fs(await host.run('dumpe2fs', [image]));
+/** The used ranges of the filesystem starting `offsetBytes` into `image` (e2fsprogs' `?offset=` I/O option), relative to that start. */
+export async function ext4UsedRanges(host: HostRunner, image: string, offsetBytes = 0): Promise<ByteRange[]> {
+  return usedRangesFromDumpe2fs(await host.run('dumpe2fs', [offsetBytes ? `${image}?offset=${offsetBytes}` : image]));
 }
 
 /** Bytes in use (all blocks minus free blocks), from `dumpe2fs -h`. */

@@ -32,6 +32,8 @@ export function ecbCipherName(cipher: string, keySizeBits: number): string {
 
 export interface EncryptRanges {
   plaintext: string;
+  /** Where the plaintext filesystem starts in its file. The target itself, at dataOffsetBytes, is encrypted in place. */
+  plaintextOffsetBytes?: number;
   /** The file (or device) to write into; the LUKS2 data segment starts at dataOffsetBytes. */
   target: string;
   dataOffsetBytes: number;
@@ -214,7 +216,7 @@ export async function encryptRanges(options: EncryptRanges): Promise<number> {
         while (inFlight.size >= workerCount * CHUNKS_IN_FLIGHT_PER_WORKER) await Promise.race(inFlight);
         const length = Math.min(CHUNK_BYTES, range.start + range.length - offset);
         const buffer = freeBuffers.pop() ?? new ArrayBuffer(CHUNK_BYTES);
-        const { bytesRead } = await source.read(new Uint8Array(buffer), 0, length, offset);
+        const { bytesRead } = await source.read(new Uint8Array(buffer), 0, length, (options.plaintextOffsetBytes ?? 0) + offset);
         if (bytesRead !== length) throw new Error(`short read from ${options.plaintext} at ${offset}`);
         const chunkOffset = offset;
         const job = pool.encrypt(buffer, length, chunkOffset).then(async (encrypted) => {

@@ -71,21 +71,13 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     [4096, 1],
     [512, 1],
     [4096, 4],
-  ])('writes the same ciphertext as cryptsetup for every used block (%d-byte sectors, %d workers) and nothing else', async (sectorSize, workers) => {
+  ])('writes the same ciphertext as cryptsetup for every used block (%d-byte sectors, %d workers), in place, and nothing else', async (sectorSize, workers) => {
     const work = await tempDir();
     const tree = join(work, 'tree');
     await mkdir(join(tree, 'etc'), { recursive: true });
     await writeFile(join(tree, 'etc/random.bin'), randomBytes(17 * MiB + 123));
     await writeFile(join(tree, 'etc/text'), 'plaintext marker\n'.repeat(1000));
-    const plaintext = join(work, 'root.ext4');
     const fsBytes = 64 * MiB;
-    await execa('mkfs.ext4', mkfsExt4Args({ image: plaintext, tree, label: 'root', uuid: '11111111-2222-4333-8444-555555555555', blocks: fsBytes / EXT4_BLOCK_BYTES }));
-    const ranges: ByteRange[] = usedRangesFromDumpe2fs((await execa('dumpe2fs', [plaintext])).stdout);
-    const usedBytes = ranges.reduce((sum, r) => sum + r.length, 0);
-    expect(usedBytes).toBe(usedBytesFromSuperblock((await execa('dumpe2fs', ['-h', plaintext])).stdout));
-    expect(usedBytes).toBeGreaterThan(4 * 4 * MiB);
-    expect(usedBytes).toBeLessThan(fsBytes / 2);
-
     const volumeKey = randomBytes(64);
     const volumeKeyFile = join(work, 'volume-key');
     const passphraseFile = join(work, 'passphrase');
@@ -93,12 +85,25 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     await writeFile(passphraseFile, randomBytes(12).toString('base64url'), { mode: 0o600 });
     const luks = recipeWith(`luks: {sectorSize: ${sectorSize}, pbkdf: {type: pbkdf2, iterations: 1000}}\n`).luks;
 
-    // Ours: header, then only the used blocks.
+    // Ours, as the encrypt stage does it: the header, and mkfs.ext4 into the data segment behind it.
     const ours = join(work, 'ours.img');
     await writeFile(ours, '');
     await truncate(ours, LUKS_DATA_OFFSET_BYTES + fsBytes);
     await execa('cryptsetup', luksFormatArgs({ device: ours, uuid: '22222222-2222-4333-8444-555555555555', keyFile: passphraseFile, volumeKeyFile, luks }));
-    const written = await encryptRanges({ plaintext, target: ours, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize, workers });
+    await execa('mkfs.ext4', mkfsExt4Args({ image: ours, offsetBytes: LUKS_DATA_OFFSET_BYTES, tree, label: 'root', uuid: '11111111-2222-4333-8444-555555555555', blocks: fsBytes / EXT4_BLOCK_BYTES }));
+    const atSegment = `${ours}?offset=${LUKS_DATA_OFFSET_BYTES}`;
+    const ranges: ByteRange[] = usedRangesFromDumpe2fs((await execa('dumpe2fs', [atSegment])).stdout);
+    const usedBytes = ranges.reduce((sum, r) => sum + r.length, 0);
+    expect(usedBytes).toBe(usedBytesFromSuperblock((await execa('dumpe2fs', ['-h', atSegment])).stdout));
+    expect(usedBytes).toBeGreaterThan(4 * 4 * MiB);
+    expect(usedBytes).toBeLessThan(fsBytes / 2);
+    const plaintextImage = await readRange(ours, LUKS_DATA_OFFSET_BYTES, fsBytes);
+    // mkfs wrote nothing but zeros outside the ranges it reports as used: those are all that encryption overwrites.
+    const outside = Buffer.from(plaintextImage);
+    for (const range of ranges) outside.fill(0, range.start, range.start + range.length);
+    expect(outside.equals(Buffer.alloc(fsBytes))).toBe(true);
+
+    const written = await encryptRanges({ plaintext: ours, plaintextOffsetBytes: LUKS_DATA_OFFSET_BYTES, target: ours, dataOffsetBytes: LUKS_DATA_OFFSET_BYTES, ranges, cipher: luks.cipher, volumeKey, sectorSize, workers });
     expect(written).toBe(usedBytes);
     const dump = parseLuksDump((await execa('cryptsetup', ['luksDump', ours])).stdout);
     expect(dump).toMatchObject({ version: 2, keyslots: [0], dataOffsetBytes: LUKS_DATA_OFFSET_BYTES });
@@ -106,7 +111,7 @@ describe('encryptRanges against cryptsetup reencrypt', () => {
     // Oracle: cryptsetup encrypts a copy of the whole plaintext with the same volume key.
     const reduce = 16 * MiB;
     const oracle = join(work, 'oracle.img');
-    await writeFile(oracle, await readRange(plaintext, 0, fsBytes));
+    await writeFile(oracle, plaintextImage);
     await truncate(oracle, fsBytes + reduce);
     await execa('cryptsetup', [
       'reencrypt', '--encrypt', '--batch-mode', '--type', 'luks2', '--reduce-device-size', '16M', '--cipher', luks.cipher, '--key-size', String(luks.keySize),
