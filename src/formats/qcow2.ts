@@ -29,25 +29,37 @@ const SECTOR_BYTES = 512;
 /** Data is read and written in runs of up to this many bytes (a whole number of clusters). */
 const RUN_BYTES = 4 * 1024 * 1024;
 
-/** Cluster indexes of the disk that hold anything but zeros, ascending. Only clusters that meet a data range are read. */
-export async function nonZeroClusters(file: FileHandle, diskBytes: number, dataRanges: readonly ByteRange[]): Promise<number[]> {
-  const candidates = clusterSpans(diskBytes, dataRanges);
+/**
+ * Cluster indexes of the disk to store, ascending: those of `knownDataRanges` as they are, and
+ * of the other clusters that meet a data range, those that hold anything but zeros (read to tell).
+ */
+export async function storedClusters(file: FileHandle, diskBytes: number, dataRanges: readonly ByteRange[], knownDataRanges: readonly ByteRange[] = []): Promise<number[]> {
+  const clustersPerRun = RUN_BYTES / QCOW2_CLUSTER_BYTES;
+  const stored = new Uint8Array(Math.ceil(diskBytes / QCOW2_CLUSTER_BYTES));
+  for (const span of clusterSpans(diskBytes, knownDataRanges)) stored.fill(1, span.first, span.end);
   const buffer = Buffer.allocUnsafe(RUN_BYTES);
   const zeros = Buffer.alloc(QCOW2_CLUSTER_BYTES);
-  const found: number[] = [];
-  for (const span of candidates) {
-    for (let first = span.first; first < span.end; first += RUN_BYTES / QCOW2_CLUSTER_BYTES) {
-      const count = Math.min(RUN_BYTES / QCOW2_CLUSTER_BYTES, span.end - first);
+  for (const span of clusterSpans(diskBytes, dataRanges)) {
+    for (let first = span.first; first < span.end; ) {
+      if (stored[first]) {
+        first++;
+        continue;
+      }
+      let count = 1;
+      while (count < clustersPerRun && first + count < span.end && !stored[first + count]) count++;
       const length = Math.min(count * QCOW2_CLUSTER_BYTES, diskBytes - first * QCOW2_CLUSTER_BYTES);
       await readFully(file, buffer, length, first * QCOW2_CLUSTER_BYTES);
       for (let index = 0; index < count; index++) {
         const start = index * QCOW2_CLUSTER_BYTES;
         const end = Math.min(start + QCOW2_CLUSTER_BYTES, length);
-        if (!buffer.subarray(start, end).equals(zeros.subarray(0, end - start))) found.push(first + index);
+        if (!buffer.subarray(start, end).equals(zeros.subarray(0, end - start))) stored[first + index] = 1;
       }
+      first += count;
     }
   }
-  return found;
+  const clusters: number[] = [];
+  stored.forEach((flag, cluster) => flag && clusters.push(cluster));
+  return clusters;
 }
 
 /** The clusters the data ranges touch, as sorted, merged spans [first, end). */
@@ -144,17 +156,19 @@ export interface WriteQcow2 {
   qcow2: string;
   /** Ranges of the raw file that may hold data; every byte outside them must be zero. */
   dataRanges: readonly ByteRange[];
+  /** Ranges with data in every cluster they touch (ciphertext): stored without being read for zeros first. */
+  knownDataRanges?: readonly ByteRange[];
   signal?: AbortSignal;
 }
 
 /** Writes the qcow2 and returns its hex SHA-256. */
-export async function writeQcow2({ raw, qcow2, dataRanges, signal }: WriteQcow2): Promise<string> {
+export async function writeQcow2({ raw, qcow2, dataRanges, knownDataRanges, signal }: WriteQcow2): Promise<string> {
   const source = await open(raw, 'r');
   try {
     const { size: diskBytes } = await source.stat();
     // qemu reads a qcow2's virtual size in whole sectors and would drop a partial one.
     if (diskBytes % SECTOR_BYTES !== 0) throw new Error(`${raw}: ${diskBytes} bytes is not a whole number of ${SECTOR_BYTES}-byte sectors`);
-    const clusters = await nonZeroClusters(source, diskBytes, dataRanges);
+    const clusters = await storedClusters(source, diskBytes, dataRanges, knownDataRanges);
     const { metadata } = planQcow2(diskBytes, clusters);
     const target = await open(qcow2, 'w');
     // Two buffers: the next run is read while the last one is written.

@@ -80,13 +80,14 @@ async function writeBootFiles(ctx: BuildContext): Promise<PendingOutput[]> {
  */
 export function rawDataRanges(layout: PartitionLayout, encryptedRanges: readonly ByteRange[]): ByteRange[] {
   const root = partitionByRole(layout, 'root');
-  const segmentStart = root.startBytes + LUKS_DATA_OFFSET_BYTES;
   const rootEnd = root.startBytes + root.sizeBytes;
-  return [
-    { start: 0, length: segmentStart },
-    ...encryptedRanges.map((r) => ({ start: segmentStart + r.start, length: r.length })),
-    { start: rootEnd, length: layout.diskBytes - rootEnd },
-  ];
+  return [{ start: 0, length: root.startBytes + LUKS_DATA_OFFSET_BYTES }, ...encryptedDiskRanges(layout, encryptedRanges), { start: rootEnd, length: layout.diskBytes - rootEnd }];
+}
+
+/** The encrypted ranges (relative to the root's data segment) as ranges of the disk. */
+function encryptedDiskRanges(layout: PartitionLayout, encryptedRanges: readonly ByteRange[]): ByteRange[] {
+  const segmentStart = partitionByRole(layout, 'root').startBytes + LUKS_DATA_OFFSET_BYTES;
+  return encryptedRanges.map((r) => ({ start: segmentStart + r.start, length: r.length }));
 }
 
 /** qemu-img writes the compressed qcow2 (zlib clusters); an uncompressed one is written by writeQcow2. */
@@ -166,7 +167,14 @@ export const exportStage = defineStage({
       hashed.push(
         recipe.output.compress
           ? ctx.host.run('qemu-img', qemuImgConvertArgs(rawPartial, qcow2.partial)).then(() => hash(qcow2))
-          : writeQcow2({ raw: rawPartial, qcow2: qcow2.partial, dataRanges: dataRanges ?? [{ start: 0, length: ctx.state.layout!.diskBytes }], signal: ctx.signal }).then((sha256) => ({ file: qcow2, sha256 })),
+          : writeQcow2({
+              raw: rawPartial,
+              qcow2: qcow2.partial,
+              dataRanges: dataRanges ?? [{ start: 0, length: ctx.state.layout!.diskBytes }],
+              // Ciphertext has no all-zero cluster: only the rest is read to find them.
+              knownDataRanges: encryptedRanges && encryptedDiskRanges(ctx.state.layout!, encryptedRanges),
+              signal: ctx.signal,
+            }).then((sha256) => ({ file: qcow2, sha256 })),
       );
     }
     if (ctx.exportBoot) hashed.push(...(await writeBootFiles(ctx)).map((file) => hash(file)));

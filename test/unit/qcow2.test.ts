@@ -78,6 +78,20 @@ describe('writeQcow2', () => {
     expect(converted.subarray(6 * MiB, 6 * MiB + CLUSTER).equals(Buffer.alloc(CLUSTER))).toBe(true);
   });
 
+  it('stores the clusters of known data ranges as they are, without reading them for zeros', async () => {
+    const work = await tempDir();
+    const raw = join(work, 'disk.raw');
+    await disk(raw, 8 * MiB, [{ start: 0, length: CLUSTER }], [{ start: MiB, length: MiB }]);
+    const allocated = async (knownDataRanges?: ByteRange[]) => {
+      const qcow2 = join(work, `out-${knownDataRanges?.length ?? 0}.qcow2`);
+      await writeQcow2({ raw, qcow2, dataRanges: [{ start: 0, length: 8 * MiB }], knownDataRanges });
+      await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, qcow2]);
+      return (JSON.parse((await execa('qemu-img', ['check', '--output=json', qcow2])).stdout) as { 'allocated-clusters': number })['allocated-clusters'];
+    };
+    expect(await allocated()).toBe(1);
+    expect(await allocated([{ start: MiB, length: MiB }])).toBe(1 + MiB / CLUSTER);
+  });
+
   it('refuses a disk whose size is not a whole number of 512-byte sectors (qemu would cut its end off)', async () => {
     const work = await tempDir();
     const raw = join(work, 'disk.raw');
