@@ -84,8 +84,13 @@ export class HostRunner {
     return new HostRunner(this.log, this.signal, this.clock);
   }
 
-  /** Called before each command (the build's fault injection); throwing stops the command. */
+  /** Called before each command and step (the build's fault injection); throwing stops it. */
   beforeCommand?: (display: string) => void;
+
+  /** Work done in-process that stands where a host command would: fault injection counts it as one. */
+  step(display: string): void {
+    this.beforeCommand?.(display);
+  }
 
   async run(file: string, args: readonly string[], options: RunOptions = {}): Promise<string> {
     const display = formatCommand(file, args);

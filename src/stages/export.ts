@@ -150,6 +150,7 @@ export const exportStage = defineStage({
     const partitionTable = JSON.parse(await ctx.host.run('sfdisk', ['--json', ctx.state.loop!.device])) as unknown;
     await ctx.state.loop!.handle.release();
     const rawPartial = ctx.state.rawPartial!;
+    ctx.host.step('hash the raw image and write the qcow2');
 
     // The raw image is hashed in a worker thread while this thread writes the qcow2, hashing it
     // as it goes; a compressed qcow2 comes from qemu-img and is hashed once complete.

@@ -144,6 +144,23 @@ describe('fault injection in the middle of a stage', () => {
     expect(ran).toEqual(['first']);
     expect(lines.join('\n')).toMatch(/stage two failed.*injected failure/s);
   });
+
+  it('counts a step of in-process work as a command', async () => {
+    const ran: string[] = [];
+    const commandThenStep = fakeStage('two', {
+      work: async (ctx) => {
+        await ctx.host.run('true', []);
+        ran.push('command');
+        ctx.host.step('in-process work');
+        ran.push('step');
+      },
+    });
+    process.env.KEYLESSGO_FAIL_AT = 'two:middle';
+    const { exitCode, lines } = await run([commandThenStep], 'human');
+    expect(exitCode).toBe(1);
+    expect(ran).toEqual(['command']);
+    expect(lines.join('\n')).toMatch(/stage two failed.*injected failure/s);
+  });
 });
 
 describe('runStages as a graph', () => {
