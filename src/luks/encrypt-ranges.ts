@@ -15,7 +15,8 @@
  */
 import { availableParallelism, endianness } from 'node:os';
 import { open } from 'node:fs/promises';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { sourceWorker } from '../base/source-worker.js';
 import type { ByteRange } from '../host/ext4.js';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
@@ -63,9 +64,7 @@ interface ChunkJob {
 }
 
 /**
- * The worker's code. It runs from its source text (eval), so the same code works from the
- * compiled dist/ and under the test runner, which has no compiled file to point a worker at.
- * It may use only what it requires itself.
+ * The worker's code, run by sourceWorker: it may use only what it requires itself.
  *
  * XTS (IEEE 1619, as OpenSSL and dm-crypt do it), with K1 the first half of the key and K2
  * the second: sector s's tweak seed is T = AES_K2(IV_s), block j of the sector is encrypted as
@@ -147,7 +146,7 @@ class CipherPool {
       // A copy of just the key: a clone of the Buffer would carry its whole backing store. The constructor serializes it, so this copy can go at once.
       const key = new Uint8Array(volumeKey);
       try {
-        return new Worker(`(${cipherWorker.toString()})()`, { eval: true, workerData: { ...setup, key } satisfies WorkerSetup });
+        return sourceWorker(cipherWorker, { ...setup, key } satisfies WorkerSetup);
       } finally {
         key.fill(0);
       }

@@ -4,7 +4,7 @@
  * data, and the rest is hashed from a zero buffer without reading it from the file.
  */
 import { stat } from 'node:fs/promises';
-import { Worker } from 'node:worker_threads';
+import { sourceWorker } from '../base/source-worker.js';
 import type { ByteRange } from '../host/ext4.js';
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
@@ -42,9 +42,7 @@ interface HashJob {
 }
 
 /**
- * The worker's code. It runs from its source text (eval), so the same code works from the
- * compiled dist/ and under the test runner, which has no compiled file to point a worker at.
- * It may use only what it requires itself.
+ * The worker's code, run by sourceWorker: it may use only what it requires itself.
  */
 function hashWorker(): void {
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
@@ -80,7 +78,7 @@ export async function sha256File(path: string, dataRanges?: readonly ByteRange[]
   const { size } = await stat(path);
   const job: HashJob = { path, pieces: hashPieces(size, dataRanges ?? [{ start: 0, length: size }]), chunkBytes: CHUNK_BYTES };
   return new Promise((resolve, reject) => {
-    const worker = new Worker(`(${hashWorker.toString()})()`, { eval: true, workerData: job });
+    const worker = sourceWorker(hashWorker, job);
     worker.once('message', resolve);
     worker.once('error', reject);
     // After the digest arrived this rejection changes nothing.
