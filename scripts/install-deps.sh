@@ -13,6 +13,7 @@ packages=(
   swtpm swtpm-tools              # boot-test --tpm: a TPM 2.0 for the VM
   time                           # max RSS of inspect in the hostile-image corpus test
   openssh-client                 # ssh-keygen, boot-test login
+  dropbear-bin                   # dropbearkey: the unit tests run the shell enroll sends to a machine
   clevis clevis-luks tang socat curl  # NBDE
   zstd cpio xz-utils bzip2 lz4   # initramfs inspection (every compressor initramfs-tools may use)
   gdisk genisoimage jq           # Ironic tests: IPA's sgdisk steps, a config drive, network_data.json conversion

@@ -2,6 +2,7 @@
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
+import { sshFingerprint } from '../recipe/authorized-keys.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from '../fleet/run.js';
 import type { SshEndpoint } from '../fleet/connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from '../fleet/host-keys.js';
@@ -53,6 +54,10 @@ export function formatEnrollReport(report: EnrollReport): string {
     ['bootstrap passphrase removed', report.bootstrapRemoved ? 'yes' : 'no'],
     ['recovery passphrase', `keyslot ${report.recovery.slot}: ${report.recovery.note}`],
     ['dropbear (SSH unlock fallback)', { 'regenerate-key': 'kept, new host key', keep: 'kept, host key unchanged', remove: 'removed' }[report.dropbear]],
+    ...report.dropbearHostKeys.map((line): [string, string] => {
+      const [type = '', base64 = ''] = line.split(/\s+/);
+      return ['  dropbear host key', `${type} ${sshFingerprint(Buffer.from(base64, 'base64'))}`];
+    }),
     ...Object.entries(report.stepSeconds).map(([name, seconds]): [string, string] => [`  ${name}`, `${seconds} s`]),
   ];
   const width = Math.max(...rows.map(([name]) => name.length));

@@ -28,8 +28,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { EnrollError } from '../errors.js';
 import { clevisPinConfig, type BoundTangServer, type Tpm2Pin } from '../host/clevis.js';
 import {
-  bindingDecrypts, detachedUnitCommand, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, shellQuote, slotOpenedBy, stageSecret,
-  succeeds, unbindCommand, unitActive, unitJournalCommand, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote,
+  bindingDecrypts, detachedUnitCommand, expectUnitDone, findRootDevice, followUnit, must, orphanClevisTokens, readBindings, readHeader, readStateFiles, shellQuote, slotOpenedBy,
+  stageSecret, succeeds, unbindCommand, unitActive, unitOutcome, wipeCommand, type ClevisBinding, type EnrollLog, type LuksHeader, type Remote, type UnitStep,
 } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
@@ -53,11 +53,69 @@ export interface EnrollOptions {
 
 export type DropbearAction = 'regenerate-key' | 'keep' | 'remove';
 
-const DROPBEAR_COMMANDS: Record<Exclude<DropbearAction, 'keep'>, string> = {
-  'regenerate-key':
-    'set -e; for t in ed25519 ecdsa rsa; do rm -f /etc/dropbear/initramfs/dropbear_${t}_host_key; dropbearkey -t $t -f /etc/dropbear/initramfs/dropbear_${t}_host_key >/dev/null; done; update-initramfs -u >/dev/null 2>&1',
-  remove: 'set -e; DEBIAN_FRONTEND=noninteractive apt-get purge -y -q dropbear-initramfs >/dev/null; update-initramfs -u >/dev/null 2>&1',
+const DROPBEAR_KEYS = '/etc/dropbear/initramfs';
+
+/**
+ * New dropbear host keys, each written beside the old one and renamed over it. The types the
+ * machine has are renewed (the image has ed25519 and ecdsa; an RSA key the package made too).
+ */
+export const newDropbearKeysScript = (keysDir = DROPBEAR_KEYS) => [
+  'set -e',
+  `cd ${keysDir}`,
+  'types=$(for t in ed25519 ecdsa rsa; do if [ -f dropbear_${t}_host_key ]; then echo $t; fi; done)',
+  '[ -n "$types" ] || types="ed25519 ecdsa"',
+  'for t in $types; do rm -f dropbear_${t}_host_key.new; dropbearkey -t $t -f dropbear_${t}_host_key.new; mv -f dropbear_${t}_host_key.new dropbear_${t}_host_key; done',
+].join('\n');
+
+/**
+ * The new keys into every installed kernel's initramfs without rebuilding it (update-initramfs
+ * with MODULES=most is minutes on a small machine): a small archive holding only the host keys,
+ * appended after what is there. The kernel unpacks the archives in order and a later file
+ * replaces an earlier one, as with the archive the build appended. Written beside the
+ * initramfs, flushed, then renamed over it: a power loss leaves the old one or the new one.
+ * The next update-initramfs (a kernel or initramfs-tools update) writes one archive again,
+ * with these keys, from the same directory.
+ */
+export const appendDropbearKeysScript = (keysDir = DROPBEAR_KEYS, bootDir = '/boot') => [
+  'set -e',
+  'work=$(mktemp -d /run/keylessgo-dropbear-keys.XXXXXX)',
+  'trap \'rm -rf "$work"\' EXIT',
+  'mkdir -p "$work/etc/dropbear"',
+  `cp ${keysDir}/dropbear_*_host_key "$work/etc/dropbear/"`,
+  'chmod 600 "$work"/etc/dropbear/*',
+  '(cd "$work" && ls etc/dropbear/dropbear_*_host_key | cpio --quiet -o -H newc -R 0:0) > "$work/keys.cpio"',
+  'found=0',
+  `for initrd in ${bootDir}/initrd.img-*; do`,
+  '  [ -f "$initrd" ] && [ ! -L "$initrd" ] || continue',
+  '  case "$initrd" in *.keylessgo-new) continue ;; esac',
+  '  found=$((found + 1))',
+  '  size=$(stat -c %s "$initrd")',
+  '  cp "$initrd" "$initrd.keylessgo-new"',
+  // The next archive starts on a 4-byte boundary.
+  '  head -c $(( (4 - size % 4) % 4 )) /dev/zero >> "$initrd.keylessgo-new"',
+  '  cat "$work/keys.cpio" >> "$initrd.keylessgo-new"',
+  '  sync "$initrd.keylessgo-new"',
+  '  mv -f "$initrd.keylessgo-new" "$initrd"',
+  `  sync ${bootDir}`,
+  '  echo "$initrd: new dropbear host keys appended at byte $size"',
+  'done',
+  `[ "$found" -gt 0 ] || { echo "no ${bootDir}/initrd.img-* to put the keys into" >&2; exit 1; }`,
+].join('\n');
+
+/** What the machine runs for each dropbear action, as steps of a detached unit (their output in its journal). */
+const DROPBEAR_STEPS: Record<Exclude<DropbearAction, 'keep'>, UnitStep[]> = {
+  'regenerate-key': [
+    { label: 'new dropbear host keys', script: newDropbearKeysScript() },
+    { label: 'append the new host keys to each initramfs', script: appendDropbearKeysScript() },
+  ],
+  remove: [
+    { label: 'apt-get purge dropbear-initramfs', script: 'DEBIAN_FRONTEND=noninteractive apt-get purge -y -q dropbear-initramfs' },
+    { label: 'update-initramfs -u', script: 'update-initramfs -u' },
+  ],
 };
+
+/** The public halves of the initramfs's dropbear host keys, one OpenSSH line each. */
+const DROPBEAR_PUBLIC_KEYS = `for k in ${DROPBEAR_KEYS}/dropbear_*_host_key; do dropbearkey -y -f "$k" | grep -E '^(ssh-|ecdsa-)'; done`;
 
 /** The recovery passphrase's keyslot: fixed, so that a re-run knows it from any other. */
 export const RECOVERY_SLOT = 31;
@@ -69,8 +127,9 @@ const RECOVERY = `${SECRETS}/recovery`;
 const UNIT_KEY = `${SECRETS}/reencrypt-unit`;
 /** On the machine's root (encrypted, survives reboots): what a re-run cannot read from the LUKS header. */
 const STATE = '/var/lib/keylessgo/enroll';
-const IMAGE_DIGEST = `${STATE}/image-volume-key-digest-salt`;
-const DROPBEAR_DONE = `${STATE}/dropbear-done`;
+const IMAGE_DIGEST = 'image-volume-key-digest-salt';
+const DROPBEAR_DONE = 'dropbear-done';
+const STATE_FILES = [IMAGE_DIGEST, DROPBEAR_DONE] as const;
 const MAX_ROUNDS = 12;
 export const REENCRYPT_UNIT = 'keylessgo-enroll-reencrypt';
 export const INITRAMFS_UNIT = 'keylessgo-enroll-initramfs';
@@ -136,8 +195,8 @@ export async function observe(remote: Remote, device: string, pollMs: number): P
   const reencryptRunning = await unitActive(remote, REENCRYPT_UNIT, pollMs);
   const initramfsRunning = await unitActive(remote, INITRAMFS_UNIT, pollMs);
   const bootstrapSlot = await slotOpenedBy(remote, device, BOOTSTRAP);
-  const state = (await remote.run(`cat ${IMAGE_DIGEST} 2>/dev/null; echo; cat ${DROPBEAR_DONE} 2>/dev/null`)).output.split('\n');
-  const imageDigestSalt = state[0]?.trim() || undefined;
+  const state = await readStateFiles(remote, STATE, STATE_FILES);
+  const imageDigestSalt = state[IMAGE_DIGEST];
   const rotated = rotatedFrom(header, imageDigestSalt);
   const bindings = [];
   for (const binding of await readBindings(remote, device, header, step)) {
@@ -157,7 +216,7 @@ export async function observe(remote: Remote, device: string, pollMs: number): P
     // While a re-encryption is on, its new keyslot is no stray one.
     strayKeyslots: header.reencryptInProgress || reencryptRunning ? [] : header.keyslots.filter((s) => !known.has(s)),
     orphanTokens: orphanClevisTokens(header),
-    dropbearDone: state[1]?.trim() || undefined,
+    dropbearDone: state[DROPBEAR_DONE],
   };
 }
 
@@ -177,6 +236,8 @@ export interface EnrollReport {
   bootstrapRemoved: boolean;
   recovery: { slot: number; file?: string; note: string };
   dropbear: DropbearAction;
+  /** The initramfs's dropbear host keys now (OpenSSH public key lines): what `unlock --known-hosts` must list from now on. */
+  dropbearHostKeys: string[];
   stepSeconds: Record<string, number>;
 }
 
@@ -252,6 +313,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
         ? { slot: RECOVERY_SLOT, file: options.recoveryKeyOut, note: recoveryNote ?? (await existingRecoveryNote(remote, device, options.recoveryKeyOut)) }
         : { slot: RECOVERY_SLOT, note: 'none (enrolled without one)' },
       dropbear: options.dropbear,
+      dropbearHostKeys: options.dropbear === 'remove' ? [] : (await remote.run(DROPBEAR_PUBLIC_KEYS)).output.split('\n').filter((line) => line.trim()),
       stepSeconds,
     };
   } finally {
@@ -261,32 +323,39 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
   async function journalTail(step: EnrollStep): Promise<string> {
     const unit = step === 'update dropbear' ? INITRAMFS_UNIT : step.includes('re-encryption') || step.startsWith('rotate') ? REENCRYPT_UNIT : undefined;
     if (!unit) return '';
-    const tail = (await remote.run(unitJournalCommand(unit, 5))).output.trim();
-    return tail ? `; the end of its journal: ${tail.split('\n').join(' | ')}` : '';
+    const outcome = await unitOutcome(remote, unit);
+    return outcome.ended === 'done' ? `; ${unit} ended without an error` : `; the end of ${unit}'s journal: ${outcome.lastLines.join(' | ')}`;
   }
 
-  async function startReencrypt(args: string): Promise<void> {
+  /** Follows a detached unit to its end; throws with its failed command, exit status and last lines. */
+  async function awaitUnit(unit: string, step: string): Promise<void> {
+    await followUnit(remote, unit, log, pollMs);
+    await expectUnitDone(remote, unit, step);
+  }
+
+  async function startReencrypt(args: string, step: EnrollStep): Promise<void> {
     await must(remote, 'stage secrets', `umask 077 && cp ${BOOTSTRAP} ${UNIT_KEY}`);
     // No --batch-mode: it silences the progress lines, the only sign of life of a re-encryption that takes hours on a large disk (it asks nothing here: key file, stdin /dev/null).
-    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, `exec stdbuf -oL cryptsetup reencrypt --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`, wipeCommand(UNIT_KEY)));
-    await followUnit(remote, REENCRYPT_UNIT, log, pollMs);
+    const command = `cryptsetup reencrypt --key-file ${UNIT_KEY} --progress-frequency 10 ${args} ${device}`;
+    await must(remote, 'start the re-encryption', detachedUnitCommand(REENCRYPT_UNIT, [{ label: command, script: `stdbuf -oL ${command}` }], wipeCommand(UNIT_KEY)));
+    await awaitUnit(REENCRYPT_UNIT, step);
   }
 
   async function runStep(step: EnrollStep, facts: EnrollFacts): Promise<void> {
     switch (step) {
       case 'wait for the re-encryption':
-        return followUnit(remote, REENCRYPT_UNIT, log, pollMs);
+        return awaitUnit(REENCRYPT_UNIT, step);
       case 'wait for the initramfs rebuild':
-        return followUnit(remote, INITRAMFS_UNIT, log, pollMs);
+        return awaitUnit(INITRAMFS_UNIT, step);
       case 'resume the re-encryption':
-        return startReencrypt('--resume-only');
+        return startReencrypt('--resume-only', step);
       case 'rotate the volume key': {
         // Tang must answer before the image's key (and with it the build-time binding) goes.
         const [pin, config] = clevisPinConfig(await trust(), options.threshold, options.tpm2);
         await must(remote, step, `test "$(printf ok | clevis encrypt ${pin} ${shellQuote(config)} | clevis decrypt)" = ok`);
         const salt = facts.header.digestSalts[0];
-        await must(remote, step, `mkdir -p ${STATE} && { test -s ${IMAGE_DIGEST} || echo ${salt} > ${IMAGE_DIGEST}; }`);
-        return startReencrypt(`--key-slot ${facts.bootstrapSlot} --resilience checksum`);
+        await must(remote, step, `mkdir -p ${STATE} && { test -s ${STATE}/${IMAGE_DIGEST} || echo ${salt} > ${STATE}/${IMAGE_DIGEST}; }`);
+        return startReencrypt(`--key-slot ${facts.bootstrapSlot} --resilience checksum`, step);
       }
       case 'remove stale bindings':
         // A binding that does not decrypt because Tang is down now must stay: fail here instead.
@@ -311,8 +380,9 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
       }
       case 'update dropbear': {
         const action = options.dropbear as Exclude<DropbearAction, 'keep'>;
-        await must(remote, step, detachedUnitCommand(INITRAMFS_UNIT, `${DROPBEAR_COMMANDS[action]}; mkdir -p ${STATE}; echo ${action} > ${DROPBEAR_DONE}`));
-        return followUnit(remote, INITRAMFS_UNIT, log, pollMs);
+        const done = { label: `record ${action}`, script: `mkdir -p ${STATE} && echo ${action} > ${STATE}/${DROPBEAR_DONE}` };
+        await must(remote, step, detachedUnitCommand(INITRAMFS_UNIT, [...DROPBEAR_STEPS[action], done]));
+        return awaitUnit(INITRAMFS_UNIT, step);
       }
       case 'remove the bootstrap passphrase':
         await must(remote, step, `cryptsetup luksRemoveKey --batch-mode --key-file ${BOOTSTRAP} ${device}`);

@@ -132,14 +132,86 @@ export function stageSecret(remote: Remote, file: string, secret: string): Promi
   return must(remote, 'stage secrets', `umask 077 && mkdir -p ${file.slice(0, file.lastIndexOf('/'))} && cat > ${file}`, secret);
 }
 
+/** One command of a detached unit: `label` names it in the journal and in errors (no secret in either). */
+export interface UnitStep {
+  label: string;
+  script: string;
+}
+
 /**
  * A long step as a transient systemd unit: it goes on when the SSH connection drops or
  * keylessgo is killed. --collect unloads it when it ends, failed or not (a re-run can start
- * one with the same name); whether it did its work is read from the machine afterwards.
+ * one with the same name); whether it did its work is read from the machine afterwards, and
+ * how it ended from its journal (`unitOutcome`). The steps run one after the other, each
+ * announced and with its output in the unit's journal; the first that fails ends the unit
+ * with a line naming it and its exit status.
  */
-export function detachedUnitCommand(unit: string, command: string, stopPost?: string): string {
+export function detachedUnitCommand(unit: string, steps: readonly UnitStep[], stopPost?: string): string {
   const properties = ['SyslogIdentifier=keylessgo-enroll', ...(stopPost ? [`ExecStopPost=/bin/sh -c ${shellQuote(stopPost)}`] : [])];
-  return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(command)}`;
+  return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(unitScript(steps))}`;
+}
+
+const UNIT_MARK = 'keylessgo-step:';
+const UNIT_DONE = `${UNIT_MARK} done`;
+
+/** The script of a detached unit (see detachedUnitCommand). */
+export function unitScript(steps: readonly UnitStep[]): string {
+  return [
+    `step() { echo "${UNIT_MARK} running: $1"; /bin/sh -c "$2" 2>&1 || { status=$?; echo "${UNIT_MARK} exited $status: $1"; exit "$status"; }; }`,
+    ...steps.map(({ label, script }) => `step ${shellQuote(label)} ${shellQuote(script)}`),
+    `echo "${UNIT_DONE}"`,
+  ].join('\n');
+}
+
+/** How a detached unit's last run ended, read from its journal. */
+export type UnitOutcome = { ended: 'done' } | { ended: 'failed'; label: string; status: number; lastLines: string[] } | { ended: 'unknown'; lastLines: string[] };
+
+/** The outcome in a unit's journal lines (oldest first): its last step line tells. */
+export function parseUnitOutcome(journal: string): UnitOutcome {
+  const lines = journal.split('\n').map((line) => line.trimEnd()).filter(Boolean);
+  let last = -1;
+  lines.forEach((line, index) => line.startsWith(UNIT_MARK) && (last = index));
+  const mark = lines[last] ?? '';
+  if (mark === UNIT_DONE) return { ended: 'done' };
+  const failed = /^keylessgo-step: exited (\d+): (.*)$/.exec(mark);
+  // The command's own last lines come before the line that names it.
+  if (failed) return { ended: 'failed', status: Number(failed[1]), label: failed[2]!, lastLines: lines.slice(Math.max(0, last - 8), last) };
+  return { ended: 'unknown', lastLines: lines.slice(-8) };
+}
+
+export async function unitOutcome(remote: Remote, unit: string): Promise<UnitOutcome> {
+  return parseUnitOutcome((await remote.run(unitJournalCommand(unit, 40))).output);
+}
+
+/** Throws, naming the command, its exit status and its last lines, when the unit's last run failed. */
+export async function expectUnitDone(remote: Remote, unit: string, step: string): Promise<void> {
+  const outcome = await unitOutcome(remote, unit);
+  if (outcome.ended !== 'failed') return;
+  throw new EnrollError(step, `\`${outcome.label}\` exited ${outcome.status} in ${unit}; its last lines: ${outcome.lastLines.join(' | ') || '(none)'} (journalctl -u ${unit})`);
+}
+
+/**
+ * Small state files in `dir`, each holding one value, read in one round trip as `name=value`
+ * lines: each file on its own, so one value's trailing newline (as `echo` writes it) never
+ * shifts another. An absent file is an absent key.
+ */
+export function stateFilesCommand(dir: string, names: readonly string[]): string {
+  return `cd ${dir} 2>/dev/null && for f in ${names.join(' ')}; do [ -f "$f" ] && printf '%s=%s\\n' "$f" "$(head -n 1 "$f")"; done; true`;
+}
+
+export function parseStateFiles<Name extends string>(output: string, names: readonly Name[]): Partial<Record<Name, string>> {
+  const values: Partial<Record<Name, string>> = {};
+  for (const line of output.split('\n')) {
+    const at = line.indexOf('=');
+    const name = line.slice(0, at) as Name;
+    const value = line.slice(at + 1).trim();
+    if (at > 0 && names.includes(name) && value) values[name] = value;
+  }
+  return values;
+}
+
+export async function readStateFiles<Name extends string>(remote: Remote, dir: string, names: readonly Name[]): Promise<Partial<Record<Name, string>>> {
+  return parseStateFiles((await remote.run(stateFilesCommand(dir, names))).output, names);
 }
 
 /**

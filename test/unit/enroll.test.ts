@@ -55,6 +55,7 @@ describe('enroll from the image', () => {
     const recoveryKeyOut = join(dir, 'recovery');
     const report = await run(machine, { recoveryKeyOut }).result;
     expect(report.steps).toEqual(FULL);
+    expect(report.dropbearHostKeys).toEqual(['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm8n root@machine']);
     expect(report).toMatchObject({ device: DEVICE, result: 'enrolled', keyslotsBefore: [0, 1], keyslotsAfter: [1, RECOVERY_SLOT], volumeKeyChanged: true, bootstrapRemoved: true });
     expect(report.tang).toEqual([{ slot: 1, pin: 'tang', servers: [{ url: TANG, thumbprints: [thp('k1')] }] }]);
     expect(report.trusted).toEqual([{ url: TANG, thumbprints: [thp('k1')], trust: 'first-use' }]);
@@ -67,7 +68,7 @@ describe('enroll from the image', () => {
     expect(report.recovery.note).toBe(`added, written to ${recoveryKeyOut}`);
   });
 
-  it('runs the re-encryption and the initramfs rebuild as detached systemd units, the unit wiping its key copy when it stops', async () => {
+  it('runs the re-encryption and the dropbear update as detached systemd units, the unit wiping its key copy when it stops', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
     await run(machine).result;
     const [reencrypt] = machine.commands(/systemd-run .*keylessgo-enroll-reencrypt/);
@@ -76,7 +77,11 @@ describe('enroll from the image', () => {
     // --batch-mode would silence the progress lines the journal and keylessgo show.
     expect(reencrypt).not.toContain('--batch-mode');
     expect(reencrypt).toMatch(/--property='ExecStopPost=\/bin\/sh -c .*dd if=\/dev\/zero.*rm -rf \/run\/keylessgo-enroll\/reencrypt-unit/);
-    expect(machine.commands(/systemd-run .*keylessgo-enroll-initramfs .*update-initramfs -u/)).toHaveLength(1);
+    // New host keys appended to each initramfs, not a rebuild (minutes with MODULES=most on a small machine).
+    const [dropbear] = machine.commands(/systemd-run .*keylessgo-enroll-initramfs/);
+    expect(dropbear).toMatch(/dropbearkey -t \$t -f dropbear_\$\{t\}_host_key\.new/);
+    expect(dropbear).toMatch(/cpio --quiet -o -H newc/);
+    expect(dropbear).not.toMatch(/update-initramfs|>\s*\/dev\/null/);
     // Recorded before the rotation: how a re-run knows the key is no longer the image's.
     expect(machine.index(/image-volume-key-digest-salt; \}/)).toBeLessThan(machine.index(/systemd-run .*reencrypt/));
   });
@@ -104,7 +109,7 @@ describe('enroll from the image', () => {
 describe('enroll resumes where an interrupted run left the machine', () => {
   it('re-encryption still running (keylessgo killed or disconnected): waits for its unit, then goes on', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
-    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);
+    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', `${machine.digestSalt}\n`);
     machine.reencryptFlag = true;
     machine.units.set('keylessgo-enroll-reencrypt', { polls: 3, finish: () => machine.rotate() });
     const { result, lines } = run(machine);
@@ -117,7 +122,7 @@ describe('enroll resumes where an interrupted run left the machine', () => {
 
   it('a systemctl that times out on a loaded machine is asked again, never taken for an ended unit', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
-    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);
+    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', `${machine.digestSalt}\n`);
     machine.reencryptFlag = true;
     machine.units.set('keylessgo-enroll-reencrypt', { polls: 2, finish: () => machine.rotate() });
     machine.systemctlTimeouts = 3;
@@ -128,7 +133,7 @@ describe('enroll resumes where an interrupted run left the machine', () => {
 
   it('re-encryption interrupted with no unit left (machine rebooted): resumes it with --resume-only, detached', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
-    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);
+    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', `${machine.digestSalt}\n`);
     machine.reencryptFlag = true;
     const report = await run(machine).result;
     expect(report.steps).toEqual(['resume the re-encryption', ...FULL.slice(1)]);
@@ -137,10 +142,10 @@ describe('enroll resumes where an interrupted run left the machine', () => {
 
   it('a resumed re-encryption that fails again is reported with its journal, the bootstrap kept', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
-    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', machine.digestSalt);
+    machine.files.set('/var/lib/keylessgo/enroll/image-volume-key-digest-salt', `${machine.digestSalt}\n`);
     machine.reencryptFlag = true;
     machine.reencryptFails = true;
-    await expect(run(machine).result).rejects.toThrow(/resume the re-encryption.*no effect.*journal: Progress/);
+    await expect(run(machine).result).rejects.toThrow(/"resume the re-encryption" failed: `cryptsetup reencrypt .*--resume-only \/dev\/vda4` exited 1 in keylessgo-enroll-reencrypt; its last lines: .*No usable keyslot is available\./);
     expect(machine.slots.get(0)).toEqual({ opener: 'passphrase', secret: BOOTSTRAP });
   });
 
@@ -200,9 +205,16 @@ describe('enroll resumes where an interrupted run left the machine', () => {
     expect(machine.index(/luksAddKey/)).toBe(-1);
   });
 
+  it('a dropbear update that fails names the command, its exit status and last lines, and keeps the bootstrap', async () => {
+    const machine = new FakeLuksMachine(BOOTSTRAP);
+    machine.initramfsFails = { label: 'append the new host keys to each initramfs', lines: ['cp: error writing \'/boot/initrd.img-6.1.0-28-amd64.keylessgo-new\': No space left on device'] };
+    await expect(run(machine).result).rejects.toThrow(/"update dropbear" failed: `append the new host keys to each initramfs` exited 1 in keylessgo-enroll-initramfs; its last lines: cp: error writing .*No space left on device/);
+    expect(machine.slots.get(0)).toEqual({ opener: 'passphrase', secret: BOOTSTRAP });
+  });
+
   it('initramfs rebuild still running: waits for its unit, then removes the bootstrap', async () => {
     const machine = await interruptedBefore(/systemd-run .*initramfs/);
-    machine.units.set('keylessgo-enroll-initramfs', { polls: 2, finish: () => machine.files.set('/var/lib/keylessgo/enroll/dropbear-done', 'regenerate-key') });
+    machine.units.set('keylessgo-enroll-initramfs', { polls: 2, finish: () => void machine.files.set('/var/lib/keylessgo/enroll/dropbear-done', 'regenerate-key\n') });
     const report = await run(machine).result;
     expect(report.steps).toEqual(['wait for the initramfs rebuild', 'remove the bootstrap passphrase']);
   });
@@ -289,16 +301,18 @@ describe('enroll report', () => {
       volumeKeyChanged: true,
       bootstrapRemoved: true,
       recovery: { slot: 31, note: 'added (not written out: no --recovery-key-out)' },
-      dropbear: 'keep',
+      dropbear: 'regenerate-key',
+      dropbearHostKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm8n root@machine'],
       stepSeconds: { 'bind to Tang': 3.2 },
     });
+    expect(table).toMatch(/^dropbear \(SSH unlock fallback\) +kept, new host key$/m);
+    expect(table).toMatch(/^ {2}dropbear host key +ssh-ed25519 SHA256:[A-Za-z0-9+/]{43}$/m);
     expect(table).toMatch(/^result +enrolled \(wait for the re-encryption, bind to Tang\)$/m);
     expect(table).toMatch(/^keyslots before +0, 1$/m);
     expect(table).toMatch(/^ {2}http:\/\/tang\.example +signing key abcdefghijklmnopqrstuvwxyz$/m);
     expect(table).toMatch(/^trusted http:\/\/tang\.example +abcdefghijklmnopqrstuvwxyz \(pinned\)$/m);
     expect(table).toMatch(/^volume key changed +yes$/m);
     expect(table).toMatch(/^recovery passphrase +keyslot 31: added \(not written out/m);
-    expect(table).toMatch(/^dropbear \(SSH unlock fallback\) +kept, host key unchanged$/m);
     expect(table).toMatch(/^ {2}bind to Tang +3\.2 s$/m);
   });
 });

@@ -26,8 +26,10 @@ export class FakeLuksMachine implements Remote {
   tokens = new Map<number, { keyslot?: number; key: string }>();
   digestSalt = 'aa01';
   reencryptFlag = false;
-  /** Units running, with the polls left until they end and what they do then. */
-  units = new Map<string, { polls: number; finish: () => void }>();
+  /** Units running, with the polls left until they end and what they do then (a failure: the step that failed and its last lines). */
+  units = new Map<string, { polls: number; finish: () => { label: string; lines: string[] } | void }>();
+  /** Each unit's journal, as its script writes it. */
+  readonly journals = new Map<string, string[]>();
   /** Tang's keys: `served` in the advertisement, `recoverable` still answering key recovery. */
   tang = { up: true, served: 'k1', recoverable: new Set(['k1']) };
   /** Commands matching this fail. */
@@ -36,6 +38,8 @@ export class FakeLuksMachine implements Remote {
   systemctlTimeouts = 0;
   /** A started re-encryption unit fails instead of finishing. */
   reencryptFails = false;
+  /** A started initramfs unit fails in this step (its label), with these last lines. */
+  initramfsFails?: { label: string; lines: string[] };
   private nextSalt = 2;
 
   /** The image as built: bootstrap passphrase in slot 0, a build-time Tang binding in slot 1. */
@@ -105,11 +109,20 @@ export class FakeLuksMachine implements Remote {
     const unit = /--unit=(\S+)/.exec(command)![1]!;
     if (unit === 'keylessgo-enroll-reencrypt') {
       this.reencryptFlag = true;
-      this.units.set(unit, { polls: 2, finish: () => (this.reencryptFails ? undefined : this.rotate()) });
+      const label = /cryptsetup reencrypt [^']*\/dev\/vda4/.exec(command)![0];
+      this.units.set(unit, { polls: 2, finish: () => (this.reencryptFails ? { label, lines: ['No usable keyslot is available.'] } : this.rotate()) });
     } else {
       const action = /echo (\S+) > \/var\/lib\/keylessgo\/enroll\/dropbear-done/.exec(command)![1]!;
-      this.units.set(unit, { polls: 2, finish: () => this.files.set('/var/lib/keylessgo/enroll/dropbear-done', action) });
+      this.units.set(unit, { polls: 2, finish: () => this.initramfsFails ?? void this.files.set('/var/lib/keylessgo/enroll/dropbear-done', `${action}\n`) });
     }
+  }
+
+  /** A unit ends: its last journal lines say how, as its script writes them. */
+  private endUnit(name: string): void {
+    const unit = this.units.get(name)!;
+    this.units.delete(name);
+    const failed = unit.finish();
+    this.journals.set(name, [...(this.journals.get(name) ?? []), ...(failed ? [...failed.lines, `keylessgo-step: exited 1: ${failed.label}`] : ['keylessgo-step: done'])]);
   }
 
   async run(command: string, stdin?: string): Promise<RemoteResult> {
@@ -132,23 +145,31 @@ export class FakeLuksMachine implements Remote {
     if (command.startsWith(`cryptsetup luksDump ${DEVICE}`)) return ok(this.dump());
     if (command.startsWith('systemctl is-active')) {
       if (this.systemctlTimeouts-- > 0) return { output: 'Failed to get properties: Connection timed out\n', exitCode: 1 };
-      const unit = this.units.get(file(/is-active (\S+)/));
+      const name = file(/is-active (\S+)/);
+      const unit = this.units.get(name);
       if (!unit) return { output: 'inactive\n', exitCode: 3 };
       if (unit.polls-- <= 0) {
-        this.units.delete(file(/is-active (\S+)/));
-        unit.finish();
+        this.endUnit(name);
         return { output: 'inactive\n', exitCode: 3 };
       }
       return ok('active\n');
     }
-    if (command.startsWith('journalctl')) return ok('Progress:  50.0%, ETA 00:10\n');
+    if (command.startsWith('journalctl')) {
+      const name = file(/-u (\S+)$/);
+      const journal = this.units.has(name) ? [...(this.journals.get(name) ?? []), 'Progress:  50.0%, ETA 00:10'] : (this.journals.get(name) ?? []);
+      return ok(`${journal.slice(-Number(file(/-n (\d+)/))).join('\n')}\n`);
+    }
+    if (command.startsWith('for k in /etc/dropbear/initramfs/dropbear_*_host_key; do dropbearkey -y')) return ok('ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm8n root@machine\n');
     if (command.startsWith('systemd-run')) return this.startUnit(command), ok();
-    if (command.startsWith('cat /var/lib/keylessgo/enroll/')) {
-      return ok(`${this.files.get('/var/lib/keylessgo/enroll/image-volume-key-digest-salt') ?? ''}\n${this.files.get('/var/lib/keylessgo/enroll/dropbear-done') ?? ''}`);
+    if (command.startsWith('cd /var/lib/keylessgo/enroll 2>/dev/null && for f in')) {
+      // What the state read prints for the files as they lie on the machine: each value's first line.
+      const names = file(/for f in ([^;]+); do/).split(' ');
+      return ok(names.filter((name) => this.files.has(`/var/lib/keylessgo/enroll/${name}`)).map((name) => `${name}=${this.files.get(`/var/lib/keylessgo/enroll/${name}`)!.split('\n')[0]}\n`).join(''));
     }
     if (command.startsWith('mkdir -p /var/lib/keylessgo/enroll && { test -s')) {
       const path = '/var/lib/keylessgo/enroll/image-volume-key-digest-salt';
-      if (!this.files.has(path)) this.files.set(path, file(/echo (\S+) >/));
+      // echo writes the value and a newline.
+      if (!this.files.has(path)) this.files.set(path, `${file(/echo (\S+) >/)}\n`);
       return ok();
     }
     if (command.startsWith('cryptsetup open --test-passphrase --verbose --key-file')) {
