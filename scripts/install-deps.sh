@@ -11,6 +11,7 @@ packages=(
   grub-efi-amd64-bin grub-pc-bin grub-common  # grub-mkimage for UEFI and BIOS
   qemu-utils qemu-system-x86 ovmf  # qemu-img, boot tests
   swtpm swtpm-tools              # boot-test --tpm: a TPM 2.0 for the VM
+  tpm2-tools                     # the unit tests read swtpm as status and reseal read a machine's TPM
   time                           # max RSS of inspect in the hostile-image corpus test
   openssh-client                 # ssh-keygen, boot-test login
   dropbear-bin                   # dropbearkey: the unit tests run the shell enroll sends to a machine

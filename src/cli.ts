@@ -9,7 +9,7 @@ import { build, toolVersion } from './pipeline/build.js';
 import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
-import { enrollCommand, rebindCommand } from './nbde/enroll-command.js';
+import { enrollCommand, rebindCommand, resealCommand } from './nbde/enroll-command.js';
 import { fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
 import { statusCommand } from './fleet/status.js';
 import { unlockCommand } from './fleet/unlock.js';
@@ -279,6 +279,18 @@ sshTangCommand('enroll', 'bind deployed, unlocked machines to Tang, rotate their
 sshTangCommand('rebind', "after Tang key rotation: bind machines to the current advertisement, prove each new binding opens the volume, then remove the bindings to old keys")
   .action(async (opts: SshTangOptions) => {
     const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, commandLogger(opts)));
+    process.exitCode = report.exitCode;
+  });
+
+sshTangCommand('reseal', 'around a planned change that moves the PCRs a TPM binding is sealed to (firmware db/dbx update, Secure Boot turned on): --prepare adds a temporary Tang-only binding, --finish seals the TPM binding again to the new PCRs and removes it')
+  .option('--prepare', 'before the change: a temporary binding that needs no TPM (the TPM binding\'s Tang servers, or --tang), in keyslot 30')
+  .option('--finish', 'after the reboot: seal each TPM binding that no longer unseals to the PCRs of now, prove it, remove the old one and the temporary binding')
+  .option('--cancel', 'remove the temporary binding (only while the TPM binding still unseals)')
+  .option('--recovery-key <file>', '--finish without a temporary binding: key the new binding with this recovery passphrase (mode 0600); {host} is replaced by the host')
+  .action(async (opts: SshTangOptions & { prepare?: boolean; finish?: boolean; cancel?: boolean; recoveryKey?: string }) => {
+    const modes = (['prepare', 'finish', 'cancel'] as const).filter((mode) => opts[mode]);
+    if (modes.length !== 1) throw new InputError('give exactly one of --prepare, --finish and --cancel');
+    const report = await resealCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, commandLogger(opts)), mode: modes[0]!, recoveryKey: opts.recoveryKey });
     process.exitCode = report.exitCode;
   });
 

@@ -9,7 +9,9 @@
  */
 import type { Client } from 'ssh2';
 import { InputError } from '../errors.js';
-import { clevisPinInToken, tangServersInToken, type BoundTangServer } from '../host/clevis.js';
+import { clevisPinInToken, tangServersInToken, tpm2JwesInToken, type BoundTangServer } from '../host/clevis.js';
+import { parseTpm2Lockout, TPM2_LOCKOUT_COMMAND, type Tpm2Lockout } from '../host/tpm2.js';
+import { TEMPORARY_SLOT } from '../nbde/reseal.js';
 import { LUKS_JSON_DUMP_ARGS, luksHeaderDigests, parseLuksJsonHeader, type LuksHeaderDigest } from '../host/cryptsetup.js';
 import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
 import type { Logger } from '../log.js';
@@ -42,6 +44,9 @@ export function testPassphraseCommand(device: string): string {
   return `cryptsetup open --test-passphrase --key-file - ${device}`;
 }
 
+/** A tpm2 pin's JWE on stdin; its share goes to /dev/null: exit 0 means the TPM unseals it with today's PCRs. */
+export const TPM2_UNSEAL_COMMAND = 'clevis decrypt >/dev/null 2>&1';
+
 /** The binding's secret goes to /dev/null on the machine; exit 0 means Tang (or the TPM) answered and it decrypts. */
 export function bindingDecryptsCommand(device: string, slot: number): string {
   return `timeout ${TANG_CHECK_SECONDS} clevis luks pass -d ${device} -s ${slot} >/dev/null`;
@@ -57,6 +62,10 @@ export interface BindingStatus {
   decrypts: boolean;
   /** Depends on Tang signing keys none of which is current (with --tang-thp/--tang). */
   dependsOnOldKey?: boolean;
+  /** With a tpm2 pin: whether the TPM alone still unseals its part with today's PCR values. */
+  tpm2Unseals?: boolean;
+  /** The temporary binding `reseal --prepare` made (keyslot 30). */
+  temporary?: boolean;
 }
 
 export interface HostStatus {
@@ -72,6 +81,8 @@ export interface HostStatus {
   volumeKey: 'image' | 'rotated' | 'unknown';
   /** Undefined: could not be read (see DROPBEAR_IN_INITRAMFS_COMMAND). */
   dropbearInInitramfs?: boolean;
+  /** The TPM's dictionary-attack lockout state, when the machine has a TPM (and tpm2-tools). */
+  tpm?: Tpm2Lockout;
 }
 
 export interface StatusInputs {
@@ -94,7 +105,7 @@ async function must(client: Client, command: string, signal: AbortSignal): Promi
 }
 
 /** Bindings and tokens from the JSON header; current thumbprints flag bindings on old keys. */
-export function readBindings(headerText: string, currentThumbprints: readonly string[]): Pick<HostStatus, 'keyslots' | 'tokens'> & { bindings: Array<Omit<BindingStatus, 'decrypts'>>; digests: LuksHeaderDigest[] } {
+export function readBindings(headerText: string, currentThumbprints: readonly string[]): Pick<HostStatus, 'keyslots' | 'tokens'> & { bindings: Array<Omit<BindingStatus, 'decrypts' | 'tpm2Unseals'> & { tpm2Jwes: string[] }>; digests: LuksHeaderDigest[] } {
   const header = parseLuksJsonHeader(headerText);
   const tokens = Object.entries(header.tokens).map(([id, token]) => ({ id: Number(id), type: token.type, keyslots: token.keyslots.map(Number) }));
   const bindings = Object.entries(header.tokens).flatMap(([id, token]) => {
@@ -103,7 +114,8 @@ export function readBindings(headerText: string, currentThumbprints: readonly st
     if (!pin) return [];
     const servers = tangServersInToken(json).map((server) => ({ ...server, ...(currentThumbprints.length > 0 ? { current: server.thumbprints.some((t) => currentThumbprints.includes(t)) } : {}) }));
     const dependsOnOldKey = currentThumbprints.length > 0 && servers.length > 0 ? servers.every((s) => !s.current) : undefined;
-    return [{ token: Number(id), keyslots: token.keyslots.map(Number), pin, servers, ...(dependsOnOldKey === undefined ? {} : { dependsOnOldKey }) }];
+    const keyslots = token.keyslots.map(Number);
+    return [{ token: Number(id), keyslots, pin, servers, ...(dependsOnOldKey === undefined ? {} : { dependsOnOldKey }), ...(keyslots.includes(TEMPORARY_SLOT) ? { temporary: true } : {}), tpm2Jwes: tpm2JwesInToken(json) }];
   });
   return { keyslots: Object.keys(header.keyslots).map(Number), tokens, bindings, digests: luksHeaderDigests(header) };
 }
@@ -135,10 +147,15 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       bootstrapPassphrase = result.exitCode === 0 ? 'opens' : 'refused';
     }
     const bindings: BindingStatus[] = [];
-    for (const binding of found.bindings) {
+    for (const { tpm2Jwes, ...binding } of found.bindings) {
       progress.phase(`checking the ${binding.pin} binding in keyslot ${binding.keyslots.join(',')}`);
-      bindings.push({ ...binding, decrypts: (await run(client, bindingDecryptsCommand(device, binding.keyslots[0]!), signal)).exitCode === 0 });
+      const decrypts = (await run(client, bindingDecryptsCommand(device, binding.keyslots[0]!), signal)).exitCode === 0;
+      let tpm2Unseals: boolean | undefined;
+      for (const jwe of tpm2Jwes) tpm2Unseals = (tpm2Unseals ?? true) && (await run(client, TPM2_UNSEAL_COMMAND, signal, jwe)).exitCode === 0;
+      bindings.push({ ...binding, decrypts, ...(tpm2Unseals === undefined ? {} : { tpm2Unseals }) });
     }
+    progress.phase('reading the TPM lockout state');
+    const tpm = parseTpm2Lockout((await run(client, `[ -e /dev/tpmrm0 ] && ${TPM2_LOCKOUT_COMMAND} 2>/dev/null`, signal)).output);
     progress.phase('looking for dropbear in the initramfs');
     const dropbear = (await run(client, DROPBEAR_IN_INITRAMFS_COMMAND, signal)).output.trim();
     return {
@@ -151,6 +168,7 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       bootstrapPassphrase,
       volumeKey: compareVolumeKey(found.digests, inputs.imageDigests),
       ...(dropbear === 'yes' || dropbear === 'no' ? { dropbearInInitramfs: dropbear === 'yes' } : {}),
+      ...(tpm ? { tpm } : {}),
     };
   } finally {
     client.end();
@@ -159,7 +177,12 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
 
 function bindingText(binding: BindingStatus): string {
   const servers = binding.servers.map((s) => `${s.url} [${s.thumbprints.join(', ')}]${s.current === false ? ' (old key)' : ''}`);
-  return `${binding.pin} in keyslot ${binding.keyslots.join(',')}${servers.length > 0 ? `: ${servers.join('; ')}` : ''}, ${binding.decrypts ? 'decrypts now' : 'does NOT decrypt now'}`;
+  const tpm2 = binding.tpm2Unseals === undefined ? '' : binding.tpm2Unseals ? ", its TPM part unseals with today's PCRs" : ", its TPM part does NOT unseal with today's PCRs (reseal --finish)";
+  return `${binding.pin} in keyslot ${binding.keyslots.join(',')}${binding.temporary ? ' (temporary, from reseal --prepare)' : ''}${servers.length > 0 ? `: ${servers.join('; ')}` : ''}, ${binding.decrypts ? 'decrypts now' : 'does NOT decrypt now'}${tpm2}`;
+}
+
+function lockoutText(tpm: Tpm2Lockout): string {
+  return `${tpm.counter} of ${tpm.maxTries} failures counted${tpm.counter >= tpm.maxTries ? ' (LOCKED OUT: the TPM refuses the tpm2 pin)' : ''}; one forgotten every ${tpm.recoverySeconds} s while powered`;
 }
 
 /** One line for the summary table. */
@@ -167,10 +190,14 @@ export function describeStatus(status: HostStatus): TaskVerdict {
   if (status.state === 'locked') return { summary: 'at dropbear, locked' };
   const old = status.bindings.filter((b) => b.dependsOnOldKey).length;
   const decrypting = status.bindings.filter((b) => b.decrypts).length;
+  const sealed = status.bindings.filter((b) => b.tpm2Unseals !== undefined);
+  const stale = sealed.filter((b) => !b.tpm2Unseals).length;
+  const temporary = status.bindings.some((b) => b.temporary);
   return {
     summary: [
       `keyslots ${status.keyslots.join(',')}`,
-      `${status.bindings.length} binding(s), ${decrypting} decrypt${old > 0 ? `, ${old} on an OLD Tang key` : ''}`,
+      `${status.bindings.length} binding(s), ${decrypting} decrypt${old > 0 ? `, ${old} on an OLD Tang key` : ''}${stale > 0 ? `, ${stale} TPM binding(s) NOT unsealing` : ''}${temporary ? ', a temporary binding' : ''}`,
+      ...(status.tpm ? [`TPM lockout ${status.tpm.counter}/${status.tpm.maxTries}`] : []),
       `bootstrap passphrase ${status.bootstrapPassphrase}`,
       `volume key ${status.volumeKey === 'image' ? "the image's" : status.volumeKey}`,
       `dropbear ${status.dropbearInInitramfs === undefined ? 'unknown' : status.dropbearInInitramfs ? 'in' : 'not in'} initramfs`,
@@ -190,6 +217,7 @@ export function formatHostStatus(host: string, status: HostStatus): string {
     ['bootstrap passphrase', status.bootstrapPassphrase === 'opens' ? 'still OPENS the volume' : status.bootstrapPassphrase === 'refused' ? 'refused (removed)' : 'not tested (no --passphrase-file)'],
     ['volume key', { image: "the image's (not rotated)", rotated: "differs from the image's", unknown: 'unknown (no manifest with headerDigests)' }[status.volumeKey]],
     ['dropbear in initramfs', status.dropbearInInitramfs === undefined ? 'unknown (lsinitramfs cannot read it)' : status.dropbearInInitramfs ? 'yes' : 'no'],
+    ...(status.tpm ? [['TPM lockout', lockoutText(status.tpm)] as [string, string]] : []),
   ];
   const width = Math.max(...rows.map(([name]) => name.length));
   return [`${host}:`, ...rows.map(([name, value]) => `  ${name.padEnd(width)}  ${value}`)].join('\n');

@@ -146,6 +146,24 @@ export function tpm2BindingsInToken(tokenJson: string): BoundTpm2[] {
   return leafPins(clevisPolicyInToken(tokenJson)).flatMap((p) => (p.pin === 'tpm2' && 'pcrIds' in p ? [{ ...(p.pcrBank ? { pcrBank: p.pcrBank } : {}), pcrIds: p.pcrIds }] : []));
 }
 
+/**
+ * The compact JWEs of the token's tpm2 pins (the token's own JWE for a tpm2 binding, or the
+ * nested ones of sss). `clevis decrypt` of one asks the TPM alone: whether it still unseals
+ * with today's PCR values, without Tang and without unlocking anything. Not secret: the LUKS
+ * header holds them for anyone with the disk.
+ */
+export function tpm2JwesInToken(tokenJson: string): string[] {
+  const token = JSON.parse(tokenJson) as { type?: string; jwe?: Record<string, string | undefined> };
+  if (token.type !== 'clevis' || !token.jwe?.protected) return [];
+  const { protected: header, encrypted_key: key = '', iv = '', ciphertext = '', tag = '' } = token.jwe;
+  const nested = (compact: string): string[] => {
+    const clevis = decodeProtected(compact.split('.')[0]!).clevis ?? {};
+    if (clevis.pin === 'tpm2') return [compact];
+    return clevis.pin === 'sss' ? (clevis.sss?.jwe ?? []).flatMap(nested) : [];
+  };
+  return nested([header, key, iv, ciphertext, tag].join('.'));
+}
+
 /** The clevis pin (tang, sss, tpm2, ...) of a clevis LUKS2 token; undefined for other tokens. */
 export function clevisPinInToken(tokenJson: string): string | undefined {
   return clevisHeaderInToken(tokenJson)?.clevis?.pin;

@@ -1,4 +1,4 @@
-/** Inputs, connection and reports of `keylessgo enroll` and `keylessgo rebind` (the steps are in enroll.ts and rebind.ts). */
+/** Inputs, connection and reports of `keylessgo enroll`, `rebind` and `reseal` (the steps are in enroll.ts, rebind.ts and reseal.ts). */
 import { HostError, InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
@@ -11,6 +11,7 @@ import type { Tpm2Pin } from '../host/clevis.js';
 import { readPrivateKey } from '../qemu/ssh.js';
 import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from './enroll.js';
 import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
+import { formatResealReport, reseal, type ResealMode, type ResealReport } from './reseal.js';
 import { SshRemote } from './remote.js';
 import { checkTangOptions } from './tang-pins.js';
 
@@ -121,7 +122,6 @@ async function fleetCommand<T>(
   format: (report: T) => string,
   work: (target: SshEndpoint, access: RemoteAccess) => Promise<T>,
 ): Promise<FleetReport<T>> {
-  checkTangOptions({ ...options, hosts: targets.length });
   const keyText = await readPrivateKey(options.keyFile);
   // Neither option: any host key, with a warning naming it (single-host use as before).
   const trust = options.knownHosts || options.hostKeyFingerprint ? await readHostKeyTrust({ knownHosts: options.knownHosts, fingerprint: options.hostKeyFingerprint }) : undefined;
@@ -136,6 +136,7 @@ async function fleetCommand<T>(
 
 export async function enrollCommand(targets: FleetTarget[], options: FleetCommandOptions & { passphraseFile: string; recoveryKeyOut?: string; dropbear: DropbearAction }): Promise<FleetReport<EnrollReport>> {
   if (targets.length > 1 && options.recoveryKeyOut && !options.recoveryKeyOut.includes('{host}')) throw new InputError('with several hosts, put {host} in the path (one file per host)', '--recovery-key-out');
+  checkTangOptions({ ...options, hosts: targets.length });
   const bootstrapPassphrase = await readPassphraseFile(options.passphraseFile);
   options.log.redactor.add(bootstrapPassphrase);
   const describe = (report: EnrollReport): TaskVerdict => ({
@@ -146,9 +147,41 @@ export async function enrollCommand(targets: FleetTarget[], options: FleetComman
 }
 
 export function rebindCommand(targets: FleetTarget[], options: FleetCommandOptions): Promise<FleetReport<RebindReport>> {
+  checkTangOptions({ ...options, hosts: targets.length });
   const describe = (report: RebindReport): TaskVerdict => ({
     skipped: report.result === 'current',
     summary: `${report.result === 'current' ? 'already current' : 'rebound'}: keyslot ${report.current.slot} ${report.current.servers.flatMap((s) => s.thumbprints).join(',')}${report.old.length ? `; removed ${report.old.map((b) => `${b.slot} ${b.servers.flatMap((s) => s.thumbprints).join(',')}`).join('; ')}` : ''}`,
   });
   return fleetCommand('rebind', targets, options, describe, formatRebindReport, (target, access) => rebindHost(target, { ...options, ...access }));
+}
+
+export interface ResealCommandOptions extends FleetCommandOptions {
+  mode: ResealMode;
+  /** The recovery passphrase file, `{host}` replaced by the host's name (--finish without a temporary binding). */
+  recoveryKey?: string;
+}
+
+const RESEAL_SUMMARY: Record<ResealReport['result'], string> = {
+  prepared: 'temporary binding made',
+  'already-prepared': 'temporary binding already there',
+  resealed: 'TPM binding sealed to today\'s PCRs',
+  unchanged: 'PCRs unchanged since --prepare: temporary binding kept',
+  current: 'the TPM binding unseals, no temporary binding',
+  cancelled: 'temporary binding removed',
+  'nothing-to-cancel': 'no temporary binding',
+};
+
+export async function resealCommand(targets: FleetTarget[], options: ResealCommandOptions): Promise<FleetReport<ResealReport>> {
+  if (options.tangUrls.length > 0) checkTangOptions({ ...options, hosts: targets.length });
+  if (targets.length > 1 && options.recoveryKey && !options.recoveryKey.includes('{host}')) throw new InputError('with several hosts, put {host} in the path (one file per host)', '--recovery-key');
+  const describe = (report: ResealReport): TaskVerdict => ({
+    skipped: ['already-prepared', 'unchanged', 'current', 'nothing-to-cancel'].includes(report.result),
+    summary: `${RESEAL_SUMMARY[report.result]}; PCRs ${report.pcrs}${report.resealed.length ? `; keyslot ${report.resealed.map((r) => `${r.from} -> ${r.to}`).join(', ')}` : ''}`,
+  });
+  return fleetCommand('reseal', targets, options, describe, formatResealReport, async (target, access) => {
+    const recoveryFile = options.recoveryKey?.replaceAll('{host}', target.name);
+    const recoveryPassphrase = recoveryFile ? await readPassphraseFile(recoveryFile) : undefined;
+    if (recoveryPassphrase) options.log.redactor.add(recoveryPassphrase);
+    return withRemote(target, access, (remote) => reseal(remote, { ...options, threshold: options.tangUrls.length > 0 ? options.threshold : undefined, recoveryPassphrase, log: access.log }));
+  });
 }

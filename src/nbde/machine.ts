@@ -80,6 +80,8 @@ export interface ClevisBinding {
   tokenId: number;
   pin: string;
   servers: BoundTangServer[];
+  /** The token as `cryptsetup token export` prints it (its JWE holds the policy). */
+  token: string;
 }
 
 /** The clevis tokens that name an existing keyslot, with the Tang servers and signing keys each was made with. */
@@ -91,7 +93,7 @@ export async function readBindings(remote: Remote, device: string, header: LuksH
     const json = await must(remote, step, `cryptsetup token export --token-id ${token.id} ${device}`);
     const protectedHeader = (JSON.parse(json) as { jwe?: { protected?: string } }).jwe?.protected;
     const pin = protectedHeader ? ((JSON.parse(Buffer.from(protectedHeader, 'base64url').toString('utf8')) as { clevis?: { pin?: string } }).clevis?.pin ?? '?') : '?';
-    bindings.push({ slot, tokenId: token.id, pin, servers: tangServersInToken(json) });
+    bindings.push({ slot, tokenId: token.id, pin, servers: tangServersInToken(json), token: json });
   }
   return bindings;
 }

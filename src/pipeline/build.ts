@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-keys.js';
 import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
 import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
+import { earlyGrubConfig, GRUB_TARGETS, SIGNED_EFI_REPLACE_ORDER } from '../stages/bootloader.js';
 import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from '../base/cleanup.js';
@@ -87,6 +88,12 @@ export function templateData(recipe: Recipe, ids: BuildIds, keys: readonly Autho
     mirror,
     espUuid: `${ids.espVolumeId.slice(0, 4)}-${ids.espVolumeId.slice(4)}`,
     grubQuote,
+    // What the booted machine's esp-sync needs to write the ESP as the bootloader stage does.
+    espSync: {
+      signedFiles: SIGNED_EFI_REPLACE_ORDER,
+      grubEfiModules: GRUB_TARGETS.efi.modules,
+      earlyGrubConfig: earlyGrubConfig(ids.bootFsUuid),
+    },
   };
 }
 

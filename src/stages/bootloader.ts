@@ -75,6 +75,16 @@ export const SIGNED_EFI_CHAIN: ReadonlyArray<[tree: string, esp: string]> = [
   ['usr/lib/shim/mmx64.efi.signed', 'EFI/BOOT/mmx64.efi'],
 ];
 /**
+ * The signed chain in the order a booted machine replaces it on the ESP (esp-sync in the
+ * base overlay): shim last. The old shim accepts a newer GRUB, while a newer shim (a new SBAT
+ * level) may refuse the old GRUB, so every point in between boots.
+ */
+export const SIGNED_EFI_REPLACE_ORDER: ReadonlyArray<[tree: string, esp: string]> = [
+  ...SIGNED_EFI_CHAIN.filter(([, esp]) => esp !== 'EFI/BOOT/BOOTX64.EFI'),
+  ...SIGNED_EFI_CHAIN.filter(([, esp]) => esp === 'EFI/BOOT/BOOTX64.EFI'),
+];
+
+/**
  * Debian's signed GRUB is one image with its modules and an early config built in; its prefix
  * is /EFI/debian on the ESP. That config sources $prefix/grub.cfg when the directory exists;
  * otherwise it searches every disk for /.disk/info (an installer medium attached would win)

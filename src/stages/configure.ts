@@ -3,6 +3,9 @@
  * account, first-boot SSH host keys, empty machine-id, recipe hooks, the initramfs's dropbear
  * host keys (they stay in the root tree for later update-initramfs runs).
  *
+ * update-grub diverted to keylessgo's (the kernel packages would have grub-mkconfig replace
+ * grub.cfg).
+ *
  * Host commands: chroot (passwd, systemctl, hook scripts, dpkg-divert, dropbearkey), du.
  */
 import { chmod, copyFile, rm, symlink, truncate } from 'node:fs/promises';
@@ -12,6 +15,10 @@ import { writeOverlayFiles } from '../pipeline/overlay.js';
 import { defineStage } from '../pipeline/stage.js';
 import { prepareInitramfsTree } from './initramfs.js';
 import { checkRootFits, rootTreeBytes } from './partition.js';
+
+const UPDATE_GRUB = '/usr/sbin/update-grub';
+/** From the base overlay. */
+const KEYLESSGO_UPDATE_GRUB = '/usr/lib/keylessgo/update-grub';
 
 export const configureStage = defineStage({
   name: 'configure',
@@ -45,6 +52,11 @@ export const configureStage = defineStage({
       // Nothing in a default image needs the network before boot completes: don't wait for it.
       // e2scrub_reap cleans up LVM snapshots of ext4 scrubs; images have no LVM.
       await chroot.run('systemctl', ['mask', 'systemd-networkd-wait-online.service', 'e2scrub_reap.service']);
+      // Kernel packages run update-grub after each kernel install or removal: grub-mkconfig would
+      // replace keylessgo's grub.cfg, so update-grub is diverted to keylessgo's, which leaves it
+      // (before the recipe's hooks, which may install a kernel).
+      await chroot.run('dpkg-divert', ['--quiet', '--local', '--rename', '--divert', `${UPDATE_GRUB}.distrib`, '--add', UPDATE_GRUB]);
+      await symlink(KEYLESSGO_UPDATE_GRUB, join(rootfs, UPDATE_GRUB));
       for (const [index, hook] of ctx.loaded.hookFiles.entries()) {
         const inImage = `/tmp/keylessgo-hook-${index}`;
         ctx.log.info(`      hook ${hook}`);

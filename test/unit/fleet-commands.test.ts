@@ -140,8 +140,8 @@ describe('status', () => {
       { id: 2, type: 'systemd-fido2', keyslots: [0] },
     ]);
     expect(found.bindings).toEqual([
-      { token: 0, keyslots: [1], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: [jwkThumbprint(signing)], current: false }], dependsOnOldKey: true },
-      { token: 1, keyslots: [2], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: [jwkThumbprint(newSigning)], current: true }], dependsOnOldKey: false },
+      { token: 0, keyslots: [1], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: [jwkThumbprint(signing)], current: false }], dependsOnOldKey: true, tpm2Jwes: [] },
+      { token: 1, keyslots: [2], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: [jwkThumbprint(newSigning)], current: true }], dependsOnOldKey: false, tpm2Jwes: [] },
     ]);
     // Without the current keys nothing is flagged.
     expect(readBindings(header, []).bindings[0]).not.toHaveProperty('dependsOnOldKey');
@@ -178,7 +178,7 @@ describe('status', () => {
       device: '/dev/vda4',
       keyslots: found.keyslots,
       tokens: found.tokens,
-      bindings: found.bindings.map((b, i) => ({ ...b, decrypts: i === 1 })),
+      bindings: found.bindings.map(({ tpm2Jwes: _, ...b }, i) => ({ ...b, decrypts: i === 1 })),
       bootstrapPassphrase: 'refused',
       volumeKey: 'rotated',
       dropbearInInitramfs: true,
@@ -190,6 +190,21 @@ describe('status', () => {
     expect(text).toMatch(/^  bootstrap passphrase +refused \(removed\)$/m);
     expect(text).toMatch(/^  volume key +differs from the image's$/m);
     expect(formatHostStatus('db1', { ...status, state: 'locked' })).toBe('db1: at dropbear, locked (unlock it first: keylessgo unlock)');
+    // A TPM binding sealed to PCRs that moved, the temporary binding reseal --prepare made, and the TPM's lockout state.
+    const sealed: HostStatus = {
+      ...status,
+      keyslots: [1, 30, 31],
+      bindings: [
+        { token: 0, keyslots: [1], pin: 'sss', servers: [{ url: 'http://tang.example', thumbprints: ['thp'] }], decrypts: false, tpm2Unseals: false },
+        { token: 1, keyslots: [30], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: ['thp'] }], decrypts: true, temporary: true },
+      ],
+      tpm: { counter: 1, maxTries: 3, recoverySeconds: 1000, lockoutRecoverySeconds: 1000 },
+    };
+    expect(describeStatus(sealed).summary).toBe('keyslots 1,30,31; 2 binding(s), 1 decrypt, 1 TPM binding(s) NOT unsealing, a temporary binding; TPM lockout 1/3; bootstrap passphrase refused; volume key rotated; dropbear in initramfs');
+    const sealedText = formatHostStatus('db1', sealed);
+    expect(sealedText).toMatch(/^  binding \(token 0\) +sss in keyslot 1: http:\/\/tang\.example \[thp\], does NOT decrypt now, its TPM part does NOT unseal with today's PCRs \(reseal --finish\)$/m);
+    expect(sealedText).toMatch(/^  binding \(token 1\) +tang in keyslot 30 \(temporary, from reseal --prepare\): http:\/\/tang\.example \[thp\], decrypts now$/m);
+    expect(sealedText).toMatch(/^  TPM lockout +1 of 3 failures counted; one forgotten every 1000 s while powered$/m);
     expect(describeStatus({ ...status, state: 'locked' }).summary).toBe('at dropbear, locked');
   });
 

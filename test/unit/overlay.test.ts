@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { templateData } from '../../src/pipeline/build.js';
+import { earlyGrubConfig, GRUB_TARGETS, SIGNED_EFI_CHAIN } from '../../src/stages/bootloader.js';
 import { BASE_OVERLAY, renderOverlays, resolveInRoot, writeOverlayFiles, type RenderedFile } from '../../src/pipeline/overlay.js';
 import { parseAuthorizedKeys } from '../../src/recipe/authorized-keys.js';
 import type { Recipe } from '../../src/recipe/schema.js';
@@ -38,6 +39,7 @@ describe('the base overlay rendered for the default recipe', () => {
     expect(Object.keys(files).sort()).toEqual([
       'boot/grub/grub.cfg',
       'etc/crypttab',
+      'etc/dpkg/dpkg.cfg.d/keylessgo-esp-sync',
       'etc/dropbear/initramfs/authorized_keys',
       'etc/dropbear/initramfs/dropbear.conf',
       'etc/fstab',
@@ -51,6 +53,8 @@ describe('the base overlay rendered for the default recipe', () => {
       'etc/initramfs-tools/scripts/init-top/keylessgo-config-drive',
       'etc/initramfs-tools/scripts/init-top/keylessgo-link-up',
       'etc/kernel-img.conf',
+      'etc/keylessgo/esp.conf',
+      'etc/keylessgo/grub-early.cfg',
       'etc/ssh/sshd_config.d/keylessgo.conf',
       'etc/systemd/network/20-wired.network',
       'etc/systemd/system/keylessgo-config-drive.service',
@@ -59,9 +63,45 @@ describe('the base overlay rendered for the default recipe', () => {
       'root/.ssh/authorized_keys',
       'usr/lib/keylessgo/config-drive',
       'usr/lib/keylessgo/config-drive-functions',
+      'usr/lib/keylessgo/esp-sync',
       'usr/lib/keylessgo/grow-root-fs',
       'usr/lib/keylessgo/network-data.jq',
+      'usr/lib/keylessgo/update-grub',
     ]);
+  });
+
+  it('grub.cfg boots /vmlinuz and offers the previous kernel, /vmlinuz.old, when there is one, with the same command line', () => {
+    const cfg = files['boot/grub/grub.cfg']!;
+    const cmdline = /^\tlinux \/vmlinuz (.*)$/m.exec(cfg)?.[1];
+    expect(cmdline).toMatch(/^root=\/dev\/mapper\/cryptroot ro /);
+    expect(cfg).toMatch(/^\tinitrd \/initrd\.img$/m);
+    expect(cfg).toContain(`if [ -f /vmlinuz.old ]; then\n\tmenuentry 'Debian 12 (bookworm), LUKS2 root, SSH unlock, previous kernel' {\n\t\tlinux /vmlinuz.old ${cmdline}\n\t\tinitrd /initrd.img.old\n\t}\nfi\n`);
+  });
+
+  it("esp.conf names the image's own ESP, and the signed loaders with shim last", async () => {
+    const conf = join(await tempDir(), 'esp.conf');
+    await writeFile(conf, files['etc/keylessgo/esp.conf']!);
+    const { stdout } = await execa('sh', ['-c', `. ${conf}; echo "$ESP_UUID|$SECURE_BOOT|$GRUB_EFI_MODULES"; echo "$SIGNED_FILES"`]);
+    const [first, ...signed] = stdout.split('\n');
+    const espUuid = `${IDS.espVolumeId.slice(0, 4)}-${IDS.espVolumeId.slice(4)}`;
+    expect(first).toBe(`${espUuid}|yes|${GRUB_TARGETS.efi.modules.join(' ')}`);
+    expect(files['etc/fstab']).toMatch(new RegExp(`^UUID=${espUuid}\\s+/boot/efi\\s+vfat\\s`, 'm'));
+    expect(signed).toEqual(['/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed EFI/BOOT/grubx64.efi', '/usr/lib/shim/mmx64.efi.signed EFI/BOOT/mmx64.efi', '/usr/lib/shim/shimx64.efi.signed EFI/BOOT/BOOTX64.EFI']);
+    expect(signed.map((line) => line.split(' '))).toEqual(expect.arrayContaining(SIGNED_EFI_CHAIN.map(([tree, esp]) => [`/${tree}`, esp])));
+    expect(files['etc/keylessgo/grub-early.cfg']).toBe(earlyGrubConfig(IDS.bootFsUuid));
+    const unsigned = texts(await render([BASE_OVERLAY], recipeWith('boot: {secureBoot: false}\n')));
+    expect(unsigned['etc/keylessgo/esp.conf']).toMatch(/^SECURE_BOOT=no$/m);
+  });
+
+  it('dpkg runs esp-sync after every run; update-grub, diverted to keylessgo\'s, leaves grub.cfg and says why', async () => {
+    expect(files['etc/dpkg/dpkg.cfg.d/keylessgo-esp-sync']).toMatch(/^post-invoke=\/usr\/lib\/keylessgo\/esp-sync --from-dpkg$/m);
+    for (const script of ['usr/lib/keylessgo/esp-sync', 'usr/lib/keylessgo/update-grub']) {
+      expect(rendered.find((f) => f.target === script)!.mode & 0o111).toBe(0o111);
+      await execa('sh', ['-n', join(BASE_OVERLAY, script)]);
+    }
+    const updateGrub = await execa('sh', [join(BASE_OVERLAY, 'usr/lib/keylessgo/update-grub')], { reject: false });
+    expect(updateGrub.exitCode).toBe(0);
+    expect(updateGrub.stderr).toMatch(/^keylessgo: \/boot\/grub\/grub\.cfg boots \/boot\/vmlinuz .*nothing to update/m);
   });
 
   it('the initramfs grows the root only when the recipe says so', async () => {
