@@ -146,6 +146,17 @@ export function tpm2BindingsInToken(tokenJson: string): BoundTpm2[] {
   return leafPins(clevisPolicyInToken(tokenJson)).flatMap((p) => (p.pin === 'tpm2' && 'pcrIds' in p ? [{ ...(p.pcrBank ? { pcrBank: p.pcrBank } : {}), pcrIds: p.pcrIds }] : []));
 }
 
+/** The token's TPM2 pin as enroll --tpm2 would give it again (the first, if sss nests several). */
+export function tpm2PinInToken(tokenJson: string): Tpm2Pin | undefined {
+  const [bound] = tpm2BindingsInToken(tokenJson);
+  return bound ? { pcrBank: (bound.pcrBank ?? 'sha1') as Tpm2Pin['pcrBank'], pcrIds: bound.pcrIds } : undefined;
+}
+
+/** How many pins of a policy must answer: sss's threshold, 1 for a single pin. */
+export function policyThreshold(policy: ClevisPolicy): number {
+  return policy.pin === 'sss' && 'threshold' in policy ? policy.threshold : 1;
+}
+
 /**
  * The compact JWEs of the token's tpm2 pins (the token's own JWE for a tpm2 binding, or the
  * nested ones of sss). `clevis decrypt` of one asks the TPM alone: whether it still unseals

@@ -149,8 +149,17 @@ export interface UnitStep {
  * with a line naming it and its exit status.
  */
 export function detachedUnitCommand(unit: string, steps: readonly UnitStep[], stopPost?: string): string {
-  const properties = ['SyslogIdentifier=keylessgo-enroll', ...(stopPost ? [`ExecStopPost=/bin/sh -c ${shellQuote(stopPost)}`] : [])];
-  return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(unitScript(steps))}`;
+  const properties = ['SyslogIdentifier=keylessgo-enroll', ...(stopPost ? [`ExecStopPost=/bin/sh -c ${shellQuote(systemdLiteral(stopPost))}`] : [])];
+  return `systemd-run --quiet --collect --unit=${unit} ${properties.map((p) => `--property=${shellQuote(p)}`).join(' ')} /bin/sh -c ${shellQuote(systemdLiteral(unitScript(steps)))}`;
+}
+
+/**
+ * A command line word systemd passes on as it is: systemd replaces `${NAME}` anywhere in an
+ * Exec line with the environment's value (empty here), and `$$` with `$`. Unescaped, a
+ * script's `dropbear_${t}_host_key` became `dropbear__host_key`.
+ */
+export function systemdLiteral(word: string): string {
+  return word.replaceAll('$', '$$$$');
 }
 
 const UNIT_MARK = 'keylessgo-step:';

@@ -18,7 +18,7 @@
  * Host commands on the machine: those of machine.ts and tang-pins.ts, clevis luks bind/unbind.
  */
 import { EnrollError } from '../errors.js';
-import { clevisPinConfig, type BoundTangServer } from '../host/clevis.js';
+import { clevisPinConfig, clevisPolicyInToken, policyThreshold, tpm2PinInToken, type BoundTangServer } from '../host/clevis.js';
 import { bindingDecrypts, findRootDevice, must, readBindings, readHeader, shellQuote, unbindCommand, type ClevisBinding, type EnrollLog, type Remote } from './machine.js';
 import { trustTang, type TrustedTang } from './tang-pins.js';
 
@@ -51,27 +51,32 @@ export async function rebind(remote: Remote, options: RebindOptions): Promise<Re
   const { log } = options;
   const device = await findRootDevice(remote, 'find the root LUKS device');
   const bindings = async () => readBindings(remote, device, await readHeader(remote, device, 'read the bindings'), 'read the bindings');
-  const before = await bindings();
-  if (before.length === 0) throw new EnrollError('read the bindings', `${device} has no clevis binding (enroll it first)`);
+  // Bindings without a Tang server (TPM2 alone) do not depend on Tang's keys: they stay.
+  const tangBound = async () => (await bindings()).filter((b) => b.servers.length > 0);
+  const before = await tangBound();
+  if (before.length === 0) throw new EnrollError('read the bindings', `${device} has no clevis binding to a Tang server (enroll it first)`);
   const trusted = await trustTang(remote, options.tangUrls, options.tangThps, log, 'fetch the Tang advertisement');
 
   let current = before.find((b) => trustsCurrentKeys(b, trusted));
   if (current) {
     log.info(`rebind: keyslot ${current.slot} is already bound to the current keys`);
   } else {
-    const [pin, config] = clevisPinConfig(trusted, options.threshold);
     for (const old of before) {
-      log.info(`rebind: new binding, keyed by the binding in keyslot ${old.slot}`);
+      // Only the Tang keys change: a TPM2 pin stays, and with it the old threshold across Tang and the TPM.
+      const tpm2 = tpm2PinInToken(old.token);
+      const policy = clevisPolicyInToken(old.token);
+      const [pin, config] = clevisPinConfig(trusted, tpm2 && policy ? policyThreshold(policy) : options.threshold, tpm2);
+      log.info(`rebind: new binding${tpm2 ? ' (with its TPM2 pin)' : ''}, keyed by the binding in keyslot ${old.slot}`);
       const made = await remote.run(`clevis luks pass -d ${device} -s ${old.slot} | clevis luks bind -y -d ${device} -k - ${pin} ${shellQuote(config)}`);
       if (made.exitCode === 0) break;
       log.warn(`rebind: the binding in keyslot ${old.slot} gave no key: ${made.output.trim().split('\n').slice(-2).join(' | ')}`);
     }
-    current = (await bindings()).find((b) => !before.some((old) => old.slot === b.slot) && trustsCurrentKeys(b, trusted));
+    current = (await tangBound()).find((b) => !before.some((old) => old.slot === b.slot) && trustsCurrentKeys(b, trusted));
     if (!current) throw new EnrollError('bind to the current keys', 'no old binding decrypts (the old Tang keys deleted already?): enroll again with the recovery passphrase');
   }
   if (!(await bindingDecrypts(remote, device, current.slot))) throw new EnrollError('prove the new binding', `the binding in keyslot ${current.slot} does not open ${device}; the old bindings are kept`);
 
-  const old = (await bindings()).filter((b) => b.slot !== current.slot);
+  const old = (await tangBound()).filter((b) => b.slot !== current.slot);
   const proven = current.slot;
   for (const binding of old) await must(remote, 'remove the old bindings', unbindCommand(device, binding.slot, `clevis luks pass -d ${device} -s ${proven}`));
   return {

@@ -21,7 +21,7 @@
  * clevis decrypt, tpm2_pcrread.
  */
 import { EnrollError } from '../errors.js';
-import { clevisPinConfig, clevisPolicyInToken, describeClevisPolicy, tpm2BindingsInToken, tpm2JwesInToken, type BoundTangServer, type ClevisPolicy, type Tpm2Pin } from '../host/clevis.js';
+import { clevisPinConfig, clevisPolicyInToken, describeClevisPolicy, policyThreshold, tpm2JwesInToken, tpm2PinInToken, type BoundTangServer, type ClevisPolicy, type Tpm2Pin } from '../host/clevis.js';
 import { parsePcrRead, pcrReadCommand } from '../host/tpm2.js';
 import {
   bindingDecrypts, findRootDevice, must, readBindings, readHeader, readStateFiles, shellQuote, stageSecret, succeeds, unbindCommand, wipeCommand, type ClevisBinding, type EnrollLog, type Remote,
@@ -76,20 +76,11 @@ interface TpmBinding extends ClevisBinding {
   unseals: boolean;
 }
 
-function tpm2Pin(binding: ClevisBinding): Tpm2Pin | undefined {
-  const [bound] = tpm2BindingsInToken(binding.token);
-  if (!bound) return undefined;
-  return { pcrBank: (bound.pcrBank ?? 'sha1') as Tpm2Pin['pcrBank'], pcrIds: bound.pcrIds };
-}
-
 /** Whether every tpm2 pin of the binding unseals now (the TPM alone is asked). */
 export async function tpm2Unseals(remote: Remote, token: string): Promise<boolean> {
   for (const jwe of tpm2JwesInToken(token)) if (!(await succeeds(remote, 'clevis decrypt >/dev/null 2>&1', jwe))) return false;
   return true;
 }
-
-/** The threshold of an sss policy (1 for a single pin). */
-const thresholdOf = (policy: ClevisPolicy) => (policy.pin === 'sss' && 'threshold' in policy ? policy.threshold : 1);
 
 export async function reseal(remote: Remote, options: ResealOptions): Promise<ResealReport> {
   const { log } = options;
@@ -99,7 +90,7 @@ export async function reseal(remote: Remote, options: ResealOptions): Promise<Re
   const temporary = bindings.find((b) => b.slot === TEMPORARY_SLOT);
   const tpmBindings: TpmBinding[] = [];
   for (const binding of bindings.filter((b) => b.slot !== TEMPORARY_SLOT)) {
-    const tpm2 = tpm2Pin(binding);
+    const tpm2 = tpm2PinInToken(binding.token);
     const policy = clevisPolicyInToken(binding.token);
     if (tpm2 && policy) tpmBindings.push({ ...binding, tpm2, policy, unseals: await tpm2Unseals(remote, binding.token) });
   }
@@ -161,7 +152,7 @@ export async function reseal(remote: Remote, options: ResealOptions): Promise<Re
           if (!made) {
             const key = await keySource([...current, ...(temporary ? [temporary] : [])], 'key the new TPM binding');
             const tang = await trustTang(remote, old.servers.map((s) => s.url), old.servers.map((s) => s.thumbprints[0]!), log, 'check Tang from the machine');
-            const [pin, config] = clevisPinConfig(tang, thresholdOf(old.policy), old.tpm2);
+            const [pin, config] = clevisPinConfig(tang, policyThreshold(old.policy), old.tpm2);
             log.info(`reseal: keyslot ${old.slot} (${policy}) made again for today's PCRs`);
             const before = new Set((await readAll('read the bindings')).map((b) => b.slot));
             await must(remote, 'make the new TPM binding', `${key} | clevis luks bind -y -d ${device} -k - ${pin} ${shellQuote(config)}`);
@@ -212,7 +203,7 @@ export async function reseal(remote: Remote, options: ResealOptions): Promise<Re
     if (!source) throw new EnrollError('choose the temporary binding', 'the TPM binding has no Tang server: give the temporary binding\'s with --tang URL (and --tang-thp)');
     const servers: BoundTangServer[] = source.servers;
     const tang = await trustTang(remote, servers.map((s) => s.url), servers.map((s) => s.thumbprints[0]!), log, 'check Tang from the machine');
-    return clevisPinConfig(tang, Math.min(thresholdOf(source.policy), servers.length));
+    return clevisPinConfig(tang, Math.min(policyThreshold(source.policy), servers.length));
   }
 }
 

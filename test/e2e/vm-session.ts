@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { HostRunner } from '../../src/host/run.js';
 import { probeImageFormat } from '../../src/inspect/disk-format.js';
 import { Logger } from '../../src/log.js';
-import { firmwareArgs } from '../../src/qemu/firmware.js';
+import { firmwareArgs, firmwareQemuArgs } from '../../src/qemu/firmware.js';
 import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
 import { createOverlay, freePort, Vm, type VmConfig } from '../../src/qemu/vm.js';
 import { pollUntil, secondsSince } from '../../src/qemu/wait.js';
@@ -53,15 +53,21 @@ export class TestVm {
    * Powers on (UEFI); `tang` serves Tang server(s) to the guest; `network`: NICs connected to
    * nothing in front of the user-network one, a static guest address; `machine.cpus` (default
    * 2): 1 when several guests run side by side; `machine.tpm`: a TPM 2.0 with its state in that
-   * directory (the same directory: the same machine).
+   * directory (the same directory: the same machine); `machine.secureBootVars`: this machine's own OVMF
+   * variable store, under OVMF's Secure Boot build (a copy of OVMF_VARS_4M.fd: Secure Boot off; of
+   * OVMF_VARS_4M.ms.fd: on, with Microsoft's keys).
    */
-  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, machine: { cpus?: number; tpm?: VmConfig['tpm'] } = {}): Promise<void> {
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, machine: { cpus?: number; tpm?: VmConfig['tpm']; secureBootVars?: string } = {}): Promise<void> {
+    // A step that failed may have left the machine running: one QEMU per disk.
+    await this.stop();
     this.boots++;
     const config: VmConfig = {
       accel: 'tcg',
       cpus: machine.cpus ?? 2,
       memoryMiB: 2048,
-      firmwareArgs: await firmwareArgs('uefi', this.dir),
+      // secureBootVars: OVMF's Secure Boot build with this machine's own variable store, which
+      // outlives the boot (swapping it between boots turns Secure Boot on or off).
+      firmwareArgs: machine.secureBootVars ? firmwareQemuArgs('uefi-secureboot', machine.secureBootVars) : await firmwareArgs('uefi', this.dir),
       overlay: this.overlay,
       sectorSize: 512,
       hostPort: await freePort(),
@@ -88,6 +94,12 @@ export class TestVm {
       return banner && pattern.test(banner) ? banner : undefined;
     }, 1000, signal);
     return secondsSince(this.started);
+  }
+
+  /** Writes `data` to `path` on the booted system (base64 on stdin: the channel carries text). */
+  async upload(path: string, data: Buffer): Promise<void> {
+    const { exitCode, output } = await this.ssh(`base64 -d > ${path}`, data.toString('base64'));
+    if (exitCode !== 0) throw new Error(`upload to ${path} failed: ${output}`);
   }
 
   /** Runs `command` as root, logged in with the fixture's key or with `key` (a private key's text). */

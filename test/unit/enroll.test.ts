@@ -79,7 +79,8 @@ describe('enroll from the image', () => {
     expect(reencrypt).toMatch(/--property='ExecStopPost=\/bin\/sh -c .*dd if=\/dev\/zero.*rm -rf \/run\/keylessgo-enroll\/reencrypt-unit/);
     // New host keys appended to each initramfs, not a rebuild (minutes with MODULES=most on a small machine).
     const [dropbear] = machine.commands(/systemd-run .*keylessgo-enroll-initramfs/);
-    expect(dropbear).toMatch(/dropbearkey -t \$t -f dropbear_\$\{t\}_host_key\.new/);
+    // Every $ doubled: systemd would otherwise expand ${t} in the Exec line itself.
+    expect(dropbear).toMatch(/dropbearkey -t \$\$t -f dropbear_\$\$\{t\}_host_key\.new/);
     expect(dropbear).toMatch(/cpio --quiet -o -H newc/);
     expect(dropbear).not.toMatch(/update-initramfs|>\s*\/dev\/null/);
     // Recorded before the rotation: how a re-run knows the key is no longer the image's.

@@ -23,7 +23,8 @@ export class FakeLuksMachine implements Remote {
   readonly calls: Array<{ command: string; stdin?: string }> = [];
   readonly files = new Map<string, string>();
   slots = new Map<number, Slot>();
-  tokens = new Map<number, { keyslot?: number; key: string }>();
+  /** The binding's policy: Tang (default), sss of Tang and a TPM2 pin (PCR 7) with threshold 2, or the TPM alone. */
+  tokens = new Map<number, { keyslot?: number; key: string; policy?: 'tang' | 'tang+tpm2' | 'tpm2' }>();
   digestSalt = 'aa01';
   reencryptFlag = false;
   /** Units running, with the polls left until they end and what they do then (a failure: the step that failed and its last lines). */
@@ -65,10 +66,10 @@ export class FakeLuksMachine implements Remote {
     for (const token of this.tokens.values()) token.keyslot = this.slots.has(token.keyslot ?? -1) ? token.keyslot : undefined;
   }
 
-  bind(key: string): number {
+  bind(key: string, policy: 'tang' | 'tang+tpm2' = 'tang'): number {
     const slot = [...Array(32).keys()].find((s) => !this.slots.has(s))!;
     this.slots.set(slot, { opener: 'clevis', key });
-    this.tokens.set([...Array(32).keys()].find((id) => !this.tokens.has(id))!, { keyslot: slot, key });
+    this.tokens.set([...Array(32).keys()].find((id) => !this.tokens.has(id))!, { keyslot: slot, key, policy });
     return slot;
   }
 
@@ -95,9 +96,12 @@ export class FakeLuksMachine implements Remote {
     ].join('');
   }
 
-  private token(key: string): string {
-    const header = { alg: 'ECDH-ES', clevis: { pin: 'tang', tang: { url: TANG, adv: { keys: [signingKey(key)] } } } };
-    return JSON.stringify({ type: 'clevis', keyslots: [], jwe: { protected: Buffer.from(JSON.stringify(header)).toString('base64url') } });
+  private token(key: string, policy: 'tang' | 'tang+tpm2' | 'tpm2' = 'tang'): string {
+    const segment = (header: unknown) => Buffer.from(JSON.stringify(header)).toString('base64url');
+    const tang = { alg: 'ECDH-ES', clevis: { pin: 'tang', tang: { url: TANG, adv: { keys: [signingKey(key)] } } } };
+    const tpm2 = { clevis: { pin: 'tpm2', tpm2: { pcr_bank: 'sha256', pcr_ids: '7' } } };
+    const sss = { alg: 'dir', clevis: { pin: 'sss', sss: { t: 2, jwe: [`${segment(tang)}.k.i.c.t`, `${segment(tpm2)}.k.i.c.t`] } } };
+    return JSON.stringify({ type: 'clevis', keyslots: [], jwe: { protected: segment({ tang, 'tang+tpm2': sss, tpm2 }[policy]) } });
   }
 
   private adv(): string {
@@ -181,14 +185,14 @@ export class FakeLuksMachine implements Remote {
     }
     if (command.startsWith('cryptsetup token export')) {
       const token = this.tokens.get(Number(file(/--token-id (\d+)/)));
-      return token ? ok(this.token(token.key)) : fail();
+      return token ? ok(this.token(token.key, token.policy)) : fail();
     }
     if (/^clevis luks pass .*\| cryptsetup open --test-passphrase/.test(command)) return this.decrypts(slotArg()) ? ok() : { output: 'Error communicating with server', exitCode: 1 };
     if (command.startsWith('curl ')) return this.tang.up ? ok(this.adv()) : { output: 'curl: (7) Failed to connect', exitCode: 7 };
     if (command.startsWith('test "$(printf ok | clevis encrypt')) return this.tang.up ? ok() : fail();
     if (/^clevis luks pass .*\| clevis luks bind/.test(command)) {
       if (!this.decrypts(slotArg())) return fail('Error communicating with server');
-      this.bind(this.tang.served);
+      this.bind(this.tang.served, command.includes('"tpm2":') ? 'tang+tpm2' : 'tang');
       return ok();
     }
     if (command.startsWith('clevis luks bind')) {

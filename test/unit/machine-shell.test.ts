@@ -14,7 +14,7 @@ import { HostRunner } from '../../src/host/run.js';
 import { fileDecompressor, unpackInitramfs } from '../../src/inspect/cpio.js';
 import { newcArchive } from '../../src/initramfs/newc.js';
 import { appendDropbearKeysScript, newDropbearKeysScript } from '../../src/nbde/enroll.js';
-import { parseUnitOutcome, readStateFiles, unitScript, type Remote } from '../../src/nbde/machine.js';
+import { detachedUnitCommand, parseUnitOutcome, readStateFiles, systemdLiteral, unitScript, type Remote } from '../../src/nbde/machine.js';
 import { Logger } from '../../src/log.js';
 
 /** This host's /bin/sh as the machine's root shell. */
@@ -61,6 +61,18 @@ describe('detached unit script', () => {
     expect(exitCode).toBe(3);
     expect(output).not.toContain('never\n');
     expect(parseUnitOutcome(output)).toEqual({ ended: 'failed', label: 'update-initramfs -u', status: 3, lastLines: ['keylessgo-step: running: update-initramfs -u', 'building', 'E: no space left'] });
+  });
+
+  it('reaches /bin/sh as written: systemd\'s ${NAME} expansion of Exec lines cannot touch it', () => {
+    // What systemd does to a word of an Exec line: `$$` is `$`, `${NAME}` the (empty) variable.
+    const systemdExpands = (word: string) => word.replace(/\$\$|\$\{[A-Za-z_][A-Za-z0-9_]*\}/g, (match) => (match === '$$' ? '$' : ''));
+    const script = unitScript([{ label: 'new dropbear host keys', script: newDropbearKeysScript() }, { label: 'append', script: appendDropbearKeysScript() }]);
+    // The hazard is real: unescaped, the key files would be named dropbear__host_key.
+    expect(systemdExpands(script)).toContain('dropbear__host_key');
+    expect(systemdExpands(systemdLiteral(script))).toBe(script);
+    const command = detachedUnitCommand('keylessgo-enroll-initramfs', [{ label: 'x', script: 'echo "${HOME}"' }], 'rm -rf "${DIR}"');
+    expect(command).toContain('echo "$${HOME}"');
+    expect(command).toContain('rm -rf "$${DIR}"');
   });
 
   it('a run cut short (killed, rebooted) is neither done nor failed', () => {

@@ -42,6 +42,19 @@ describe('rebind', () => {
     expect(formatRebindReport(report)).toBe(`${DEVICE}: rebound\n  removed keyslot 1: ${TANG} ${thp('k1')}\n  bound keyslot 0: ${TANG} ${thp('k2')}`);
   });
 
+  it('keeps a TPM2 pin and its threshold in the new binding, and leaves a TPM2-only binding alone', async () => {
+    const machine = rotatedTang();
+    machine.tokens.get(0)!.policy = 'tang+tpm2';
+    // A binding to the TPM alone (keyslot 2): no Tang key in it, nothing to rebind.
+    machine.slots.set(2, { opener: 'clevis', key: 'tpm-only' });
+    machine.tokens.set(1, { keyslot: 2, key: 'tpm-only', policy: 'tpm2' });
+    const report = await run(machine, [thp('k2')]).result;
+    expect(report.old.map((b) => b.slot)).toEqual([1]);
+    const [bind] = machine.commands(/clevis luks bind/);
+    expect(bind).toMatch(/clevis luks bind -y -d \/dev\/vda4 -k - sss '\{"t":2,"pins":\{"tang":\[\{"url":"http:\/\/tang\.example","adv":\{.*\}\}\],"tpm2":\{"pcr_bank":"sha256","pcr_ids":"7"\}\}\}'$/);
+    expect([...machine.slots.keys()].sort()).toEqual([0, 2, 31]);
+  });
+
   it('skips a machine bound to the current key only', async () => {
     const machine = rotatedTang();
     await run(machine).result;
@@ -86,7 +99,7 @@ describe('rebind', () => {
     const machine = rotatedTang();
     machine.slots.delete(1);
     machine.tokens.clear();
-    await expect(run(machine).result).rejects.toThrow(/has no clevis binding \(enroll it first\)/);
+    await expect(run(machine).result).rejects.toThrow(/has no clevis binding to a Tang server \(enroll it first\)/);
   });
 });
 
