@@ -61,6 +61,20 @@ export interface VmConfig {
   guestAddress?: string;
   /** An ISO 9660 image attached as a CD (e.g. a config drive). */
   cdrom?: string;
+  /** Services on the host's loopback the guest reaches at an address of its own (e.g. an apt proxy). */
+  hostServices?: readonly HostService[];
+}
+
+export interface HostService {
+  guestAddress: string;
+  guestPort: number;
+  /** The port on 127.0.0.1. */
+  hostPort: number;
+}
+
+/** guestfwd options: each guest connection to the service's address is connected to 127.0.0.1:hostPort. */
+export function hostServiceForwards(services: readonly HostService[] = []): string {
+  return services.map((s) => `,guestfwd=tcp:${s.guestAddress}:${s.guestPort}-tcp:${GUEST_HOST}:${s.hostPort}`).join('');
 }
 
 /** MAC of the user-network NIC: fixed, so that a config drive's network_data.json can name it; not one of QEMU's defaults (52:54:00:12:34:56 and up, which the other NICs get). */
@@ -166,7 +180,7 @@ export function qemuArgs(config: VmConfig, deadPorts: number[] = []): string[] {
     '-drive', `file=${qemuOptionValue(config.overlay)},if=none,id=disk0,format=qcow2,discard=unmap`,
     '-device', `virtio-blk-pci,drive=disk0,logical_block_size=${config.sectorSize},physical_block_size=${config.sectorSize}`,
     ...(config.cdrom ? ['-drive', `file=${qemuOptionValue(config.cdrom)},if=ide,media=cdrom,format=raw,readonly=on`] : []),
-    ...nicArgs(config, deadPorts, tangForwards(config.tang)),
+    ...nicArgs(config, deadPorts, tangForwards(config.tang) + hostServiceForwards(config.hostServices)),
     ...(config.tpm ? tpmQemuArgs(config.tpm.stateDir) : []),
     // An entropy source as cloud VMs have one (qemu64 has no RDRAND).
     '-device', 'virtio-rng-pci',

@@ -57,7 +57,7 @@ export class TestVm {
    * variable store, under OVMF's Secure Boot build (a copy of OVMF_VARS_4M.fd: Secure Boot off; of
    * OVMF_VARS_4M.ms.fd: on, with Microsoft's keys).
    */
-  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress'> = {}, machine: { cpus?: number; tpm?: VmConfig['tpm']; secureBootVars?: string } = {}): Promise<void> {
+  async boot(tang?: VmConfig['tang'], network: Pick<VmConfig, 'nics' | 'guestAddress' | 'hostServices'> = {}, machine: { cpus?: number; tpm?: VmConfig['tpm']; secureBootVars?: string } = {}): Promise<void> {
     // A step that failed may have left the machine running: one QEMU per disk.
     await this.stop();
     this.boots++;

@@ -17,12 +17,15 @@ export function signingKey(name: string) {
 }
 export const thp = (name: string) => jwkThumbprint(signingKey(name));
 
-type Slot = { opener: 'passphrase'; secret: string } | { opener: 'clevis'; key: string };
+/** A clevis keyslot: its Tang key (none for a TPM-only binding), and with a TPM2 pin the PCR 7 value it is sealed to. */
+type Slot = { opener: 'passphrase'; secret: string } | { opener: 'clevis'; key: string; sealedTo?: string };
 
 export class FakeLuksMachine implements Remote {
   readonly calls: Array<{ command: string; stdin?: string }> = [];
   readonly files = new Map<string, string>();
   slots = new Map<number, Slot>();
+  /** The TPM's PCR 7 now. */
+  pcr7 = 'A1';
   /** The binding's policy: Tang (default), sss of Tang and a TPM2 pin (PCR 7) with threshold 2, or the TPM alone. */
   tokens = new Map<number, { keyslot?: number; key: string; policy?: 'tang' | 'tang+tpm2' | 'tpm2' }>();
   digestSalt = 'aa01';
@@ -66,16 +69,18 @@ export class FakeLuksMachine implements Remote {
     for (const token of this.tokens.values()) token.keyslot = this.slots.has(token.keyslot ?? -1) ? token.keyslot : undefined;
   }
 
-  bind(key: string, policy: 'tang' | 'tang+tpm2' = 'tang'): number {
-    const slot = [...Array(32).keys()].find((s) => !this.slots.has(s))!;
-    this.slots.set(slot, { opener: 'clevis', key });
+  bind(key: string, policy: 'tang' | 'tang+tpm2' = 'tang', slot = [...Array(32).keys()].find((s) => !this.slots.has(s))!): number {
+    this.slots.set(slot, { opener: 'clevis', key, ...(policy === 'tang' ? {} : { sealedTo: this.pcr7 }) });
     this.tokens.set([...Array(32).keys()].find((id) => !this.tokens.has(id))!, { keyslot: slot, key, policy });
     return slot;
   }
 
   private decrypts(slot: number): boolean {
     const entry = this.slots.get(slot);
-    return entry?.opener === 'clevis' && this.tang.up && this.tang.recoverable.has(entry.key);
+    if (entry?.opener !== 'clevis') return false;
+    if (entry.sealedTo !== undefined && entry.sealedTo !== this.pcr7) return false;
+    const policy = [...this.tokens.values()].find((t) => t.keyslot === slot)?.policy ?? 'tang';
+    return policy === 'tpm2' || (this.tang.up && this.tang.recoverable.has(entry.key));
   }
 
   private opens(file: string, slot?: number): number | undefined {
@@ -96,10 +101,11 @@ export class FakeLuksMachine implements Remote {
     ].join('');
   }
 
-  private token(key: string, policy: 'tang' | 'tang+tpm2' | 'tpm2' = 'tang'): string {
+  private token(key: string, policy: 'tang' | 'tang+tpm2' | 'tpm2' = 'tang', sealedTo?: string): string {
     const segment = (header: unknown) => Buffer.from(JSON.stringify(header)).toString('base64url');
     const tang = { alg: 'ECDH-ES', clevis: { pin: 'tang', tang: { url: TANG, adv: { keys: [signingKey(key)] } } } };
-    const tpm2 = { clevis: { pin: 'tpm2', tpm2: { pcr_bank: 'sha256', pcr_ids: '7' } } };
+    // The PCR value the TPM sealed to is not in a real JWE: here it lets `clevis decrypt` tell.
+    const tpm2 = { clevis: { pin: 'tpm2', tpm2: { pcr_bank: 'sha256', pcr_ids: '7', sealedTo } } };
     const sss = { alg: 'dir', clevis: { pin: 'sss', sss: { t: 2, jwe: [`${segment(tang)}.k.i.c.t`, `${segment(tpm2)}.k.i.c.t`] } } };
     return JSON.stringify({ type: 'clevis', keyslots: [], jwe: { protected: segment({ tang, 'tang+tpm2': sss, tpm2 }[policy]) } });
   }
@@ -165,11 +171,19 @@ export class FakeLuksMachine implements Remote {
     }
     if (command.startsWith('for k in /etc/dropbear/initramfs/dropbear_*_host_key; do dropbearkey -y')) return ok('ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm8n root@machine\n');
     if (command.startsWith('systemd-run')) return this.startUnit(command), ok();
-    if (command.startsWith('cd /var/lib/keylessgo/enroll 2>/dev/null && for f in')) {
+    if (/^cd \/var\/lib\/keylessgo\/\w+ 2>\/dev\/null && for f in/.test(command)) {
       // What the state read prints for the files as they lie on the machine: each value's first line.
+      const dir = file(/^cd (\S+)/);
       const names = file(/for f in ([^;]+); do/).split(' ');
-      return ok(names.filter((name) => this.files.has(`/var/lib/keylessgo/enroll/${name}`)).map((name) => `${name}=${this.files.get(`/var/lib/keylessgo/enroll/${name}`)!.split('\n')[0]}\n`).join(''));
+      return ok(names.filter((name) => this.files.has(`${dir}/${name}`)).map((name) => `${name}=${this.files.get(`${dir}/${name}`)!.split('\n')[0]}\n`).join(''));
     }
+    if (command === 'clevis decrypt >/dev/null 2>&1') {
+      const header = JSON.parse(Buffer.from(stdin!.split('.')[0]!, 'base64url').toString()) as { clevis: { tpm2: { sealedTo?: string } } };
+      return header.clevis.tpm2.sealedTo === this.pcr7 ? ok() : fail('ERROR:esys:src/tss2-esys/api/Esys_Unseal.c:295:Esys_Unseal_Finish() Received TPM Error');
+    }
+    if (command === 'tpm2_pcrread sha256:7') return ok(`  sha256:\n    7 : 0x${this.pcr7}\n`);
+    if (command.startsWith('mkdir -p /var/lib/keylessgo/reseal && echo ')) return this.files.set('/var/lib/keylessgo/reseal/prepared-pcrs', `${file(/echo '([^']*)'/)}\n`), ok();
+    if (command === 'rm -f /var/lib/keylessgo/reseal/prepared-pcrs') return this.files.delete('/var/lib/keylessgo/reseal/prepared-pcrs'), ok();
     if (command.startsWith('mkdir -p /var/lib/keylessgo/enroll && { test -s')) {
       const path = '/var/lib/keylessgo/enroll/image-volume-key-digest-salt';
       // echo writes the value and a newline.
@@ -185,14 +199,19 @@ export class FakeLuksMachine implements Remote {
     }
     if (command.startsWith('cryptsetup token export')) {
       const token = this.tokens.get(Number(file(/--token-id (\d+)/)));
-      return token ? ok(this.token(token.key, token.policy)) : fail();
+      if (!token) return fail();
+      const slot = this.slots.get(token.keyslot ?? -1);
+      return ok(this.token(token.key, token.policy, slot?.opener === 'clevis' ? slot.sealedTo : undefined));
     }
     if (/^clevis luks pass .*\| cryptsetup open --test-passphrase/.test(command)) return this.decrypts(slotArg()) ? ok() : { output: 'Error communicating with server', exitCode: 1 };
     if (command.startsWith('curl ')) return this.tang.up ? ok(this.adv()) : { output: 'curl: (7) Failed to connect', exitCode: 7 };
     if (command.startsWith('test "$(printf ok | clevis encrypt')) return this.tang.up ? ok() : fail();
-    if (/^clevis luks pass .*\| clevis luks bind/.test(command)) {
-      if (!this.decrypts(slotArg())) return fail('Error communicating with server');
-      this.bind(this.tang.served, command.includes('"tpm2":') ? 'tang+tpm2' : 'tang');
+    if (/^(clevis luks pass|cat \S+) .*\| clevis luks bind/.test(command)) {
+      const source = /^cat (\S+) \|/.exec(command)?.[1];
+      if (!(source ? this.opens(source) !== undefined : this.decrypts(slotArg()))) return fail('Error communicating with server');
+      if (!this.tang.up) return fail('Error communicating with server');
+      const into = /clevis luks bind .*-s (\d+)/.exec(command)?.[1];
+      this.bind(this.tang.served, command.includes('"tpm2":') ? 'tang+tpm2' : 'tang', into === undefined ? undefined : Number(into));
       return ok();
     }
     if (command.startsWith('clevis luks bind')) {
