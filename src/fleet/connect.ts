@@ -1,7 +1,7 @@
 /** SSH to one fleet target: banner first (what is answering), then a session whose host key is judged before anything is sent. */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AnyAuthMethod } from 'ssh2';
-import { openSession, readBanner, type Session } from '../qemu/ssh.js';
+import { openSession, readBanner, type Session } from '../ssh/client.js';
 import { judgeHostKey, type HostKeyTrust } from './host-keys.js';
 import type { FleetTarget } from './targets.js';
 

@@ -16,8 +16,8 @@ import { LUKS_JSON_DUMP_ARGS, luksHeaderDigests, parseLuksJsonHeader, type LuksH
 import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
-import { readBootManifest } from '../qemu/manifest.js';
-import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
+import { readBootManifest } from '../formats/build-manifest.js';
+import { exec, readPrivateKey, type HostKey } from '../ssh/client.js';
 import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from './run.js';

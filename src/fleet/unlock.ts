@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
-import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
+import { exec, readPrivateKey, type HostKey } from '../ssh/client.js';
 import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress } from './run.js';

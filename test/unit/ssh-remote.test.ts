@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { probeSshServer, RETRY_ATTEMPTS } from '../../src/fleet/connect.js';
 import { enrollCommand, rebindCommand } from '../../src/nbde/enroll-command.js';
 import { SshRemote } from '../../src/nbde/remote.js';
-import { ed25519KeyPair, exec, openSession } from '../../src/qemu/ssh.js';
+import { ed25519KeyPair, exec, openSession } from '../../src/ssh/client.js';
 import { sshFingerprint } from '../../src/recipe/authorized-keys.js';
 import { captureLogger, tempDir } from './helpers.js';
 

@@ -1,7 +1,8 @@
 /**
- * SSH to the guest through the forwarded port, with the `ssh2` package (no OpenSSH client
- * config or known_hosts involved). Every connection reports the host key it saw, so the caller
- * can compare it with the manifest; fleet commands refuse unknown keys with `acceptHostKey`.
+ * keylessgo's SSH client, with the `ssh2` package (no OpenSSH client config or known_hosts
+ * involved): the fleet commands reach machines with it, the boot test its guest through the
+ * forwarded port. Every connection reports the host key it saw, so the caller can compare it
+ * with the manifest; fleet commands refuse unknown keys with `acceptHostKey`.
  */
 import { readFile } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
