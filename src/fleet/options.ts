@@ -25,7 +25,7 @@ export interface FleetCliOptions {
 export function fleetOptions(): Option[] {
   return [
     new Option('--host <host...>', 'the machine(s), reachable over SSH (several: --host a b c)'),
-    new Option('--inventory <file>', 'Ansible inventory (YAML or INI): ansible_host, ansible_port, ansible_user, groups'),
+    new Option('--inventory <file>', 'Ansible inventory: YAML, INI, or the JSON of `ansible-inventory -i SOURCE --list` (any dynamic source); ansible_host, ansible_port, ansible_user, groups'),
     new Option('--limit <pattern>', "only these hosts: Ansible's host patterns (group, host, web*, a:b, a:&b, a:!b)"),
     new Option('--port <port>', `SSH port (inventory: for hosts without ansible_port; default ${DEFAULT_PORT})`).argParser(positive('--port', 65535)),
     new Option('--user <user>', `SSH user (inventory: for hosts without ansible_user; default ${DEFAULT_USER})`),
