@@ -43,7 +43,7 @@ describe('keylessgo unlock/status over an inventory', () => {
     expect(result.exitCode).toBe(1);
     const records = result.stdout.split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(records.find((r) => r.host === 'up')).toMatchObject({ result: 'skipped', summary: 'already up (OpenSSH answers)' });
-    expect(records.find((r) => r.host === 'down')).toMatchObject({ result: 'failed', error: expect.stringMatching(/^no SSH server answers on 127\.0\.0\.1:\d+$/) });
+    expect(records.find((r) => r.host === 'down')).toMatchObject({ result: 'failed', error: expect.stringMatching(/^no SSH server answers on 127\.0\.0\.1:\d+: connection refused \(5 attempts\)$/) });
     expect(result.stderr).toMatch(/^up: reading the SSH banner$/m);
     expect(result.stderr).not.toContain('bootstrap-passphrase');
 
