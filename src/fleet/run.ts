@@ -5,6 +5,7 @@
  * hosts and aborts the running ones through their AbortSignal, and every host still gets a
  * record saying what happened to it.
  */
+import { setMaxListeners } from 'node:events';
 import { InterruptedError } from '../errors.js';
 import { formatColumns, formatSeconds, type Logger } from '../log.js';
 import { SignalGuard } from '../pipeline/runner.js';
@@ -79,6 +80,8 @@ export interface FleetReport<T> {
  * MaxStartups (10) when the hosts sit behind one jump host or NAT address.
  */
 export const DEFAULT_PARALLEL = 8;
+
+const LISTENERS_PER_HOST = 4;
 
 export type FleetTask<T> = (target: FleetTarget, progress: HostProgress) => Promise<T>;
 
@@ -212,6 +215,8 @@ export async function runFleet<T>(targets: readonly FleetTarget[], options: Flee
   const parallel = Math.max(1, Math.min(options.parallel ?? DEFAULT_PARALLEL, targets.length));
   const guard = options.signal ? undefined : new SignalGuard(log);
   const signal = options.signal ?? guard!.controller.signal;
+  // Every running host listens on the signal in a few places at once (banner, connection, command, pause).
+  setMaxListeners(Math.max(10, parallel * LISTENERS_PER_HOST), signal);
   const stdout = options.stdout ?? ((text: string) => void process.stdout.write(text));
   const stderr = options.stderr ?? process.stderr;
   const started = performance.now();
