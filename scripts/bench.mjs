@@ -7,8 +7,11 @@
  * which is downloaded again), the qcow2 size
  * against the bytes the filesystems use, and a boot test; and, as baselines from the same
  * run, the time the build spends inside host tools (the floor) and a peer tool building a
- * comparable image where one is installed (bench/peers/run-*.sh); last, the e2e suite's wall
+ * comparable image where one is installed (bench/peers/run-*.sh); the fleet commands against
+ * 300 stand-in SSH machines at --parallel 20, 50 and 100 (test/fleet-load/bench.ts: wall time,
+ * the CLI's peak RSS and open file descriptors; about 4 minutes); last, the e2e suite's wall
  * time (50-60 min here; KEYLESSGO_BENCH_E2E=0 skips it and reports the last run's report, if any).
+ * KEYLESSGO_BENCH_ONLY=fleet runs the fleet part alone.
  * Prints a table, writes JSON. Targets are reported as ratios, never asserted.
  *
  * The work directory (~4.4 GB: images, cache, logs, bench.json) is removed when the run ends,
@@ -141,7 +144,27 @@ async function e2eSuite() {
   return report ? { ...report, thisRun: true } : { thisRun: true, error: `no report (vitest exit ${run.exitCode}): ${(run.all ?? '').split('\n').slice(-5).join(' | ')}` };
 }
 
+/** The fleet commands against 300 stand-in SSH machines (test/fleet-load/bench.ts, TypeScript: run with vite-node). */
+async function fleetLoad() {
+  say('fleet load: stand-in SSH machines, unlock and status at --parallel 20, 50, 100 (about 4 minutes for 300) ...');
+  const run = await execa(join(REPO, 'node_modules/.bin/vite-node'), ['test/fleet-load/bench.ts'], { cwd: REPO, reject: false, stderr: 'inherit' });
+  if (run.exitCode !== 0) return { error: `test/fleet-load/bench.ts exited ${run.exitCode}` };
+  return { runs: run.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)) };
+}
+
+function fleetLines(fleet) {
+  if (fleet.error) return [`fleet load: ${fleet.error}`];
+  return fleet.runs.map((r) => `fleet load, ${r.hosts} hosts, ${r.command} --parallel ${r.parallel}: ${fmt(r.seconds)} s wall, peak RSS ${fmt(r.peakRssBytes / 1e6, 0)} MB, ${r.peakFds} open fds at most, exit ${r.exitCode} (${Object.entries(r.results).map(([k, v]) => `${v} ${k}`).join(', ')})`);
+}
+
 const fmt = (n, digits = 1) => (n === undefined || n === null || Number.isNaN(n) ? '-' : n.toFixed(digits));
+
+if (process.env.KEYLESSGO_BENCH_ONLY === 'fleet') {
+  const fleet = await fleetLoad();
+  process.stdout.write(`${fleetLines(fleet).join('\n')}\n`);
+  await writeFile(join(dir, 'bench.json'), `${JSON.stringify({ at: new Date().toISOString(), dir, cores: cpus().length, fleet }, null, 2)}\n`);
+  process.exit(fleet.error ? 1 : 0);
+}
 
 // Other load on the machine distorts every figure: the report says how much there was.
 const loadBefore = loadavg()[0];
@@ -161,6 +184,7 @@ const floorSeconds = cold.manifest.hostToolBusySeconds;
 const toolSecondsSummed = Object.values(cold.manifest.hostToolSeconds).reduce((a, b) => a + b, 0);
 const boot = await bootTest(cold);
 const peerResults = await peers();
+const fleet = await fleetLoad();
 const e2e = await e2eSuite();
 const peerPlain = peerResults.find((p) => p.ok && p.variant === 'plain');
 
@@ -189,9 +213,10 @@ lines.push(`boot test (${boot.accel}): dropbear ${fmt(boot.dropbear)} s, unlocke
 lines.push(e2e.files
   ? `e2e suite, ${e2e.thisRun ? 'this run' : `last run, not this one (KEYLESSGO_BENCH_E2E=0), ${e2e.at}`} (${e2e.files.length} files, ${e2e.success ? 'passed' : 'not all passed'}): ${fmt(e2e.seconds)} s wall including its fixtures; ${e2e.files.sort((a, b) => b.seconds - a.seconds).map((f) => `${f.file.replace('test/e2e/', '')} ${fmt(f.seconds, 0)}`).join(', ')}`
   : `e2e suite: ${e2e.error ?? 'no report (KEYLESSGO_BENCH_E2E=0, and test-results/e2e.json is written by `make test-e2e`)'}`);
+lines.push(...fleetLines(fleet));
 for (const p of peerResults) lines.push(`peer ${p.peer}${p.variant ? ` (${p.variant})` : ''}: ${p.ok ? `${fmt(p.seconds)} s, ${p.bytes ? `${(p.bytes / 1e6).toFixed(0)} MB` : ''}` : `no image: ${p.error}`}`);
 process.stdout.write(`${lines.join('\n')}\n`);
 
-const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, archiveUpdate: { seconds: updated.seconds, stageSeconds: updated.manifest.stageSeconds, packagesCached: Number(packageCacheUse?.[1] ?? 0), packagesDownloaded: Number(packageCacheUse?.[2] ?? 0) }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults, e2e };
+const report = { at: new Date().toISOString(), dir, cores: cpus().length, loadAverage: { start: loadBefore, end: loadavg()[0] }, targets: TARGETS, cold: { seconds: cold.seconds, stageSeconds: cold.manifest.stageSeconds, hostToolSeconds: cold.manifest.hostToolSeconds }, warm: { seconds: warm.seconds, stageSeconds: warm.manifest.stageSeconds, cacheHits: warmHits }, archiveUpdate: { seconds: updated.seconds, stageSeconds: updated.manifest.stageSeconds, packagesCached: Number(packageCacheUse?.[1] ?? 0), packagesDownloaded: Number(packageCacheUse?.[2] ?? 0) }, size: { qcow2Bytes: qcow2.bytes, rawAllocatedBytes: rawAllocated, usedBytes: used }, boot, floorSeconds, peers: peerResults, fleet, e2e };
 await writeFile(join(dir, 'bench.json'), `${JSON.stringify(report, null, 2)}\n`);
 process.stdout.write(keepDir ? `bench.json: ${join(dir, 'bench.json')}\n` : `work directory ${dir} removed (KEYLESSGO_BENCH_KEEP=1 keeps it, with bench.json and the logs)\n`);

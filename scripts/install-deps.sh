@@ -18,7 +18,8 @@ packages=(
   clevis clevis-luks tang socat curl  # NBDE
   zstd cpio xz-utils bzip2 lz4   # initramfs inspection (every compressor initramfs-tools may use)
   gdisk genisoimage jq           # Ironic tests: IPA's sgdisk steps, a config drive, network_data.json conversion
-  ansible-core                   # examples/ansible: the playbook is syntax-checked and run in the unit tests
+  ansible-core                   # examples/ansible: the playbook is syntax-checked and run in the unit tests; ansible-inventory
+  dropbear-bin openssh-server    # the fleet load test's stand-in machines: their own daemons on 127.0.0.1 (test/fleet-load/)
 )
 if [ "${1:-}" = --bench ]; then
   # debos is left out: without KVM its build was stopped after 13 min short of an image (bench/peers/README.md).
@@ -43,6 +44,13 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 echo "install-deps: installing ${missing[*]}"
+# openssh-server is here for its sshd binary only: the load test runs its own daemons on
+# loopback ports. Debian's ssh.service and ssh.socket do not start while this file exists,
+# so installing the package leaves no system sshd listening (on 0.0.0.0:22 or anywhere).
+if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+  mkdir -p /etc/ssh
+  touch /etc/ssh/sshd_not_to_be_run
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -10,7 +10,7 @@ import { defaultCacheDir, StageCache } from './pipeline/cache.js';
 import { reapDeadBuilds } from './pipeline/leftovers.js';
 import { bootTest } from './qemu/boot-test.js';
 import { enrollCommand, rebindCommand, resealCommand } from './nbde/enroll-command.js';
-import { fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
+import { finishFleetCommand, fleetOptions, fleetTargets, type FleetCliOptions } from './fleet/options.js';
 import { statusCommand } from './fleet/status.js';
 import { unlockCommand } from './fleet/unlock.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
@@ -273,13 +273,14 @@ sshTangCommand('enroll', 'bind deployed, unlocked machines to Tang, rotate their
     if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
     const tpm2 = opts.tpm2 ? { ...DEFAULT_TPM2_PIN, ...(opts.tpm2Pcrs ? { pcrIds: opts.tpm2Pcrs } : {}) } : undefined;
     const report = await enrollCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), tpm2, passphraseFile, recoveryKeyOut: opts.recoveryKeyOut, dropbear: opts.dropbear });
-    process.exitCode = report.exitCode;
+    process.exitCode = await finishFleetCommand('enroll', opts, report, log);
   });
 
 sshTangCommand('rebind', "after Tang key rotation: bind machines to the current advertisement, prove each new binding opens the volume, then remove the bindings to old keys")
   .action(async (opts: SshTangOptions) => {
-    const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, commandLogger(opts)));
-    process.exitCode = report.exitCode;
+    const log = commandLogger(opts);
+    const report = await rebindCommand(await fleetTargets(opts), fleetCommandOptions(opts, log));
+    process.exitCode = await finishFleetCommand('rebind', opts, report, log);
   });
 
 sshTangCommand('reseal', 'around a planned change that moves the PCRs a TPM binding is sealed to (firmware db/dbx update, Secure Boot turned on): --prepare adds a temporary Tang-only binding, --finish seals the TPM binding again to the new PCRs and removes it')
@@ -290,8 +291,9 @@ sshTangCommand('reseal', 'around a planned change that moves the PCRs a TPM bind
   .action(async (opts: SshTangOptions & { prepare?: boolean; finish?: boolean; cancel?: boolean; recoveryKey?: string }) => {
     const modes = (['prepare', 'finish', 'cancel'] as const).filter((mode) => opts[mode]);
     if (modes.length !== 1) throw new InputError('give exactly one of --prepare, --finish and --cancel');
-    const report = await resealCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, commandLogger(opts)), mode: modes[0]!, recoveryKey: opts.recoveryKey });
-    process.exitCode = report.exitCode;
+    const log = commandLogger(opts);
+    const report = await resealCommand(await fleetTargets(opts), { ...fleetCommandOptions(opts, log), mode: modes[0]!, recoveryKey: opts.recoveryKey });
+    process.exitCode = await finishFleetCommand('reseal', opts, report, log);
   });
 
 /** Adds the options every fleet command shares (hosts, inventory, parallelism, output). */
@@ -323,7 +325,7 @@ withFleetOptions(
     json: opts.json ?? false,
     log,
   });
-  process.exitCode = report.exitCode;
+  process.exitCode = await finishFleetCommand('unlock', opts, report, log);
 });
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -351,7 +353,7 @@ withFleetOptions(
     json: opts.json ?? false,
     log,
   });
-  process.exitCode = report.exitCode;
+  process.exitCode = await finishFleetCommand('status', opts, report, log);
 });
 
 const cache = program.command('cache').description('list or prune the stage cache');

@@ -1,7 +1,7 @@
 /** SSH to one fleet target: banner first (what is answering), then a session whose host key is judged before anything is sent. */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AnyAuthMethod } from 'ssh2';
-import { openSession, readBanner, type Session } from '../qemu/ssh.js';
+import { openSession, probeBanner, type Session } from '../ssh/client.js';
 import { judgeHostKey, type HostKeyTrust } from './host-keys.js';
 import type { FleetTarget } from './targets.js';
 
@@ -22,15 +22,22 @@ async function pause(signal?: AbortSignal): Promise<void> {
 /** What answers on the target's SSH port: dropbear in the initramfs, the booted system's OpenSSH, something else, nothing. */
 export type SshServer = 'dropbear' | 'openssh' | 'other' | 'none';
 
-/** `attempts`: RETRY_ATTEMPTS where one probe decides what to do; 1 where a loop polls anyway. */
-export async function probeSshServer(target: FleetTarget, attempts = 1, signal?: AbortSignal): Promise<{ server: SshServer; banner?: string }> {
-  let banner: string | undefined;
-  for (let attempt = 1; !banner && attempt <= attempts && !signal?.aborted; attempt++) {
-    if (attempt > 1) await pause(signal);
-    banner = (await readBanner(target.port, BANNER_TIMEOUT_MS, target.address)) ?? undefined;
+/** `attempts`: RETRY_ATTEMPTS where one probe decides what to do; 1 where a loop polls anyway. `why`: with `none`, the last attempt's failure. */
+export async function probeSshServer(target: FleetTarget, attempts = 1, signal?: AbortSignal): Promise<{ server: SshServer; banner?: string; why?: string }> {
+  let failure = 'not tried';
+  let tried = 0;
+  while (tried < attempts && !signal?.aborted) {
+    if (tried++ > 0) await pause(signal);
+    const probe = await probeBanner(target.port, BANNER_TIMEOUT_MS, target.address, signal);
+    if (probe.banner !== undefined) return { server: /dropbear/i.test(probe.banner) ? 'dropbear' : /openssh/i.test(probe.banner) ? 'openssh' : 'other', banner: probe.banner };
+    failure = probe.failure;
   }
-  if (!banner) return { server: 'none' };
-  return { server: /dropbear/i.test(banner) ? 'dropbear' : /openssh/i.test(banner) ? 'openssh' : 'other', banner };
+  return { server: 'none', why: tried > 1 ? `${failure} (${tried} attempts)` : failure };
+}
+
+/** The failure of a host where no SSH server answered (probeSshServer's `none`). */
+export function noSshServer(target: SshEndpoint, why = 'no answer'): Error {
+  return new Error(`no SSH server answers on ${target.address}:${target.port}: ${why}`);
 }
 
 /** What a connection needs of a target (enroll and rebind have no inventory variables). */

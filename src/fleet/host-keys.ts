@@ -6,8 +6,8 @@
 import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { InputError } from '../errors.js';
-import type { HostKey } from '../qemu/ssh.js';
-import { readBootManifest } from '../qemu/manifest.js';
+import type { HostKey } from '../ssh/client.js';
+import { readBootManifest } from '../formats/build-manifest.js';
 import { sshFingerprint } from '../recipe/authorized-keys.js';
 
 export interface KnownHostsEntry {

@@ -1,9 +1,11 @@
 /**
- * Ansible inventories, the two formats operators keep their fleets in: YAML (`all:` with
+ * Ansible inventories: the two formats operators keep their fleets in, YAML (`all:` with
  * `hosts:`, `children:`, `vars:`) and INI (`[group]`, `[group:children]`, `[group:vars]`,
- * `host key=value`). Variables follow Ansible's precedence: the `all` group, then groups from
- * parent to child (alphabetically among equals), then the host's own. Host ranges such as
- * `node[01:03]` expand in both formats. `--limit` takes Ansible's host patterns.
+ * `host key=value`), and the JSON that `ansible-inventory -i SOURCE --list` prints for any
+ * source (dynamic inventory plugins such as OpenStack's or NetBox's, constructed groups).
+ * Variables follow Ansible's precedence: the `all` group, then groups from parent to child
+ * (alphabetically among equals), then the host's own. Host ranges such as `node[01:03]`
+ * expand in YAML and INI. `--limit` takes Ansible's host patterns.
  *
  * Errors name the file and line ("inventory.ini:7: ...").
  */
@@ -245,11 +247,93 @@ export function parseYamlInventory(text: string, file: string): Inventory {
   return builder.build();
 }
 
-/** YAML by extension (.yml/.yaml/.json) or by an opening `name:` line, else INI, as Ansible's plugins decide. */
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** `ansible-inventory --list` output (and a dynamic inventory script's): `_meta.hostvars`, and groups with lists of hosts and children. */
+function isInventoryListJson(json: Record<string, unknown>): boolean {
+  return '_meta' in json || Object.values(json).some((group) => Array.isArray(group) || (isRecord(group) && (Array.isArray(group.hosts) || Array.isArray(group.children))));
+}
+
+function jsonSyntaxError(text: string, error: Error, file: string): InputError {
+  // V8: "Unexpected token } in JSON at position 42".
+  const position = /at position (\d+)/.exec(error.message);
+  const line = position ? text.slice(0, Number(position[1])).split('\n').length : undefined;
+  return new InputError(`not JSON: ${error.message}`, line === undefined ? file : `${file}:${line}`);
+}
+
+function stringList(value: unknown, what: string, file: string): string[] {
+  if (!Array.isArray(value) || value.some((item) => typeof item !== 'string' || item === '')) throw new InputError(`${what} must be a list of names`, file);
+  return value as string[];
+}
+
+/**
+ * What `ansible-inventory --list` prints: `{"_meta": {"hostvars": {HOST: VARS}}, GROUP: {"hosts":
+ * [...], "children": [...], "vars": {...}}}` (a group may also be a bare list of hosts, as
+ * inventory scripts print). Without --export the group variables are already merged into
+ * hostvars; with it they stay in the groups and are merged here. Hosts come in Ansible's order:
+ * from `all` down, each group's hosts before its children's.
+ */
+export function parseInventoryListJson(json: Record<string, unknown>, file: string): Inventory {
+  const builder = new InventoryBuilder(file);
+  const meta = json._meta ?? {};
+  if (!isRecord(meta) || !isRecord(meta.hostvars ?? {})) throw new InputError('_meta.hostvars must be a mapping of host to variables', file);
+  const hostVars = (meta.hostvars ?? {}) as Record<string, unknown>;
+  const groups = new Map<string, { hosts: string[]; children: string[] }>();
+  for (const [name, body] of Object.entries(json)) {
+    if (name === '_meta') continue;
+    if (Array.isArray(body)) {
+      groups.set(name, { hosts: stringList(body, `group "${name}"`, file), children: [] });
+      continue;
+    }
+    if (!isRecord(body)) throw new InputError(`group "${name}" must be a mapping or a list of hosts`, file);
+    const unknown = Object.keys(body).find((key) => !['hosts', 'children', 'vars'].includes(key));
+    if (unknown) throw new InputError(`group "${name}" has unknown key "${unknown}" (expected hosts, children or vars)`, file);
+    if (body.vars !== undefined && !isRecord(body.vars)) throw new InputError(`vars of group "${name}" must be a mapping`, file);
+    Object.assign(builder.group(name).vars, body.vars ?? {});
+    groups.set(name, { hosts: stringList(body.hosts ?? [], `hosts of group "${name}"`, file), children: stringList(body.children ?? [], `children of group "${name}"`, file) });
+  }
+  const added = new Set<string>();
+  const visited = new Set<string>();
+  const visit = (name: string) => {
+    if (visited.has(name)) return;
+    visited.add(name);
+    const group = groups.get(name) ?? { hosts: [], children: [] };
+    for (const host of group.hosts) {
+      const vars = added.has(host) ? {} : hostVars[host] ?? {};
+      if (!isRecord(vars)) throw new InputError(`variables of host "${host}" must be a mapping`, file);
+      builder.host(host, name, vars);
+      added.add(host);
+    }
+    // ansible-inventory leaves out empty groups that `all` still lists (ungrouped, often).
+    for (const child of group.children) {
+      builder.child(name, child, file);
+      visit(child);
+    }
+  };
+  visit('all');
+  for (const name of groups.keys()) visit(name);
+  return builder.build();
+}
+
+/**
+ * JSON (by extension .json, or text opening with `{`): `ansible-inventory --list` output, or
+ * the YAML layout written as JSON. YAML by extension (.yml/.yaml) or by an opening `name:`
+ * line, else INI, as Ansible's plugins decide.
+ */
 export function parseInventory(text: string, file: string): Inventory {
   const ext = extname(file).toLowerCase();
+  if (ext === '.json' || text.trimStart().startsWith('{')) {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (error) {
+      throw jsonSyntaxError(text, error as Error, file);
+    }
+    if (!isRecord(json)) throw new InputError('an inventory in JSON must be an object', file);
+    if (isInventoryListJson(json)) return parseInventoryListJson(json, file);
+  }
   const firstLine = text.split('\n').map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#') && l !== '---');
-  const yaml = ['.yml', '.yaml', '.json'].includes(ext) || (ext !== '.ini' && firstLine !== undefined && /^[\w.-]+:\s*$/.test(firstLine));
+  const yaml = ['.yml', '.yaml', '.json'].includes(ext) || text.trimStart().startsWith('{') || (ext !== '.ini' && firstLine !== undefined && /^[\w.-]+:\s*$/.test(firstLine));
   return yaml ? parseYamlInventory(text, file) : parseIniInventory(text, file);
 }
 

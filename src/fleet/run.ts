@@ -1,10 +1,11 @@
 /**
  * The many-hosts engine behind `unlock`, `status`, `enroll` and `rebind`: one async task per
- * host, at most `parallel` at a time, a live per-host progress display, a summary table and
- * one JSON record per host. A failing host never stops the others; Ctrl-C stops starting
+ * host, at most `parallel` at a time, progress (on a terminal a live count per state, elsewhere
+ * a line per host and phase), a summary table and one JSON record per host. A failing host never stops the others; Ctrl-C stops starting
  * hosts and aborts the running ones through their AbortSignal, and every host still gets a
  * record saying what happened to it.
  */
+import { setMaxListeners } from 'node:events';
 import { InterruptedError } from '../errors.js';
 import { formatColumns, formatSeconds, type Logger } from '../log.js';
 import { SignalGuard } from '../pipeline/runner.js';
@@ -16,7 +17,7 @@ const INTERRUPTED_EXIT_CODE = new InterruptedError('SIGINT').exitCode;
 export interface HostProgress {
   /** Aborted on Ctrl-C (and when the command gives up): end the host's work cleanly. */
   readonly signal: AbortSignal;
-  /** The host entered a new phase ("connecting", "unlocking", ...): redrawn on a terminal, logged elsewhere. */
+  /** The host entered a new phase ("connecting", "unlocking", ...): counted on a terminal, logged elsewhere. */
   phase(text: string): void;
   /** A message about this host that must stay visible (logged with the host's name). */
   warn(message: string): void;
@@ -80,53 +81,111 @@ export interface FleetReport<T> {
  */
 export const DEFAULT_PARALLEL = 8;
 
+const LISTENERS_PER_HOST = 4;
+
 export type FleetTask<T> = (target: FleetTarget, progress: HostProgress) => Promise<T>;
 
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Per-host lines on a terminal: finished hosts scroll up as permanent lines, running ones are redrawn below. */
+/** What the live display shows: hosts by result so far, running hosts by phase, the latest failure. */
+export interface LiveCounts {
+  command: string;
+  total: number;
+  parallel: number;
+  seconds: number;
+  /** Finished hosts by result. */
+  results: ReadonlyMap<HostResult, number>;
+  /** Running hosts by their current phase. */
+  phases: ReadonlyMap<string, number>;
+  /** The last host that failed, with why ("node7: no SSH server answers on ..."). */
+  lastFailure?: string;
+}
+
+/** Phases named on the running line; the rest are counted together (enroll's phases are free text). */
+const SHOWN_PHASES = 4;
+
+/**
+ * The block a terminal shows while a fleet command runs: a count per state, a few lines
+ * whatever the number of hosts, each cut to the terminal's width.
+ */
+export function renderLiveCounts(counts: LiveCounts, width: number): string[] {
+  const running = [...counts.phases.values()].reduce((sum, n) => sum + n, 0);
+  const done = [...counts.results.values()].reduce((sum, n) => sum + n, 0);
+  const phases = [...counts.phases].sort(([a, m], [b, n]) => n - m || a.localeCompare(b));
+  const others = phases.slice(SHOWN_PHASES).reduce((sum, [, n]) => sum + n, 0);
+  const lines = [
+    `${counts.command}: ${done}/${counts.total} hosts done in ${Math.round(counts.seconds)} s, ${counts.parallel} at a time`,
+    `  ${(['ok', 'skipped', 'failed', 'interrupted'] as const).map((result) => `${result} ${counts.results.get(result) ?? 0}`).join('   ')}   not started ${counts.total - done - running}`,
+    `  running ${running}${phases.length > 0 ? ': ' : ''}${[...phases.slice(0, SHOWN_PHASES).map(([phase, n]) => `${phase} ${n}`), ...(others > 0 ? [`other phases ${others}`] : [])].join(', ')}`,
+    ...(counts.lastFailure ? [`  last failed: ${counts.lastFailure}`] : []),
+  ];
+  return lines.map((line) => (line.length > width - 1 ? `${line.slice(0, Math.max(0, width - 2))}…` : line));
+}
+
+/** How often a burst of phase changes is drawn at most, and the clock's tick. */
+const REDRAW_MS = 100;
+const TICK_MS = 1000;
+
+/** The count per state on a terminal, redrawn in place; warnings scroll above it as lines of their own. */
 class LiveDisplay {
   private drawn = 0;
-  private readonly running = new Map<string, { phase: string; started: number }>();
+  private readonly started = Date.now();
+  private readonly phases = new Map<string, string>();
+  private readonly results = new Map<HostResult, number>();
+  private lastFailure?: string;
+  private pending?: NodeJS.Timeout;
   private readonly ticker: NodeJS.Timeout;
 
   constructor(
     private readonly stream: NodeJS.WritableStream,
     private readonly redact: (text: string) => string,
-    private readonly status: () => string,
+    private readonly shape: { command: string; total: number; parallel: number },
   ) {
-    this.ticker = setInterval(() => this.redraw(), 1000);
+    this.ticker = setInterval(() => this.redraw(), TICK_MS);
     this.ticker.unref();
   }
 
   phase(host: string, phase: string): void {
-    const entry = this.running.get(host);
-    this.running.set(host, { phase, started: entry?.started ?? Date.now() });
-    this.redraw();
+    this.phases.set(host, phase);
+    this.schedule();
   }
 
-  /** A permanent line (a host finished, a warning); `host` leaves the running block. */
-  line(text: string, host?: string): void {
-    if (host !== undefined) this.running.delete(host);
+  finished(record: HostRecord<unknown>): void {
+    this.phases.delete(record.host);
+    this.results.set(record.result, (this.results.get(record.result) ?? 0) + 1);
+    if (record.result === 'failed') this.lastFailure = `${record.host}: ${record.error ?? ''}`;
+    this.schedule();
+  }
+
+  /** A line that stays (a warning), above the block. */
+  line(text: string): void {
     this.redraw([text]);
   }
 
   close(): void {
     clearInterval(this.ticker);
+    clearTimeout(this.pending);
     this.redraw([], false);
+  }
+
+  private schedule(): void {
+    this.pending ??= setTimeout(() => {
+      this.pending = undefined;
+      this.redraw();
+    }, REDRAW_MS);
   }
 
   private redraw(permanent: string[] = [], live = true): void {
     const width = (this.stream as { columns?: number }).columns ?? 120;
-    const fit = (text: string) => (text.length > width - 1 ? `${text.slice(0, width - 2)}…` : text);
-    const block = live
-      ? [...[...this.running].map(([host, { phase, started }]) => `  ${host}  ${phase}  ${Math.round((Date.now() - started) / 1000)} s`), this.status()]
-      : [];
+    const phases = new Map<string, number>();
+    for (const phase of this.phases.values()) phases.set(phase, (phases.get(phase) ?? 0) + 1);
+    const counts: LiveCounts = { ...this.shape, seconds: (Date.now() - this.started) / 1000, results: this.results, phases, lastFailure: this.lastFailure };
+    const block = live ? renderLiveCounts(counts, width) : [];
     // Up to the first line drawn last time, clear to the end of the screen, draw again.
     const up = this.drawn > 0 ? `\x1b[${this.drawn}F` : '';
-    const text = [...permanent.map((line) => this.redact(line)), ...block.map((line) => fit(this.redact(line)))];
+    const text = [...permanent, ...block].map((line) => this.redact(line));
     this.stream.write(`${up}\x1b[J${text.map((line) => `${line}\n`).join('')}`);
     this.drawn = block.length;
   }
@@ -156,20 +215,21 @@ export async function runFleet<T>(targets: readonly FleetTarget[], options: Flee
   const parallel = Math.max(1, Math.min(options.parallel ?? DEFAULT_PARALLEL, targets.length));
   const guard = options.signal ? undefined : new SignalGuard(log);
   const signal = options.signal ?? guard!.controller.signal;
+  // Every running host listens on the signal in a few places at once (banner, connection, command, pause).
+  setMaxListeners(Math.max(10, parallel * LISTENERS_PER_HOST), signal);
   const stdout = options.stdout ?? ((text: string) => void process.stdout.write(text));
   const stderr = options.stderr ?? process.stderr;
   const started = performance.now();
   const records: Array<HostRecord<T> | undefined> = targets.map(() => undefined);
-  let finished = 0;
+  // On a terminal a count per state; elsewhere (CI logs, --json, --log-format json) one line per host.
   const live =
-    stderr.isTTY && log.format === 'human' && log.level === 'info'
-      ? new LiveDisplay(stderr, (text) => log.redactor.redact(text), () => `${command}: ${finished}/${targets.length} hosts done, ${parallel} at a time`)
+    stderr.isTTY && !options.json && log.format === 'human' && log.level === 'info'
+      ? new LiveDisplay(stderr, (text) => log.redactor.redact(text), { command, total: targets.length, parallel })
       : undefined;
 
   const finish = (index: number, record: HostRecord<T>) => {
     records[index] = record;
-    finished++;
-    if (live) live.line(recordLine(record), record.host);
+    if (live) live.finished(record);
     else if (record.result === 'failed' || record.result === 'interrupted') log.error(recordLine(record));
     else log.info(recordLine(record));
     if (options.json) stdout(`${JSON.stringify(log.redactor.redactValue(record))}\n`);

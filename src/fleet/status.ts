@@ -16,9 +16,9 @@ import { LUKS_JSON_DUMP_ARGS, luksHeaderDigests, parseLuksJsonHeader, type LuksH
 import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
-import { readBootManifest } from '../qemu/manifest.js';
-import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
-import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
+import { readBootManifest } from '../formats/build-manifest.js';
+import { exec, readPrivateKey, type HostKey } from '../ssh/client.js';
+import { connectTarget, noSshServer, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress, type TaskVerdict } from './run.js';
 import type { FleetTarget } from './targets.js';
@@ -129,7 +129,7 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
   progress.phase('reading the SSH banner');
   const probe = await probeSshServer(target, RETRY_ATTEMPTS, progress.signal);
   if (probe.server === 'dropbear') return { state: 'locked', keyslots: [], tokens: [], bindings: [], bootstrapPassphrase: 'not tested', volumeKey: 'unknown' };
-  if (probe.server === 'none') throw new Error(`no SSH server answers on ${target.address}:${target.port}`);
+  if (probe.server === 'none') throw noSshServer(target, probe.why);
   progress.phase('connecting');
   const { client, hostKey } = await connectTarget(target, inputs.privateKey, progress.signal, inputs.trust);
   const { signal } = progress;

@@ -1,9 +1,10 @@
 /**
  * The hosts a fleet command works on: `--host` (one or more, same port and user) or an
- * Ansible inventory, narrowed with `--limit`.
+ * Ansible inventory, narrowed with `--limit` (which may name retry files: `@FILE`).
  */
 import { InputError } from '../errors.js';
 import { readInventory, selectHosts } from './inventory.js';
+import { expandRetryFiles } from './retry.js';
 
 export interface FleetTarget {
   /** The name operators know the host by (inventory hostname, or the --host value). */
@@ -42,16 +43,17 @@ export async function resolveTargets(options: TargetOptions): Promise<FleetTarge
   if (hosts.length === 0 && !options.inventory) throw new InputError('no hosts: give --host HOST or --inventory FILE');
   const port = options.port ?? DEFAULT_PORT;
   const user = options.user ?? DEFAULT_USER;
+  const limit = options.limit === undefined ? undefined : await expandRetryFiles(options.limit);
   if (!options.inventory) {
     const targets = [...new Set(hosts)].map((host) => ({ name: host, address: host, port, user, vars: {} }));
-    if (!options.limit) return targets;
-    const names = new Set(selectHosts({ hosts: new Map(targets.map((t) => [t.name, {}])), groups: new Map() }, options.limit));
+    if (!limit) return targets;
+    const names = new Set(selectHosts({ hosts: new Map(targets.map((t) => [t.name, {}])), groups: new Map() }, limit));
     if (names.size === 0) throw new InputError(`matches none of the --host values`, `--limit ${options.limit}`);
     return targets.filter((t) => names.has(t.name));
   }
   const file = options.inventory;
   const inventory = await readInventory(file);
-  const names = selectHosts(inventory, options.limit ?? 'all');
+  const names = selectHosts(inventory, limit ?? 'all');
   if (names.length === 0) throw new InputError(options.limit ? `--limit ${options.limit} matches no host` : 'no hosts', file);
   return names.map((name) => {
     const vars = inventory.hosts.get(name)!;

@@ -8,8 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { InputError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readPassphraseFile } from '../base/secrets.js';
-import { exec, readPrivateKey, type HostKey } from '../qemu/ssh.js';
-import { connectTarget, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
+import { exec, readPrivateKey, type HostKey } from '../ssh/client.js';
+import { connectTarget, noSshServer, probeSshServer, RETRY_ATTEMPTS } from './connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from './host-keys.js';
 import { runFleet, type FleetReport, type HostProgress } from './run.js';
 import type { FleetTarget } from './targets.js';
@@ -62,14 +62,18 @@ export async function unlockHost(target: FleetTarget, inputs: { privateKey: stri
   progress.phase('reading the SSH banner');
   const probe = await probeSshServer(target, RETRY_ATTEMPTS, progress.signal);
   if (probe.server === 'openssh') return { outcome: 'already up' };
-  if (probe.server === 'none') throw new Error(`no SSH server answers on ${target.address}:${target.port}`);
+  if (probe.server === 'none') throw noSshServer(target, probe.why);
   if (probe.server === 'other') throw new Error(`not dropbear: the server says "${probe.banner}"`);
   progress.phase('checking dropbear\'s host key');
   const { client, hostKey, trustedBy } = await connectTarget(target, inputs.privateKey, progress.signal, inputs.trust);
   try {
     progress.phase('unlocking');
     const result = await exec(client, UNLOCK_COMMAND, { timeoutMs: UNLOCK_TIMEOUT_MS, signal: progress.signal, stdin: inputs.passphrase });
-    if (!UNLOCKED.test(result.output)) throw new Error(`the passphrase did not unlock the volume; cryptroot-unlock said: ${lastLine(result.output)}`);
+    if (!UNLOCKED.test(result.output)) {
+      // No exit status: the connection ended under the command (a reset, dropbear killed), the outcome is unknown.
+      if (result.exitCode === undefined) throw new Error(`the SSH connection ended before cryptroot-unlock told whether the volume opened (its last line: ${lastLine(result.output)}); run unlock again: a machine that booted is skipped`);
+      throw new Error(`the passphrase did not unlock the volume; cryptroot-unlock said: ${lastLine(result.output)}`);
+    }
   } finally {
     client.end();
   }

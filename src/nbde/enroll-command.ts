@@ -8,7 +8,7 @@ import type { SshEndpoint } from '../fleet/connect.js';
 import { readHostKeyTrust, type HostKeyTrust } from '../fleet/host-keys.js';
 import type { FleetTarget } from '../fleet/targets.js';
 import type { Tpm2Pin } from '../host/clevis.js';
-import { readPrivateKey } from '../qemu/ssh.js';
+import { readPrivateKey } from '../ssh/client.js';
 import { enroll, type DropbearAction, type EnrollLog, type EnrollReport } from './enroll.js';
 import { formatRebindReport, rebind, type RebindReport } from './rebind.js';
 import { formatResealReport, reseal, type ResealMode, type ResealReport } from './reseal.js';

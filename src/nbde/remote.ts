@@ -3,7 +3,7 @@ import type { Client } from 'ssh2';
 import { HostError } from '../errors.js';
 import { connectTarget, type SshEndpoint } from '../fleet/connect.js';
 import type { HostKeyTrust } from '../fleet/host-keys.js';
-import { exec, type HostKey } from '../qemu/ssh.js';
+import { exec, type HostKey } from '../ssh/client.js';
 import type { Remote, RemoteResult } from './enroll.js';
 
 // Online re-encryption of a large disk and an initramfs rebuild take a while.

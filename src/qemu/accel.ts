@@ -9,7 +9,7 @@ import { access, constants, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { qemuImgDdArgs } from '../host/qemu-img.js';
 import type { HostRunner } from '../host/run.js';
-import { bootPartition, type BootManifest } from './manifest.js';
+import { bootPartition, type BootManifest } from '../formats/build-manifest.js';
 import { accelArgs, QEMU, type Accel } from './vm.js';
 
 export type AccelChoice = Accel | 'auto';

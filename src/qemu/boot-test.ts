@@ -27,9 +27,9 @@ import { readPassphraseFile } from '../base/secrets.js';
 import { chooseAccel, type AccelChoice } from './accel.js';
 import { BOOT_ANALYSIS_COMMAND, check, guestChecks, hostKeyCheck, SYSTEM_RUNNING_WAIT_SECONDS, type Check, type GuestCheckOptions } from './checks.js';
 import { firmwareArgs, firmwareFiles, isSecureBoot, type Firmware } from './firmware.js';
-import { readBootManifest, type BootManifest } from './manifest.js';
+import { readBootManifest, type BootManifest } from '../formats/build-manifest.js';
 import { hasPassed, writeResultJson, type BootTestResult, type Milestones } from './report.js';
-import { exec, isAuthRefusal, openSession, readBanner, readPrivateKey, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from './ssh.js';
+import { exec, isAuthRefusal, openSession, readBanner, readPrivateKey, runOnce, tryPortForwarding, unknownKeyAuth, type HostKey, type SshOptions } from '../ssh/client.js';
 import { pollUntil, secondsSince } from './wait.js';
 import { createOverlay, freePort, QEMU, Vm, type Accel } from './vm.js';
 

@@ -4,8 +4,8 @@
  * their output here, so the judging is testable without a VM.
  */
 import { SUITE_VERSIONS } from '../recipe/schema.js';
-import type { BootManifest } from './manifest.js';
-import type { HostKey } from './ssh.js';
+import type { BootManifest } from '../formats/build-manifest.js';
+import type { HostKey } from '../ssh/client.js';
 
 export interface Check {
   name: string;

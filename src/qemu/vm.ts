@@ -15,7 +15,7 @@ import { InputError } from '../errors.js';
 import type { HostRunner } from '../host/run.js';
 import type { ImageFormat } from '../inspect/disk-format.js';
 import type { Logger } from '../log.js';
-import { GUEST_HOST } from './ssh.js';
+import { GUEST_HOST } from '../ssh/client.js';
 
 export type Accel = 'kvm' | 'tcg';
 export const QEMU = 'qemu-system-x86_64';

@@ -10,7 +10,7 @@ import { HostRunner } from '../../src/host/run.js';
 import { probeImageFormat } from '../../src/inspect/disk-format.js';
 import { Logger } from '../../src/log.js';
 import { firmwareArgs, firmwareQemuArgs } from '../../src/qemu/firmware.js';
-import { exec, openSession, readBanner, type ExecResult } from '../../src/qemu/ssh.js';
+import { exec, openSession, readBanner, type ExecResult } from '../../src/ssh/client.js';
 import { createOverlay, freePort, Vm, type VmConfig } from '../../src/qemu/vm.js';
 import { pollUntil, secondsSince } from '../../src/qemu/wait.js';
 import { expect } from 'vitest';

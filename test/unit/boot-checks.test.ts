@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { guestChecks, LOCKDOWN_CHECK, parseNumbers, ROOT_GROWTH_CHECK, SECURE_BOOT_CHECK, sectorSizeCheck } from '../../src/qemu/checks.js';
-import type { BootManifest } from '../../src/qemu/manifest.js';
+import type { BootManifest } from '../../src/formats/build-manifest.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;

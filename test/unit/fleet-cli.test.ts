@@ -4,7 +4,7 @@
  * where nothing listens (failed), JSON lines on stdout, exit codes; bad input exits 2.
  */
 import { execa } from 'execa';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,10 +16,10 @@ const run = (...args: string[]) => execa('node', [CLI, ...args], { reject: false
 const servers: Server[] = [];
 afterEach(() => servers.splice(0).forEach((server) => server.close()));
 
-/** A TCP port that sends `banner` to every connection; or, without one, a port nothing listens on. */
-async function port(banner?: string): Promise<number> {
+/** A TCP port that sends `banner` to every connection (`at`: that port); or, without one, a port nothing listens on. */
+async function port(banner?: string, at = 0): Promise<number> {
   const server = createServer((socket) => socket.end(banner ?? ''));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(at, '127.0.0.1', resolve));
   const { port } = server.address() as { port: number };
   if (banner) servers.push(server);
   else await new Promise((resolve) => server.close(resolve));
@@ -43,9 +43,21 @@ describe('keylessgo unlock/status over an inventory', () => {
     expect(result.exitCode).toBe(1);
     const records = result.stdout.split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(records.find((r) => r.host === 'up')).toMatchObject({ result: 'skipped', summary: 'already up (OpenSSH answers)' });
-    expect(records.find((r) => r.host === 'down')).toMatchObject({ result: 'failed', error: expect.stringMatching(/^no SSH server answers on 127\.0\.0\.1:\d+$/) });
+    expect(records.find((r) => r.host === 'down')).toMatchObject({ result: 'failed', error: expect.stringMatching(/^no SSH server answers on 127\.0\.0\.1:\d+: connection refused \(5 attempts\)$/) });
     expect(result.stderr).toMatch(/^up: reading the SSH banner$/m);
     expect(result.stderr).not.toContain('bootstrap-passphrase');
+
+    // The failed host goes to the retry file beside the inventory; --limit @FILE runs only it.
+    const retry = join(dir, 'hosts.unlock.retry');
+    expect(await readFile(retry, 'utf8')).toBe('down\n');
+    expect(result.stderr).toContain(`retry file: ${retry} (1 host(s) not done); only those: --limit @${retry}`);
+    const downPort = records.find((r) => r.host === 'down')!.port as number;
+    await port('SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n', downPort);
+    const again = await run('unlock', '--inventory', inventory, '--limit', `@${retry}`, '--key', join(dir, 'key'), '--passphrase-file', join(dir, 'passphrase'), '--known-hosts', join(dir, 'known_hosts'), '--json');
+    expect(again.stdout.split('\n').map((line) => JSON.parse(line) as Record<string, unknown>)).toEqual([expect.objectContaining({ host: 'down', result: 'skipped' })]);
+    expect(again.exitCode).toBe(0);
+    // Nothing left to retry: the old file is gone.
+    await expect(readFile(retry, 'utf8')).rejects.toThrow(/ENOENT/);
   }, 60_000);
 
   it('--limit narrows the inventory; all skipped exits 0 with the summary table', async () => {
@@ -62,6 +74,7 @@ describe('keylessgo unlock/status over an inventory', () => {
     [['unlock', '--host', 'h', '--key', 'KEY', '--passphrase-file', 'PASS'], /error: give --manifest FILE .* or --known-hosts FILE/],
     [['status', '--host', 'h', '--inventory', 'INV', '--key', 'KEY'], /error: give either --host or --inventory, not both/],
     [['status', '--host', 'h', '--key', 'KEY', '--parallel', '0'], /--parallel must be a whole number from 1/],
+    [['status', '--inventory', 'INV', '--limit', '@nothing.retry', '--key', 'KEY'], /^error: --limit @nothing\.retry: cannot read the retry file: no such file$/m],
   ])('%j exits 2', async (args, message) => {
     const dir = await inputs();
     await writeFile(join(dir, 'hosts.ini'), '[web]\nh1 oops\n');

@@ -1,10 +1,11 @@
-/** Ansible inventories (YAML and INI), variable precedence, host patterns and bad files. */
+/** Ansible inventories (YAML, INI, ansible-inventory's JSON), variable precedence, host patterns and bad files. */
+import { execa } from 'execa';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { expandHostRange, parseInventory, selectHosts } from '../../src/fleet/inventory.js';
-import { resolveTargets } from '../../src/fleet/targets.js';
+import { resolveTargets, type FleetTarget } from '../../src/fleet/targets.js';
 import { tempDir } from './helpers.js';
 
 const YAML = `# the fleet
@@ -140,6 +141,78 @@ describe('bad inventories name the file and line', () => {
   ])('%s: %j', (file, text, message) => {
     expect(() => parseInventory(text, file)).toThrow(InputError);
     expect(() => parseInventory(text, file)).toThrow(message);
+  });
+});
+
+/**
+ * `ansible-inventory --list` (ansible-core from scripts/install-deps.sh: run in CI, never
+ * skipped) turns each source into JSON; keylessgo must find the same targets in it as in the
+ * source read directly.
+ */
+describe('ansible-inventory --list JSON', () => {
+  const env = { ...process.env, ANSIBLE_NOCOLOR: '1', ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED: '1' };
+  const ansibleInventory = async (dir: string, name: string, sources: string[], extra: string[] = []) => {
+    const { stdout } = await execa('ansible-inventory', [...sources.flatMap((source) => ['-i', join(dir, source)]), '--list', ...extra], { env, cwd: dir });
+    await writeFile(join(dir, name), stdout);
+    return join(dir, name);
+  };
+
+  it.each([
+    ['YAML', 'fleet.yaml', YAML],
+    ['INI', 'fleet.ini', INI],
+  ])('of a %s inventory gives the targets the %s reader gives, with --export too', async (_format, file, text) => {
+    const dir = await tempDir();
+    await writeFile(join(dir, file), text);
+    const [listed, exported] = await Promise.all([ansibleInventory(dir, 'list.json', [file]), ansibleInventory(dir, 'export.json', [file], ['--export'])]);
+    const direct = await resolveTargets({ inventory: join(dir, file) });
+    expect(direct.length).toBeGreaterThanOrEqual(5);
+    expect(await resolveTargets({ inventory: listed })).toEqual(direct);
+    expect(await resolveTargets({ inventory: exported })).toEqual(direct);
+    for (const pattern of ['web:!canary', 'canary', 'ungrouped', 'db:lonely']) {
+      expect(selectHosts(parseInventory(text, file), pattern)).toEqual((await resolveTargets({ inventory: listed, limit: pattern })).map((t) => t.name));
+    }
+  }, 60_000);
+
+  it("of a constructed inventory: its groups select hosts, its composed variables set the port", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'fleet.yaml'), YAML);
+    // `strict: false`: keyed_groups skip hosts without a `tier` (Ansible's usual setting).
+    await writeFile(
+      join(dir, 'constructed.yml'),
+      "plugin: ansible.builtin.constructed\nstrict: false\ncompose:\n  ansible_port: 2200 + (inventory_hostname[-1] | int)\n  rack: \"'r' ~ inventory_hostname[-1]\"\ngroups:\n  frankfurt: site == 'fra'\nkeyed_groups:\n  - key: tier\n    prefix: tier\n",
+    );
+    const listed = await ansibleInventory(dir, 'constructed.json', ['fleet.yaml', 'constructed.yml']);
+    const direct = await resolveTargets({ inventory: join(dir, 'fleet.yaml') });
+    // compose sets ansible_port as a string ("2201"); lonely's last letter is 0 as an int.
+    const port = (name: string) => 2200 + (Number(name.at(-1)) || 0);
+    // The JSON keeps no order across groups (lonely is no longer ungrouped): compare by name.
+    const byName = (targets: FleetTarget[]) => [...targets].sort((a, b) => a.name.localeCompare(b.name));
+    expect(byName(await resolveTargets({ inventory: listed }))).toEqual(
+      byName(direct.map((t) => ({ ...t, port: port(t.name), vars: { ...t.vars, ansible_port: String(port(t.name)), rack: `r${t.name.at(-1)}` } }))),
+    );
+    const names = async (limit: string) => (await resolveTargets({ inventory: listed, limit })).map((t) => t.name).sort();
+    expect(await names('frankfurt')).toEqual(['db1', 'lonely']);
+    expect(await names('tier_web:tier_canary')).toEqual(['web01', 'web02', 'web03']);
+  }, 60_000);
+
+  it('reads an inventory script\'s lists and the YAML layout written as JSON', () => {
+    const script = parseInventory('{"web": ["w1", "w2"], "db": {"hosts": ["d1"], "vars": {"ansible_user": "pg"}}, "_meta": {"hostvars": {"w1": {"ansible_port": 2222}}}}', 'script-output');
+    expect([...script.hosts]).toEqual([['w1', { ansible_port: 2222 }], ['w2', {}], ['d1', { ansible_user: 'pg' }]]);
+    const layout = parseInventory('{"all": {"hosts": {"a": {"ansible_port": 2}}}}', 'inv.json');
+    expect([...layout.hosts]).toEqual([['a', { ansible_port: 2 }]]);
+  });
+
+  it.each([
+    ['{"web": {"hosts": "w1"}, "_meta": {}}', /^inv\.json: hosts of group "web" must be a list of names$/],
+    ['{"_meta": {"hostvars": []}}', /^inv\.json: _meta\.hostvars must be a mapping/],
+    ['{"web": {"hosts": ["w1"], "host": []}}', /^inv\.json: group "web" has unknown key "host"/],
+    ['{"all": {"children": ["web"]}, "web": {"children": ["all"]}}', /^inv\.json: group "all" cannot be a child of "web"$/],
+    ['{"web": ["w1"], "_meta": {"hostvars": {"w1": 5}}}', /^inv\.json: variables of host "w1" must be a mapping$/],
+    ['{"web": ["w1"],\n "db": ["d1"]\n,}', /^inv\.json:3: not JSON: /],
+    ['[1]', /^inv\.json: an inventory in JSON must be an object$/],
+  ])('refuses %j', (text, message) => {
+    expect(() => parseInventory(text, 'inv.json')).toThrow(InputError);
+    expect(() => parseInventory(text, 'inv.json')).toThrow(message);
   });
 });
 

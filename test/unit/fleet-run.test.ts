@@ -1,7 +1,7 @@
 /** The many-hosts engine: parallel limit, independent failures, exit codes, records, table, Ctrl-C. */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { runFleet, type FleetOptions } from '../../src/fleet/run.js';
+import { renderLiveCounts, runFleet, type FleetOptions, type LiveCounts } from '../../src/fleet/run.js';
 import type { FleetTarget } from '../../src/fleet/targets.js';
 import { captureLogger } from './helpers.js';
 
@@ -95,18 +95,69 @@ describe('runFleet', () => {
     expect(report.exitCode).toBe(130);
   });
 
-  it('redraws one line per running host on a terminal', async () => {
+  it('shows a count per state on a terminal, redrawn in place, not a line per host', async () => {
     const written: string[] = [];
-    const tty = { isTTY: true, columns: 80, write: (text: string) => written.push(text) } as unknown as NodeJS.WriteStream;
-    const { opts } = options({ stderr: tty, parallel: 2 });
-    await runFleet(targets(2), opts, async (_target, progress) => {
+    const tty = { isTTY: true, columns: 100, write: (text: string) => written.push(text) } as unknown as NodeJS.WriteStream;
+    const { opts, lines } = options({ stderr: tty, parallel: 3 });
+    await runFleet(targets(6), opts, async (target, progress) => {
       progress.phase('unlocking');
-      await sleep(5);
+      await sleep(150);
+      if (target.name === 'h2') throw new Error('no SSH server answers');
       return 'unlocked';
     });
     const screen = written.join('');
-    expect(screen).toContain('  h1  unlocking  0 s');
-    expect(screen).toContain('\x1b[J');
-    expect(screen).toMatch(/h2: ok in \d+\.\d s: unlocked\n/);
+    expect(screen).toContain('test: 0/6 hosts done in 0 s, 3 at a time\n  ok 0   skipped 0   failed 0   interrupted 0   not started 3\n  running 3: unlocking 3\n');
+    expect(screen).toMatch(/test: 3\/6 hosts done in 0 s, 3 at a time\n  ok 2   skipped 0   failed 1   interrupted 0   not started 0\n  running 3: unlocking 3\n  last failed: h2: no SSH server answers\n/);
+    // Each redraw goes back up over the block drawn before it; no per-host line scrolls by.
+    expect(screen).toContain('\x1b[3F\x1b[J');
+    expect(screen).not.toMatch(/h\d: ok/);
+    expect(lines.filter((line) => /^h\d: /.test(line))).toEqual([]);
+    // The block is gone at the end, before the summary.
+    expect(written.at(-1)).toMatch(/^\x1b\[4F\x1b\[J$/);
+  });
+
+  it('with --json on a terminal, one line per host as in a CI log', async () => {
+    const tty = { isTTY: true, columns: 100, write: () => true } as unknown as NodeJS.WriteStream;
+    const { opts, lines } = options({ stderr: tty, json: true });
+    await runFleet(targets(2), opts, async () => 'unlocked');
+    expect(lines.filter((line) => /^h\d: ok in/.test(line))).toHaveLength(2);
+  });
+});
+
+describe('renderLiveCounts', () => {
+  const counts = (extra: Partial<LiveCounts> = {}): LiveCounts => ({
+    command: 'unlock',
+    total: 300,
+    parallel: 50,
+    seconds: 71.6,
+    results: new Map([['ok', 120], ['skipped', 10], ['failed', 13]]),
+    phases: new Map([['reading the SSH banner', 30], ['unlocking', 15], ["checking dropbear's host key", 5]]),
+    lastFailure: 'node117: no SSH server answers on 10.1.1.17:22',
+    ...extra,
+  });
+
+  it('counts hosts by result and by phase, with the last failure', () => {
+    expect(renderLiveCounts(counts(), 120)).toEqual([
+      'unlock: 143/300 hosts done in 72 s, 50 at a time',
+      '  ok 120   skipped 10   failed 13   interrupted 0   not started 107',
+      "  running 50: reading the SSH banner 30, unlocking 15, checking dropbear's host key 5",
+      '  last failed: node117: no SSH server answers on 10.1.1.17:22',
+    ]);
+  });
+
+  it('names the four commonest phases and counts the rest together', () => {
+    const phases = new Map([['a', 1], ['b', 5], ['c', 2], ['d', 7], ['e', 3], ['f', 1]]);
+    expect(renderLiveCounts(counts({ phases, lastFailure: undefined }), 120)[2]).toBe('  running 19: d 7, b 5, e 3, c 2, other phases 2');
+    expect(renderLiveCounts(counts({ phases: new Map(), results: new Map(), lastFailure: undefined }), 120)).toEqual([
+      'unlock: 0/300 hosts done in 72 s, 50 at a time',
+      '  ok 0   skipped 0   failed 0   interrupted 0   not started 300',
+      '  running 0',
+    ]);
+  });
+
+  it('cuts every line to the terminal width', () => {
+    const lines = renderLiveCounts(counts(), 40);
+    expect(lines.every((line) => line.length <= 39)).toBe(true);
+    expect(lines[3]).toBe('  last failed: node117: no SSH server …');
   });
 });

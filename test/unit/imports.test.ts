@@ -15,6 +15,7 @@ const LAYERS: Array<[layer: string, prefixes: string[]]> = [
   ['host', ['host/']],
   ['recipe', ['recipe/']],
   ['formats', ['formats/', 'luks/', 'initramfs/']],
+  ['ssh', ['ssh/']],
   ['stages', ['stages/']],
   ['pipeline', ['pipeline/']],
   ['commands', ['cli.ts', 'nbde/', 'inspect/', 'qemu/', 'fleet/']],

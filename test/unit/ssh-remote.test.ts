@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { probeSshServer, RETRY_ATTEMPTS } from '../../src/fleet/connect.js';
 import { enrollCommand, rebindCommand } from '../../src/nbde/enroll-command.js';
 import { SshRemote } from '../../src/nbde/remote.js';
-import { ed25519KeyPair, exec, openSession } from '../../src/qemu/ssh.js';
+import { ed25519KeyPair, exec, openSession, probeBanner } from '../../src/ssh/client.js';
 import { sshFingerprint } from '../../src/recipe/authorized-keys.js';
 import { captureLogger, tempDir } from './helpers.js';
 
@@ -193,14 +193,34 @@ describe('probeSshServer', () => {
   it('says none after its attempts, and probes once where a loop polls anyway', async () => {
     const front = await flakyFront(await startServer(), 100);
     try {
-      expect(await probeSshServer(target(front.port), RETRY_ATTEMPTS)).toEqual({ server: 'none' });
+      expect(await probeSshServer(target(front.port), RETRY_ATTEMPTS)).toEqual({ server: 'none', why: `connection closed before the SSH banner (${RETRY_ATTEMPTS} attempts)` });
       expect(front.connections()).toBe(RETRY_ATTEMPTS);
-      expect(await probeSshServer(target(front.port))).toEqual({ server: 'none' });
+      expect(await probeSshServer(target(front.port))).toEqual({ server: 'none', why: 'connection closed before the SSH banner' });
       expect(front.connections()).toBe(RETRY_ATTEMPTS + 1);
     } finally {
       front.close();
     }
   }, 30_000);
+});
+
+describe('probeBanner', () => {
+  it('says why no banner came: refused, or accepted and silent; and stops at once when interrupted', async () => {
+    const silent = createServer(() => undefined);
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const { port } = silent.address() as AddressInfo;
+    try {
+      expect(await probeBanner(port, 200, '127.0.0.1')).toEqual({ failure: 'connection accepted, no SSH banner within 0.2 s' });
+      const controller = new AbortController();
+      setTimeout(() => controller.abort(), 100);
+      const started = performance.now();
+      expect(await probeBanner(port, 60_000, '127.0.0.1', controller.signal)).toEqual({ failure: 'interrupted' });
+      expect(performance.now() - started).toBeLessThan(5000);
+    } finally {
+      silent.close();
+    }
+    expect(await probeBanner(port, 1000, '127.0.0.1')).toEqual({ failure: 'connection refused' });
+  });
 });
 
 describe('openSession', () => {

@@ -1,6 +1,6 @@
 /**
- * The parts of a build's manifest.json the boot test compares against. Only these fields
- * are validated, so the manifest can grow without breaking the boot test.
+ * The parts of a build's manifest.json the boot test and the fleet commands compare against.
+ * Only these fields are validated, so the manifest can grow without breaking them.
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';

@@ -1,7 +1,8 @@
 /**
- * SSH to the guest through the forwarded port, with the `ssh2` package (no OpenSSH client
- * config or known_hosts involved). Every connection reports the host key it saw, so the caller
- * can compare it with the manifest; fleet commands refuse unknown keys with `acceptHostKey`.
+ * keylessgo's SSH client, with the `ssh2` package (no OpenSSH client config or known_hosts
+ * involved): the fleet commands reach machines with it, the boot test its guest through the
+ * forwarded port. Every connection reports the host key it saw, so the caller can compare it
+ * with the manifest; fleet commands refuse unknown keys with `acceptHostKey`.
  */
 import { readFile } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
@@ -20,25 +21,45 @@ export interface HostKey {
   fingerprint: string;
 }
 
-/** Reads the identification line an SSH server sends first ("SSH-2.0-dropbear_2022.83"), if any. */
-export function readBanner(port: number, timeoutMs: number, host = GUEST_HOST): Promise<string | undefined> {
+/** What answered on an SSH port: its identification line, or why there was none. */
+export type BannerProbe = { banner: string } | { banner?: undefined; failure: string };
+
+/**
+ * Reads the identification line an SSH server sends first ("SSH-2.0-dropbear_2022.83"); says
+ * why when none came: refused, no answer to the TCP connection, accepted and closed, accepted
+ * and silent (a hung machine), interrupted (`signal`).
+ */
+export function probeBanner(port: number, timeoutMs: number, host = GUEST_HOST, signal?: AbortSignal): Promise<BannerProbe> {
   return new Promise((resolve) => {
     const socket = tcpConnect({ host, port });
     let received = '';
-    const finish = (banner: string | undefined) => {
+    let connected = false;
+    const finish = (probe: BannerProbe) => {
+      signal?.removeEventListener('abort', onAbort);
       socket.destroy();
-      resolve(banner);
+      resolve(probe);
     };
-    socket.setTimeout(timeoutMs, () => finish(undefined));
-    socket.on('error', () => finish(undefined));
+    const onAbort = () => finish({ failure: 'interrupted' });
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    socket.on('connect', () => (connected = true));
+    socket.setTimeout(timeoutMs, () =>
+      finish({ failure: connected ? `connection accepted, no SSH banner within ${timeoutMs / 1000} s` : `no answer to the TCP connection within ${timeoutMs / 1000} s` }),
+    );
+    socket.on('error', (error: NodeJS.ErrnoException) => finish({ failure: error.code === 'ECONNREFUSED' ? 'connection refused' : error.message }));
     // QEMU accepts on the host side even when nothing listens in the guest, then closes.
-    socket.on('close', () => finish(undefined));
+    socket.on('close', () => finish({ failure: 'connection closed before the SSH banner' }));
     socket.on('data', (chunk: Buffer) => {
       received += chunk.toString('latin1');
       const line = received.split('\n').find((l) => l.startsWith('SSH-'));
-      if (line) finish(line.trim());
+      if (line) finish({ banner: line.trim() });
     });
   });
+}
+
+/** The identification line an SSH server sends first, if any (probeBanner without the why). */
+export async function readBanner(port: number, timeoutMs: number, host = GUEST_HOST): Promise<string | undefined> {
+  return (await probeBanner(port, timeoutMs, host)).banner;
 }
 
 export const parseKey = utils.parseKey;
