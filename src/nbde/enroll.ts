@@ -189,19 +189,37 @@ export function nextStep(facts: EnrollFacts, dropbear: DropbearAction): EnrollSt
   return 'remove the bootstrap passphrase';
 }
 
-export async function observe(remote: Remote, device: string, pollMs: number): Promise<EnrollFacts> {
+/**
+ * What observe learnt by running keyslot KDFs (seconds each on a small machine, more under
+ * emulation, and several per round): which keyslot the bootstrap passphrase opens, and which
+ * bindings were proven to open the volume. Valid within one run while the keyslots tested are
+ * the same: same numbers and salts (writing a keyslot again gives it a new salt).
+ */
+export interface KdfMemo {
+  bootstrap?: { keyslots: string; slot: number | undefined };
+  /** `slot:salt:token id` of bindings proven to decrypt. */
+  decrypting: Set<string>;
+}
+
+export const newKdfMemo = (): KdfMemo => ({ decrypting: new Set() });
+
+export async function observe(remote: Remote, device: string, pollMs: number, memo: KdfMemo = newKdfMemo()): Promise<EnrollFacts> {
   const step = 'observe the machine';
   const header = await readHeader(remote, device, step);
   const reencryptRunning = await unitActive(remote, REENCRYPT_UNIT, pollMs);
   const initramfsRunning = await unitActive(remote, INITRAMFS_UNIT, pollMs);
-  const bootstrapSlot = await slotOpenedBy(remote, device, BOOTSTRAP);
+  const keyslots = JSON.stringify(header.keyslots.map((slot) => [slot, header.keyslotSalts[slot] ?? '']));
+  if (memo.bootstrap?.keyslots !== keyslots) memo.bootstrap = { keyslots, slot: await slotOpenedBy(remote, device, BOOTSTRAP) };
+  const bootstrapSlot = memo.bootstrap.slot;
   const state = await readStateFiles(remote, STATE, STATE_FILES);
   const imageDigestSalt = state[IMAGE_DIGEST];
   const rotated = rotatedFrom(header, imageDigestSalt);
   const bindings = [];
   for (const binding of await readBindings(remote, device, header, step)) {
     // Before the rotation no binding counts (the build-time one goes with the image's key): no need to ask Tang.
-    const decrypts = (rotated || bootstrapSlot === undefined) && (await bindingDecrypts(remote, device, binding.slot));
+    const proof = `${binding.slot}:${header.keyslotSalts[binding.slot] ?? ''}:${binding.tokenId}`;
+    const decrypts = (rotated || bootstrapSlot === undefined) && (memo.decrypting.has(proof) || (await bindingDecrypts(remote, device, binding.slot)));
+    if (decrypts) memo.decrypting.add(proof);
     bindings.push({ ...binding, decrypts });
   }
   const known = new Set([bootstrapSlot, RECOVERY_SLOT, ...bindings.map((b) => b.slot)]);
@@ -281,7 +299,8 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
 
   await stageSecret(remote, BOOTSTRAP, options.bootstrapPassphrase);
   try {
-    let facts = await observe(remote, device, pollMs);
+    const memo = newKdfMemo();
+    let facts = await observe(remote, device, pollMs, memo);
     const keyslotsBefore = facts.header.keyslots;
     for (;;) {
       const step = nextStep(facts, options.dropbear);
@@ -293,7 +312,7 @@ export async function enroll(remote: Remote, options: EnrollOptions): Promise<En
       const started = performance.now();
       await runStep(step, facts);
       stepSeconds[step] = (stepSeconds[step] ?? 0) + Math.round((performance.now() - started) / 100) / 10;
-      const next = await observe(remote, device, pollMs);
+      const next = await observe(remote, device, pollMs, memo);
       // A step that changed nothing would be picked again forever.
       if (nextStep(next, options.dropbear) === step && !step.startsWith('wait')) throw new EnrollError(step, `the machine shows no effect of it${await journalTail(step)}`);
       facts = next;

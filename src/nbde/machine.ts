@@ -57,6 +57,8 @@ export interface LuksHeader extends LuksSummary {
   digestSalts: string[];
   /** Tokens by id with their type and the keyslots they are assigned to. */
   tokens: Array<{ id: number; type: string; keyslots: number[] }>;
+  /** Each keyslot's KDF salt: a keyslot written again gets a new one. */
+  keyslotSalts: Record<number, string>;
 }
 
 /** luksDump text → the facts enroll and rebind decide on. */
@@ -68,7 +70,10 @@ export function parseLuksHeader(text: string): LuksHeader {
     type: m[2]!,
     keyslots: [...(/Keyslot:\s+([\d ]+)/.exec(m[3]!)?.[1]?.trim().split(/\s+/) ?? [])].filter(Boolean).map(Number),
   }));
-  return { ...parseLuksDump(text), reencryptInProgress: /^Requirements:.*online-reencrypt/m.test(text), digestSalts, tokens };
+  const keyslotSalts = Object.fromEntries(
+    [...section('Keyslots').matchAll(/^ {2}(\d+): luks2\n((?:\t.*\n?)*)/gm)].map((m) => [Number(m[1]), /Salt:\s+((?:[0-9a-f]{2} ?)+(?:\n\s+(?:[0-9a-f]{2} ?)+)*)/.exec(m[2]!)?.[1]?.replace(/\s+/g, '') ?? '']),
+  );
+  return { ...parseLuksDump(text), reencryptInProgress: /^Requirements:.*online-reencrypt/m.test(text), digestSalts, tokens, keyslotSalts };
 }
 
 export async function readHeader(remote: Remote, device: string, step: string): Promise<LuksHeader> {

@@ -99,6 +99,18 @@ describe('enroll from the image', () => {
     expect([...machine.files.keys()].filter((f) => f.startsWith('/run/'))).toEqual([]);
   });
 
+  it('runs a keyslot KDF again only when the keyslots changed: the bootstrap test once per layout, each binding proven once', async () => {
+    const machine = new FakeLuksMachine(BOOTSTRAP);
+    await run(machine).result;
+    const bootstrapTests = machine.commands(/^cryptsetup open --test-passphrase --verbose --key-file \/run\/keylessgo-enroll\/bootstrap /).length;
+    const bindingProofs = machine.commands(/^clevis luks pass .*\| cryptsetup open --test-passphrase/).length;
+    // Layouts: the image's [0,1]; rotated [0]; bound [0,1]; recovery [0,1,31]; bootstrap gone [1,31]
+    // (the dropbear step leaves the keyslots as they are), plus the check after the removal.
+    expect(bootstrapTests).toBe(6);
+    // The binding: proven after it was made, its proof kept through the steps that follow.
+    expect(bindingProofs).toBe(1);
+  });
+
   it('with --dropbear keep rebuilds nothing', async () => {
     const machine = new FakeLuksMachine(BOOTSTRAP);
     const report = await run(machine, { dropbear: 'keep' }).result;

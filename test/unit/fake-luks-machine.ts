@@ -5,6 +5,7 @@
  * commands enroll and rebind send, changes its state as the real machine would, and records
  * every command with its stdin.
  */
+import { createHash } from 'node:crypto';
 import { jwkThumbprint } from '../../src/host/tang.js';
 import type { Remote, RemoteResult } from '../../src/nbde/machine.js';
 
@@ -95,10 +96,16 @@ export class FakeLuksMachine implements Remote {
     return [
       'LUKS header information\nVersion:       \t2\nUUID:          \tx\n',
       this.reencryptFlag ? 'Requirements:\tonline-reencrypt-v2 \n' : '',
-      `\nKeyslots:\n${slots.map((s) => `  ${s}: luks2\n\tKey:        512 bits\n`).join('')}`,
+      `\nKeyslots:\n${slots.map((s) => `  ${s}: luks2\n\tKey:        512 bits\n\tSalt:       ${this.keyslotSalt(s)}\n`).join('')}`,
       `Tokens:\n${tokens}`,
       `Digests:\n  0: pbkdf2\n\tHash:       sha256\n\tSalt:       ${this.digestSalt.slice(0, 2)} ${this.digestSalt.slice(2)} \n\t            00 11 \n\tDigest:     ff ee \n`,
     ].join('');
+  }
+
+  /** A keyslot's salt in luksDump's layout: new whenever the keyslot is written again (here: its content or the volume key changes). */
+  private keyslotSalt(slot: number): string {
+    const hex = createHash('sha256').update(`${JSON.stringify(this.slots.get(slot))}:${this.digestSalt}`).digest('hex');
+    return `${hex.slice(0, 32).replace(/(..)/g, '$1 ')}\n\t            ${hex.slice(32).replace(/(..)/g, '$1 ')}`;
   }
 
   private token(key: string, policy: 'tang' | 'tang+tpm2' | 'tpm2' = 'tang', sealedTo?: string): string {
