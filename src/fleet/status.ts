@@ -12,6 +12,7 @@ import { InputError } from '../errors.js';
 import { clevisPinInToken, tangServersInToken, tpm2JwesInToken, type BoundTangServer } from '../host/clevis.js';
 import { parseTpm2Lockout, TPM2_LOCKOUT_COMMAND, type Tpm2Lockout } from '../host/tpm2.js';
 import { TEMPORARY_SLOT } from '../nbde/reseal.js';
+import { ESP_SYNC } from '../stages/bootloader.js';
 import { LUKS_JSON_DUMP_ARGS, luksHeaderDigests, parseLuksJsonHeader, type LuksHeaderDigest } from '../host/cryptsetup.js';
 import { fetchAdvertisement, parseAdvertisement } from '../host/tang.js';
 import type { Logger } from '../log.js';
@@ -83,6 +84,10 @@ export interface HostStatus {
   dropbearInInitramfs?: boolean;
   /** The TPM's dictionary-attack lockout state, when the machine has a TPM (and tpm2-tools). */
   tpm?: Tpm2Lockout;
+  /** Whether the ESP holds the installed packages' loaders (esp-sync --check); undefined: an image without esp-sync. */
+  espInStep?: boolean;
+  /** What esp-sync --check found out of step. */
+  espOutOfStep?: string[];
 }
 
 export interface StatusInputs {
@@ -154,6 +159,8 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       for (const jwe of tpm2Jwes) tpm2Unseals = (tpm2Unseals ?? true) && (await run(client, TPM2_UNSEAL_COMMAND, signal, jwe)).exitCode === 0;
       bindings.push({ ...binding, decrypts, ...(tpm2Unseals === undefined ? {} : { tpm2Unseals }) });
     }
+    progress.phase('checking the ESP against the installed packages');
+    const esp = await run(client, `[ -x ${ESP_SYNC} ] || exit 127; ${ESP_SYNC} --check 2>&1`, signal);
     progress.phase('reading the TPM lockout state');
     const tpm = parseTpm2Lockout((await run(client, `[ -e /dev/tpmrm0 ] && ${TPM2_LOCKOUT_COMMAND} 2>/dev/null`, signal)).output);
     progress.phase('looking for dropbear in the initramfs');
@@ -169,6 +176,7 @@ export async function hostStatus(target: FleetTarget, inputs: StatusInputs, prog
       volumeKey: compareVolumeKey(found.digests, inputs.imageDigests),
       ...(dropbear === 'yes' || dropbear === 'no' ? { dropbearInInitramfs: dropbear === 'yes' } : {}),
       ...(tpm ? { tpm } : {}),
+      ...(esp.exitCode === 127 ? {} : { espInStep: esp.exitCode === 0, ...(esp.exitCode === 0 ? {} : { espOutOfStep: esp.output.trim().split('\n').filter(Boolean) }) }),
     };
   } finally {
     client.end();
@@ -198,6 +206,7 @@ export function describeStatus(status: HostStatus): TaskVerdict {
       `keyslots ${status.keyslots.join(',')}`,
       `${status.bindings.length} binding(s), ${decrypting} decrypt${old > 0 ? `, ${old} on an OLD Tang key` : ''}${stale > 0 ? `, ${stale} TPM binding(s) NOT unsealing` : ''}${temporary ? ', a temporary binding' : ''}`,
       ...(status.tpm ? [`TPM lockout ${status.tpm.counter}/${status.tpm.maxTries}`] : []),
+      ...(status.espInStep === false ? ['ESP OUT OF STEP with its packages'] : []),
       `bootstrap passphrase ${status.bootstrapPassphrase}`,
       `volume key ${status.volumeKey === 'image' ? "the image's" : status.volumeKey}`,
       `dropbear ${status.dropbearInInitramfs === undefined ? 'unknown' : status.dropbearInInitramfs ? 'in' : 'not in'} initramfs`,
@@ -218,6 +227,7 @@ export function formatHostStatus(host: string, status: HostStatus): string {
     ['volume key', { image: "the image's (not rotated)", rotated: "differs from the image's", unknown: 'unknown (no manifest with headerDigests)' }[status.volumeKey]],
     ['dropbear in initramfs', status.dropbearInInitramfs === undefined ? 'unknown (lsinitramfs cannot read it)' : status.dropbearInInitramfs ? 'yes' : 'no'],
     ...(status.tpm ? [['TPM lockout', lockoutText(status.tpm)] as [string, string]] : []),
+    ['ESP loaders', status.espInStep === undefined ? 'unknown (no esp-sync in this image)' : status.espInStep ? 'in step with the installed packages' : `OUT OF STEP: ${status.espOutOfStep?.join('; ')} (run ${ESP_SYNC})`],
   ];
   const width = Math.max(...rows.map(([name]) => name.length));
   return [`${host}:`, ...rows.map(([name, value]) => `  ${name.padEnd(width)}  ${value}`)].join('\n');

@@ -3,6 +3,7 @@
  * and a verdict. Guest checks run shell commands over SSH in the booted system and judge
  * their output here, so the judging is testable without a VM.
  */
+import { ESP_SYNC } from '../stages/bootloader.js';
 import { SUITE_VERSIONS } from '../recipe/schema.js';
 import type { BootManifest } from '../formats/build-manifest.js';
 import type { HostKey } from '../ssh/client.js';
@@ -123,6 +124,19 @@ export const LOCKDOWN_CHECK: GuestCheck = {
   },
 };
 
+/**
+ * The ESP holds what the installed packages would put there (esp-sync --check): the signed
+ * loaders byte for byte, or the GRUB grub-mkimage makes again from the installed modules.
+ */
+export const ESP_IN_STEP_CHECK: GuestCheck = {
+  name: 'ESP loaders in step with the installed packages (esp-sync --check)',
+  command: `${ESP_SYNC} --check 2>&1; echo "exit=$?"`,
+  judge(output) {
+    const ok = /^exit=0$/m.test(output) && !/out of step|ERROR/.test(output);
+    return check(this.name, ok, output.trim().replaceAll('\n', '; '));
+  },
+};
+
 /** The guest sees the disk with the logical sector size the VM was given. */
 export function sectorSizeCheck(sectorSize: number): GuestCheck {
   const name = `disk has ${sectorSize}-byte logical sectors`;
@@ -187,6 +201,7 @@ export function guestChecks(manifest: BootManifest, options: GuestCheckOptions):
     },
     ...(manifest.disk.growOnFirstBoot ? [ROOT_GROWTH_CHECK] : []),
     sectorSizeCheck(options.sectorSize),
+    ESP_IN_STEP_CHECK,
     ...(options.secureBoot ? [SECURE_BOOT_CHECK, LOCKDOWN_CHECK] : []),
   ];
 }

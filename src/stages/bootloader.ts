@@ -74,6 +74,9 @@ export const SIGNED_EFI_CHAIN: ReadonlyArray<[tree: string, esp: string]> = [
   ['usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed', 'EFI/BOOT/grubx64.efi'],
   ['usr/lib/shim/mmx64.efi.signed', 'EFI/BOOT/mmx64.efi'],
 ];
+/** In the image (base overlay): keeps the booted machine's ESP in step with the boot loader packages. */
+export const ESP_SYNC = '/usr/lib/keylessgo/esp-sync';
+
 /**
  * The signed chain in the order a booted machine replaces it on the ESP (esp-sync in the
  * base overlay): shim last. The old shim accepts a newer GRUB, while a newer shim (a new SBAT

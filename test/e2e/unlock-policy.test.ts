@@ -198,13 +198,17 @@ describe('TPM2 and Tang, from enrollment through day two', () => {
     expect(status.exitCode, status.all).toBe(0);
     expect(status.record.details.bindings).toEqual([expect.objectContaining({ pin: 'sss', decrypts: true, tpm2Unseals: true })]);
     expect(status.record.details.tpm).toMatchObject({ counter: 0, maxTries: 3 });
+    expect(status.record.details.espInStep).toBe(true);
   });
 
   it('the ESP follows shim and GRUB: apt-get reinstall replaces stale loaders, shim last, and says so in the journal', async () => {
     // Loaders the firmware would refuse, as after Microsoft or Debian revoked the ones written at build time.
-    const stale = [['/usr/lib/shim/shimx64.efi', 'BOOTX64.EFI'], ['/usr/lib/shim/fbx64.efi', 'grubx64.efi'], ['/usr/lib/shim/mmx64.efi', 'mmx64.efi']];
-    const esp = await vm.ssh(`set -e; systemctl start boot-efi.mount; findmnt -no SOURCE /boot/efi; ${stale.map(([from, to]) => `cp ${from} /boot/efi/EFI/BOOT/${to}`).join('; ')}; sync`);
+    const revoked = [['/usr/lib/shim/shimx64.efi', 'BOOTX64.EFI'], ['/usr/lib/shim/fbx64.efi', 'grubx64.efi'], ['/usr/lib/shim/mmx64.efi', 'mmx64.efi']];
+    const esp = await vm.ssh(`set -e; systemctl start boot-efi.mount; findmnt -no SOURCE /boot/efi; ${revoked.map(([from, to]) => `cp ${from} /boot/efi/EFI/BOOT/${to}`).join('; ')}; sync`);
     expect(esp.output.trim()).toBe('/dev/vda2');
+    const stale = await vm.ssh('/usr/lib/keylessgo/esp-sync --check');
+    expect(stale.exitCode).toBe(1);
+    expect(stale.output.match(/^keylessgo-esp-sync: out of step: EFI\/BOOT\/\S+ on \/dev\/vda2 differs from /gm)).toHaveLength(3);
     const debs = await packageFiles(['shim-signed', 'shim-helpers-amd64-signed', 'grub-efi-amd64-signed']);
     for (const deb of debs) await vm.upload(`/root/${basename(deb)}`, await readFile(deb));
     const started = performance.now();
@@ -218,9 +222,9 @@ describe('TPM2 and Tang, from enrollment through day two', () => {
     expect(check.exitCode, check.output).toBe(0);
     expect(check.output).not.toContain('keylessgo-new');
     expect(check.output.match(/^replaced EFI\/BOOT\/\S+ on \/dev\/vda2 \(sha256 [0-9a-f]{16}\.\.\. -> [0-9a-f]{16}\.\.\.\) with \/usr\/lib\/\S+ \(\S+ \S+\)$/gm)).toHaveLength(3);
-    // In step now: a second run by hand changes nothing and says nothing.
-    const again = await vm.ssh('/usr/lib/keylessgo/esp-sync');
-    expect(again).toMatchObject({ exitCode: 0, output: '' });
+    // In step now: a second run by hand changes nothing and says nothing; --check agrees.
+    expect(await vm.ssh('/usr/lib/keylessgo/esp-sync')).toMatchObject({ exitCode: 0, output: '' });
+    expect(await vm.ssh('/usr/lib/keylessgo/esp-sync --check')).toMatchObject({ exitCode: 0, output: '' });
     await vm.powerOff();
   });
 

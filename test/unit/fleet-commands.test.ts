@@ -199,12 +199,16 @@ describe('status', () => {
         { token: 1, keyslots: [30], pin: 'tang', servers: [{ url: 'http://tang.example', thumbprints: ['thp'] }], decrypts: true, temporary: true },
       ],
       tpm: { counter: 1, maxTries: 3, recoverySeconds: 1000, lockoutRecoverySeconds: 1000 },
+      espInStep: false,
+      espOutOfStep: ['keylessgo-esp-sync: out of step: EFI/BOOT/BOOTX64.EFI on /dev/vda2 differs from /usr/lib/shim/shimx64.efi.signed (shim-signed 1.51)'],
     };
-    expect(describeStatus(sealed).summary).toBe('keyslots 1,30,31; 2 binding(s), 1 decrypt, 1 TPM binding(s) NOT unsealing, a temporary binding; TPM lockout 1/3; bootstrap passphrase refused; volume key rotated; dropbear in initramfs');
+    expect(describeStatus(sealed).summary).toBe('keyslots 1,30,31; 2 binding(s), 1 decrypt, 1 TPM binding(s) NOT unsealing, a temporary binding; TPM lockout 1/3; ESP OUT OF STEP with its packages; bootstrap passphrase refused; volume key rotated; dropbear in initramfs');
     const sealedText = formatHostStatus('db1', sealed);
     expect(sealedText).toMatch(/^  binding \(token 0\) +sss in keyslot 1: http:\/\/tang\.example \[thp\], does NOT decrypt now, its TPM part does NOT unseal with today's PCRs \(reseal --finish\)$/m);
     expect(sealedText).toMatch(/^  binding \(token 1\) +tang in keyslot 30 \(temporary, from reseal --prepare\): http:\/\/tang\.example \[thp\], decrypts now$/m);
     expect(sealedText).toMatch(/^  TPM lockout +1 of 3 failures counted; one forgotten every 1000 s while powered$/m);
+    expect(sealedText).toMatch(/^  ESP loaders +OUT OF STEP: keylessgo-esp-sync: out of step: EFI\/BOOT\/BOOTX64\.EFI on \/dev\/vda2 differs .* \(run \/usr\/lib\/keylessgo\/esp-sync\)$/m);
+    expect(formatHostStatus('web01', status)).toMatch(/^  ESP loaders +unknown \(no esp-sync in this image\)$/m);
     expect(describeStatus({ ...status, state: 'locked' }).summary).toBe('at dropbear, locked');
   });
 
