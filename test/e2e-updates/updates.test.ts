@@ -62,7 +62,8 @@ async function bootKeyless(what: string): Promise<void> {
 
 beforeAll(async () => {
   dir = await mkdtemp(join(image.dir, 'updates-'));
-  vm = await TestVm.create(image, join(dir, 'machine'));
+  // Room for a second kernel and for Debian 13 (the root grows to the disk at first boot).
+  vm = await TestVm.create(image, join(dir, 'machine'), image.qcow2, 6 * 1024 ** 3);
   const tang = await createTang(vm.dir);
   served = { keyDir: tang.keyDir, logFile: join(vm.dir, 'tang.log') };
   machine = { tpm: { stateDir: join(vm.dir, 'tpm') }, secureBootVars: join(vm.dir, 'OVMF_VARS.fd') };

@@ -13,6 +13,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { pollUntil } from '../../src/qemu/wait.js';
+import { connectionTimes } from './tang.js';
 import { expectEncryptedRoot, TestVm } from './vm-session.js';
 
 const image = inject('image');
@@ -29,10 +30,6 @@ afterAll(async () => {
 });
 
 
-/** Epoch seconds of the lines `<epoch> <what>` the test Tang writes per connection. */
-function connectionTimes(log: string, what: 'served' | 'refused'): number[] {
-  return [...log.matchAll(new RegExp(`^(\\d+\\.\\d+) ${what}$`, 'gm'))].map((m) => Number(m[1]));
-}
 
 describe('Tang up only after the machine (power cut)', () => {
   it('keeps asking and boots without any SSH input once Tang answers, over the second of two NICs', async () => {

@@ -27,3 +27,8 @@ export async function createTang(dir: string): Promise<TangFixture> {
   await writeFile(advFile, stdout.slice(stdout.indexOf('\r\n\r\n') + 4));
   return { keyDir, guestUrl: TANG_GUEST_URL, advFile };
 }
+
+/** Epoch seconds of the connections a test Tang logged (`<epoch> served|refused|silent`, see src/qemu/vm.ts), of one kind or all. */
+export function connectionTimes(log: string, what?: 'served' | 'refused' | 'silent'): number[] {
+  return [...log.matchAll(/^(\d+\.\d+) (served|refused|silent)$/gm)].filter((m) => !what || m[2] === what).map((m) => Number(m[1]));
+}

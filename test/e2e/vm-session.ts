@@ -32,12 +32,15 @@ export class TestVm {
     private readonly key: string,
   ) {}
 
-  /** A machine whose disk is a fresh overlay over the fixture image, or over `disk` (e.g. a copy of it as Ironic's agent left it). */
-  static async create(image: ImageFixture, dir: string, disk = image.qcow2): Promise<TestVm> {
+  /**
+   * A machine whose disk is a fresh overlay over the fixture image, or over `disk` (e.g. a copy
+   * of it as Ironic's agent left it); `sizeBytes`: a larger disk, which the root grows to at first boot.
+   */
+  static async create(image: ImageFixture, dir: string, disk = image.qcow2, sizeBytes?: number): Promise<TestVm> {
     await mkdir(dir, { recursive: true });
     const overlay = join(dir, 'disk.qcow2');
     const host = new HostRunner(log);
-    await createOverlay(host, { path: disk, ...(await probeImageFormat(host, disk)) }, overlay);
+    await createOverlay(host, { path: disk, ...(await probeImageFormat(host, disk)) }, overlay, sizeBytes);
     return new TestVm(image, dir, overlay, await readFile(image.privateKey, 'utf8'));
   }
 
@@ -79,6 +82,11 @@ export class TestVm {
     };
     this.vm = await Vm.start(config, join(this.dir, `qemu-${this.boots}.log`), log);
     this.started = performance.now();
+  }
+
+  /** Aborted when QEMU exits (the guest powered off, or QEMU failed). */
+  get exited(): AbortSignal {
+    return this.vm!.exited.signal;
   }
 
   /** Seconds since the last power-on. */
