@@ -13,6 +13,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   losetup: 'mount',
   partx: 'util-linux',
   blockdev: 'util-linux',
+  prlimit: 'util-linux',
   sfdisk: 'fdisk',
   'mkfs.ext4': 'e2fsprogs',
   dumpe2fs: 'e2fsprogs',

@@ -3,10 +3,10 @@
  * writing to it. Sections the image does not have (no LUKS, no /boot, no initramfs) are
  * reported as absent with a note, so images from other tools can be inspected too.
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { InputError, isReported } from '../errors.js';
+import { markChildProcesses, ownedTempDir } from '../base/owner.js';
 import type { HostRunner } from '../host/run.js';
 import { PARTITION_TYPES } from '../formats/gpt.js';
 import { peSignatures, type Signature } from './authenticode.js';
@@ -178,7 +178,10 @@ const firstLine = (error: unknown) => (error instanceof Error ? error.message : 
 
 export async function inspectImage(hostRunner: HostRunner, imagePath: string, options: InspectOptions = {}): Promise<InspectReport> {
   const host = await inspectTools(hostRunner);
-  const scratchDir = await mkdtemp(join(tmpdir(), 'keylessgo-inspect-'));
+  // Owned, and so are its decompressors: what a killed inspect leaves (copies of the LUKS
+  // metadata and /boot, a tool still running) is reaped by the next build or `cache prune`.
+  await markChildProcesses();
+  const scratchDir = await ownedTempDir('keylessgo-inspect-');
   try {
     const image = await openDiskImage(host, imagePath, scratchDir, options.policy);
     return await inspectOpened(host, image, scratchDir);

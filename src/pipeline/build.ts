@@ -2,8 +2,7 @@
  * `keylessgo build`: checks everything that can be checked before touching the disk
  * (recipe, inputs, host, templates), then runs the stages.
  */
-import { access, constants, mkdir, mkdtemp, readFile, stat, chmod } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, constants, mkdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
@@ -19,7 +18,7 @@ import { CleanupStack } from '../base/cleanup.js';
 import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
 import { reapDeadBuilds, recordOutDir, removeWorkTree } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
-import { currentOwner, formatOwner, markOwned, OWNER_ENV } from '../base/owner.js';
+import { markChildProcesses, ownedTempDir } from '../base/owner.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
 import { readPassphraseFile, SecretStore } from '../base/secrets.js';
 
@@ -159,7 +158,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
   const { recipe } = checked.loaded;
   await mkdir(options.outDir, { recursive: true });
   // Every process the build starts carries its owner, so a later build can find them if this one is killed.
-  process.env[OWNER_ENV] = formatOwner(await currentOwner());
+  await markChildProcesses();
   const cache = options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log);
   await reapDeadBuilds(new HostRunner(log), log);
   await cache?.reapDeadBuilds();
@@ -169,11 +168,9 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
   try {
     const secrets = await SecretStore.create(cleanup);
     const passphraseFile = await secrets.put('bootstrap-passphrase', checked.passphrase, log.redactor);
-    const workDir = await mkdtemp(join(tmpdir(), `keylessgo-${recipe.name}-`));
-    await chmod(workDir, 0o700);
+    const workDir = await ownedTempDir(`keylessgo-${recipe.name}-`);
     const host = new HostRunner(log, guard.controller.signal);
     cleanup.add(`remove ${workDir}`, () => removeWorkTree(host.forCleanup, workDir));
-    await markOwned(workDir);
     await recordOutDir(workDir, resolve(options.outDir));
     const ctx: BuildContext = {
       loaded: checked.loaded,
