@@ -7,6 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
 import { HostRunner } from '../host/run.js';
+import { checkSigningKey, type SigningKey } from '../host/ssh-signature.js';
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
 import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-keys.js';
@@ -32,6 +33,8 @@ export interface BuildOptions {
   cacheDir?: string | null;
   /** Write vmlinuz, initrd.img and cmdline beside the image. */
   exportBoot?: boolean;
+  /** Sign SHA256SUMS with this OpenSSH key (private, or public with the private key in ssh-agent). */
+  signKeyFile?: string;
   log: Logger;
 }
 
@@ -126,6 +129,7 @@ export interface Preflight {
   mirror: MirrorChoice;
   ids: BuildIds;
   overlayFiles: RenderedFile[];
+  signingKey?: SigningKey;
 }
 
 /**
@@ -144,12 +148,13 @@ export async function preflight(options: BuildOptions): Promise<Preflight> {
   const ids = newBuildIds();
   const overlayFiles = await renderOverlays([BASE_OVERLAY, ...loaded.overlayDirs], templateData(loaded.recipe, ids, authorizedKeys, mirror));
   await checkOutDir(options.outDir);
+  const signingKey = options.signKeyFile ? await checkSigningKey(new HostRunner(options.log), options.signKeyFile) : undefined;
   if (process.getuid?.() !== 0) throw new HostError('keylessgo build must run as root (it attaches loop devices and runs chroot)');
   const missing = await missingTools(STAGES.flatMap((s) => s.hostTools(loaded.recipe)));
   if (missing.length > 0) {
     throw new HostError(`missing host tools: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}; run scripts/install-deps.sh`);
   }
-  return { loaded, passphrase, authorizedKeys, mirror, ids, overlayFiles };
+  return { loaded, passphrase, authorizedKeys, mirror, ids, overlayFiles, signingKey };
 }
 
 export async function build(options: BuildOptions): Promise<BuildContext> {
@@ -190,6 +195,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       overlayFiles: checked.overlayFiles,
       kernelCmdline: kernelCmdline(recipe),
       exportBoot: options.exportBoot ?? false,
+      signingKey: checked.signingKey,
       toolVersion: await toolVersion(),
       cache,
       state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {}, stageTimes: {} },

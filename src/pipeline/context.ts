@@ -13,6 +13,7 @@ import type { RenderedFile } from './overlay.js';
 import type { ByteRange } from '../host/ext4.js';
 import type { LoopDevice } from '../host/loop.js';
 import type { PartitionLayout } from '../formats/gpt.js';
+import type { SigningKey } from '../host/ssh-signature.js';
 
 /**
  * Identifiers are chosen before any stage runs so that configuration files (crypttab,
@@ -116,6 +117,8 @@ export interface BuildContext {
   readonly kernelCmdline: string;
   /** Also write the kernel, initramfs and command line beside the image (network boot). */
   readonly exportBoot: boolean;
+  /** Sign SHA256SUMS with this key (SHA256SUMS.sig). */
+  readonly signingKey?: SigningKey;
   readonly toolVersion: string;
   /** Stage cache; undefined with --no-cache. */
   readonly cache?: StageCache;

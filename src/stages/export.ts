@@ -8,9 +8,11 @@
  * only; formats/qcow2.ts writes the uncompressed one). Hashes are computed in Node (OpenSSL's
  * SHA-256), the raw image's holes from zeros in memory, not read from disk.
  */
+import { createHash } from 'node:crypto';
 import { copyFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
+import { SIGNATURE_NAMESPACE, signData, SUMS_SIGNATURE_FILE } from '../host/ssh-signature.js';
 import type { ByteRange } from '../host/ext4.js';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import { sha256File } from '../pipeline/sparse-sha256.js';
@@ -132,6 +134,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
     stageTimes: ctx.state.stageTimes,
+    signature: ctx.signingKey ? { file: SUMS_SIGNATURE_FILE, format: 'sshsig', namespace: SIGNATURE_NAMESPACE, signs: 'SHA256SUMS', key: { type: ctx.signingKey.type, fingerprint: ctx.signingKey.fingerprint } } : null,
     hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.clock.seconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
     hostToolBusySeconds: Math.round(ctx.host.clock.busySeconds * 10) / 10,
   };
@@ -186,18 +189,24 @@ export const exportStage = defineStage({
       const { size } = await stat(file.partial);
       ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256 });
     }
-    const sums = ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`).join('');
-    const sumsPartial = join(outDir, 'SHA256SUMS.partial');
-    const manifestPartial = join(outDir, 'manifest.json.partial');
-    ctx.cleanup.add(`remove ${sumsPartial}`, () => rm(sumsPartial, { force: true }));
-    ctx.cleanup.add(`remove ${manifestPartial}`, () => rm(manifestPartial, { force: true }));
-    await writeFile(sumsPartial, sums);
-    // The export stage's own time is not known yet; the manifest records the stages before it.
-    await writeFile(manifestPartial, `${JSON.stringify(buildManifest(ctx, partitionTable, new Date()), null, 2)}\n`);
-
-    // Renamed to their final names by the runner once every stage has succeeded.
+    // Renamed to their final names by the runner once every stage has succeeded, SHA256SUMS last.
     ctx.state.publish.push(...pending.map((f) => ({ from: f.partial, to: f.final })));
-    ctx.state.publish.push({ from: sumsPartial, to: join(outDir, 'SHA256SUMS') }, { from: manifestPartial, to: join(outDir, 'manifest.json') });
+    const partial = (name: string) => {
+      const file = join(outDir, `${name}.partial`);
+      ctx.cleanup.add(`remove ${file}`, () => rm(file, { force: true }));
+      ctx.state.publish.push({ from: file, to: join(outDir, name) });
+      return file;
+    };
+    // The export stage's own time is not known yet; the manifest records the stages before it.
+    const manifest = `${JSON.stringify(buildManifest(ctx, partitionTable, new Date()), null, 2)}\n`;
+    await writeFile(partial('manifest.json'), manifest);
+    // SHA256SUMS covers the manifest too: a signature of SHA256SUMS then vouches for everything.
+    const sums = [...ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`), `${createHash('sha256').update(manifest).digest('hex')}  manifest.json\n`].join('');
+    await writeFile(partial('SHA256SUMS'), sums);
+    if (ctx.signingKey) {
+      await writeFile(partial(SUMS_SIGNATURE_FILE), await signData(ctx.host, ctx.signingKey, sums));
+      ctx.log.info(`      SHA256SUMS signed by ${ctx.signingKey.type} key ${ctx.signingKey.fingerprint} (${SUMS_SIGNATURE_FILE})`);
+    }
     for (const o of ctx.state.outputs) ctx.log.info(`      ${o.path} (${formatSize(o.bytes)} apparent)`);
   },
 });
