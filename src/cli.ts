@@ -16,6 +16,7 @@ import { unlockCommand } from './fleet/unlock.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
+import { diffManifests, formatManifestDiff, readManifestArgument } from './inspect/manifest-diff.js';
 import { inspectImage } from './inspect/inspect.js';
 import { HostRunner } from './host/run.js';
 import { DEFAULT_TPM2_PIN, parsePcrList } from './host/clevis.js';
@@ -395,6 +396,18 @@ program
     for (const failure of failures) log.error(`check: ${failure}`);
     log.result(`check ${failures.length === 0 ? 'passed' : 'FAILED'}: ${checked.join(', ')}`, { checked, failures });
     process.exitCode = failures.length === 0 ? 0 : 1;
+  });
+
+program
+  .command('diff')
+  .description("compare two builds' manifests, plaintext digests included (nothing is decrypted): every difference, and whether it is a declared per-build value; exit 1 if any is not")
+  .argument('<a>', 'manifest.json, or the output directory holding it')
+  .argument('<b>', 'manifest.json, or the output directory holding it')
+  .option('--json', 'print the differences as JSON')
+  .action(async (a: string, b: string, opts: { json?: boolean }) => {
+    const diff = diffManifests(await readManifestArgument(a), await readManifestArgument(b));
+    process.stdout.write(opts.json ? `${JSON.stringify(diff, null, 2)}\n` : formatManifestDiff(diff));
+    process.exitCode = diff.differences.every((d) => d.perBuild) ? 0 : 1;
   });
 
 program

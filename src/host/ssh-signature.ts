@@ -9,7 +9,6 @@
  */
 import { stat, writeFile } from 'node:fs/promises';
 import { HostError, InputError } from '../errors.js';
-import type { AuthorizedKey } from '../recipe/authorized-keys.js';
 import type { HostRunner } from './run.js';
 import { missingTools } from './tools.js';
 
@@ -59,7 +58,7 @@ export async function signData(host: HostRunner, key: SigningKey, data: string):
 }
 
 /** An allowed_signers file trusting `keys` for keylessgo signatures only. */
-export async function writeAllowedSigners(path: string, keys: readonly AuthorizedKey[]): Promise<void> {
+export async function writeAllowedSigners(path: string, keys: ReadonlyArray<{ type: string; base64: string }>): Promise<void> {
   await writeFile(path, keys.map((k) => `${PRINCIPAL} namespaces="${SIGNATURE_NAMESPACE}" ${k.type} ${k.base64}\n`).join(''), { mode: 0o600 });
 }
 

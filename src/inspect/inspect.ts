@@ -20,6 +20,7 @@ import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary 
 import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
 import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
 import type { FormatPolicy } from './disk-format.js';
+import { readSboms, type SbomSummary } from './sbom.js';
 import { inspectTools, type ToolRunner } from './tools.js';
 
 export type PartitionContents = 'luks' | 'ext' | 'other';
@@ -41,6 +42,8 @@ export interface InspectReport {
   boot: (GrubEntry & { partition: number; grubCfg: string; kernelSignatures: Signature[] | null }) | null;
   initramfs: InitramfsReport | null;
   manifest: ({ file: string; summary: Manifest } & Comparison) | null;
+  /** The SBOMs beside the image. */
+  sboms: SbomSummary[];
   /** What could not be read or looked wrong, in words. */
   notes: string[];
 }
@@ -236,5 +239,6 @@ async function inspectOpened(host: ToolRunner, image: DiskImage, scratchDir: str
         }),
       }
     : null;
-  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, efi, boot, initramfs, manifest, notes };
+  const sboms = await readSboms(imagePath, summary, notes);
+  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, efi, boot, initramfs, manifest, sboms, notes };
 }

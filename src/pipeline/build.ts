@@ -12,11 +12,12 @@ import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
 import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-keys.js';
 import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
+import { sourceDateEpochFromEnv } from '../recipe/source-date-epoch.js';
 import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
 import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from '../base/cleanup.js';
-import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
+import { derivedBuildIds, type BuildContext, type BuildIds } from './context.js';
 import { reapDeadBuilds, recordOutDir, removeWorkTree } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
 import { markChildProcesses, ownedTempDir } from '../base/owner.js';
@@ -138,6 +139,8 @@ export interface Preflight {
  */
 export async function preflight(options: BuildOptions): Promise<Preflight> {
   const loaded = await loadRecipe(options.recipePath);
+  // A SOURCE_DATE_EPOCH that is no time is bad input, refused before anything is written.
+  sourceDateEpochFromEnv();
   const passphraseFile = options.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
   if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
   const passphrase = await readPassphraseFile(passphraseFile);
@@ -145,7 +148,7 @@ export async function preflight(options: BuildOptions): Promise<Preflight> {
   if (!keysFile) throw new InputError('no SSH key for the unlock: pass --authorized-keys FILE or set authorizedKeys in the recipe');
   const authorizedKeys = await readAuthorizedKeys(keysFile);
   const mirror = await resolveMirror(loaded.recipe, options.mirror);
-  const ids = newBuildIds();
+  const ids = derivedBuildIds(loaded.sha256);
   const overlayFiles = await renderOverlays([BASE_OVERLAY, ...loaded.overlayDirs], templateData(loaded.recipe, ids, authorizedKeys, mirror));
   await checkOutDir(options.outDir);
   const signingKey = options.signKeyFile ? await checkSigningKey(new HostRunner(options.log), options.signKeyFile) : undefined;

@@ -1,7 +1,8 @@
 /**
- * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json (with the
- * image properties Glance and Ironic want), and with --export-boot the kernel, initramfs
- * and kernel command line. Every output is written under a *.partial name; the runner
+ * export: detaches the disk, converts it, writes the SBOMs (CycloneDX and SPDX, from the
+ * image's own dpkg database), manifest.json (with the image properties Glance and Ironic want
+ * and the plaintext digests), SHA256SUMS (signed with --sign-key), and with --export-boot the
+ * kernel, initramfs and kernel command line. Every output is written under a *.partial name; the runner
  * renames the set once the build succeeded.
  *
  * Host commands: sfdisk (-J for the manifest's partition table), qemu-img (a compressed qcow2
@@ -24,6 +25,10 @@ import { packageList } from './bootstrap.js';
 import type { PartitionLayout } from '../formats/gpt.js';
 import { bootTreeDir, partitionByRole } from './partition.js';
 import { formatSize } from '../recipe/size.js';
+import { cycloneDxJson } from '../formats/sbom/cyclonedx.js';
+import { SBOM_OUTPUTS } from '../formats/sbom/model.js';
+import { spdxJson } from '../formats/sbom/spdx.js';
+import { sbomInput } from './sbom.js';
 
 /**
  * How the image boots: UEFI always (EFI/BOOT/BOOTX64.EFI on the ESP), BIOS through GRUB's
@@ -97,8 +102,29 @@ export function qemuImgConvertArgs(raw: string, qcow2: string): string[] {
   return ['convert', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compat=1.1', raw, qcow2];
 }
 
+/**
+ * The digests of the image's plaintext, to compare two builds without decrypting anything:
+ * each of these is the same for two builds of a recipe from the same mirror state, the
+ * `perBuild` parts left out (keylessgo diff names every difference).
+ */
+function reproducibility(ctx: BuildContext, initramfsBaseSha256: string | undefined) {
+  const { rootPlaintext: root, bootPlaintext: boot } = ctx.state;
+  return {
+    sourceDateEpoch: ctx.state.sourceDateEpoch ?? null,
+    plaintext: {
+      rootTree: root?.tree ?? null,
+      rootExt4: root?.ext4 ?? null,
+      initramfsBase: initramfsBaseSha256 ?? null,
+      boot: boot?.boot ?? null,
+      esp: boot?.esp ?? null,
+      diskStart: boot?.disk ?? null,
+    },
+    perBuild: [...(root?.perBuild ?? []).map((path) => `/${path} (root tree and ext4)`), ...(boot?.perBuild ?? [])],
+  };
+}
+
 /** The manifest: what is in the image, how it was built, and what the boot test compares against. */
-export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtAt: Date) {
+export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtAt: Date, initramfsBaseSha256?: string) {
   const { recipe } = ctx;
   return {
     tool: { name: 'keylessgo', version: ctx.toolVersion },
@@ -129,6 +155,7 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     },
     initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
     cache: ctx.state.cacheKeys,
+    reproducibility: reproducibility(ctx, initramfsBaseSha256),
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
     bootModes: bootModes(recipe.disk),
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
@@ -140,11 +167,27 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
   };
 }
 
+/**
+ * `<name>.cdx.json` and `<name>.spdx.json` from the image's own tree, as outputs (listed in the
+ * manifest and SHA256SUMS). `partial(name)` gives the file to write, published with the rest.
+ */
+async function writeSboms(ctx: BuildContext, partial: (name: string) => string): Promise<void> {
+  ctx.host.step('write the SBOMs');
+  const input = await sbomInput(ctx);
+  const texts: Record<(typeof SBOM_OUTPUTS)[number]['format'], string> = { cyclonedx: await cycloneDxJson(input), spdx: spdxJson(input) };
+  for (const { format, suffix } of SBOM_OUTPUTS) {
+    const name = `${ctx.recipe.name}${suffix}`;
+    await writeFile(partial(name), texts[format]);
+    ctx.state.outputs.push({ format, path: join(ctx.outDir, name), bytes: Buffer.byteLength(texts[format]), sha256: createHash('sha256').update(texts[format]).digest('hex') });
+  }
+  ctx.log.info(`      SBOMs: ${input.packages.length} packages, ${input.files.length} boot files (${SBOM_OUTPUTS.map((o) => o.spec).join(', ')})`);
+}
+
 export const exportStage = defineStage({
   name: 'export',
-  summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
+  summary: 'raw/qcow2 images, SBOMs, SHA256SUMS and manifest.json',
   // Everything the manifest reports, so every other stage.
-  needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'tang', 'boundKeyslots', 'bootUsedBytes'],
+  needs: ['kernelVersion', 'packages', 'archiveReleases', 'sourceDateEpoch', 'debSha256', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'rootPlaintext', 'tang', 'boundKeyslots', 'bootUsedBytes', 'bootPlaintext', 'espFiles'],
   produces: [],
   hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') && recipe.output.compress ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
@@ -197,8 +240,11 @@ export const exportStage = defineStage({
       ctx.state.publish.push({ from: file, to: join(outDir, name) });
       return file;
     };
+    await writeSboms(ctx, partial);
+    const initrd = join(bootTreeDir(ctx), `initrd.img-${ctx.state.kernelVersion}`);
+    const initramfsBase = await sha256File(initrd, undefined, { window: { start: 0, length: ctx.state.initramfsAppended!.baseBytes } });
     // The export stage's own time is not known yet; the manifest records the stages before it.
-    const manifest = `${JSON.stringify(buildManifest(ctx, partitionTable, new Date()), null, 2)}\n`;
+    const manifest = `${JSON.stringify(buildManifest(ctx, partitionTable, new Date(), initramfsBase), null, 2)}\n`;
     await writeFile(partial('manifest.json'), manifest);
     // SHA256SUMS covers the manifest too: a signature of SHA256SUMS then vouches for everything.
     const sums = [...ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`), `${createHash('sha256').update(manifest).digest('hex')}  manifest.json\n`].join('');
