@@ -37,19 +37,24 @@ export interface ByteRange {
   length: number;
 }
 
-/** Blocks in use (the complement of dumpe2fs's per-group "Free blocks:" lists), as merged byte ranges. */
-export function usedRangesFromDumpe2fs(text: string): ByteRange[] {
-  const blockCount = Number(/^Block count:\s+(\d+)$/m.exec(text)?.[1]);
-  const blockSize = Number(/^Block size:\s+(\d+)$/m.exec(text)?.[1]);
-  if (!Number.isInteger(blockCount) || !Number.isInteger(blockSize)) throw new Error('dumpe2fs printed no block count or block size');
+/** dumpe2fs's per-group "Free blocks:" or "Free inodes:" lists, as sorted [first, last] pairs. */
+function freeLists(text: string, what: 'blocks' | 'inodes'): Array<[number, number]> {
   const free: Array<[number, number]> = [];
-  for (const match of text.matchAll(/^ {2}Free blocks: (.*)$/gm)) {
+  for (const match of text.matchAll(new RegExp(`^ {2}Free ${what}: (.*)$`, 'gm'))) {
     for (const item of match[1]!.split(',').map((s) => s.trim()).filter(Boolean)) {
       const [first, last = first] = item.split('-').map(Number) as [number, number?];
       free.push([first, last!]);
     }
   }
-  free.sort((a, b) => a[0] - b[0]);
+  return free.sort((a, b) => a[0] - b[0]);
+}
+
+/** Blocks in use (the complement of dumpe2fs's per-group "Free blocks:" lists), as merged byte ranges. */
+export function usedRangesFromDumpe2fs(text: string): ByteRange[] {
+  const blockCount = Number(/^Block count:\s+(\d+)$/m.exec(text)?.[1]);
+  const blockSize = Number(/^Block size:\s+(\d+)$/m.exec(text)?.[1]);
+  if (!Number.isInteger(blockCount) || !Number.isInteger(blockSize)) throw new Error('dumpe2fs printed no block count or block size');
+  const free = freeLists(text, 'blocks');
   const used: ByteRange[] = [];
   let next = 0;
   const addUsed = (from: number, to: number) => {
@@ -87,17 +92,9 @@ export function ext4TimeEnv(epoch: number): Record<string, string> {
 export function usedInodesFromDumpe2fs(text: string): number[] {
   const count = Number(/^Inode count:\s+(\d+)$/m.exec(text)?.[1]);
   if (!Number.isInteger(count)) throw new Error('dumpe2fs printed no inode count');
-  const free: Array<[number, number]> = [];
-  for (const match of text.matchAll(/^ {2}Free inodes: (.*)$/gm)) {
-    for (const item of match[1]!.split(',').map((x) => x.trim()).filter(Boolean)) {
-      const [first, last = first] = item.split('-').map(Number) as [number, number?];
-      free.push([first, last!]);
-    }
-  }
-  free.sort((a, b) => a[0] - b[0]);
   const used: number[] = [];
   let next = 1;
-  for (const [first, last] of [...free, [count + 1, count + 1] as [number, number]]) {
+  for (const [first, last] of [...freeLists(text, 'inodes'), [count + 1, count + 1] as [number, number]]) {
     for (let inode = next; inode < first; inode++) used.push(inode);
     next = Math.max(next, last + 1);
   }

@@ -81,7 +81,7 @@ export const encryptStage = defineStage({
           async (tree) => {
             const mkfs = mkfsExt4Args({ image: disk, offsetBytes: segmentBytes, tree, label: 'root', uuid: ctx.ids.rootFsUuid, hashSeed: ctx.ids.rootHashSeed, blocks });
             // The tree's digest is taken as mkfs reads the same files (one read from disk for both).
-            const [, digest] = await Promise.all([ctx.host.run('mkfs.ext4', mkfs, { env: ext4TimeEnv(epoch) }), treeDigest(tree, { perBuild: new Set(ROOT_PER_BUILD_FILES) })]);
+            const [, digest] = await Promise.all([ctx.host.run('mkfs.ext4', mkfs, { env: ext4TimeEnv(epoch) }), treeDigest(tree, { perBuild: ROOT_PER_BUILD_FILES })]);
             return digest;
           },
           epoch,
