@@ -35,7 +35,7 @@ describe('two cold builds of the same recipe', () => {
     if (JSON.stringify(a.mirror.releases) !== JSON.stringify(b.mirror.releases)) {
       // The archive published between the two builds: different input, so different packages may
       // be right; diff must then say so (not as a per-build value).
-      expect(diff.differences.filter((d) => !d.perBuild).map((d) => d.field)).toContain('reproducibility.sourceDateEpoch.seconds');
+      expect(diff.differences.filter((d) => !d.perBuild).map((d) => d.field)).toEqual(expect.arrayContaining([expect.stringMatching(/^mirror\.releases\./)]));
       process.stderr.write('reproducibility not checked: the archive changed between the two cold builds\n');
       return;
     }
