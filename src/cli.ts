@@ -16,6 +16,7 @@ import { unlockCommand } from './fleet/unlock.js';
 import { MAX_VIRTUAL_BYTES, type FormatPolicy } from './inspect/disk-format.js';
 import { formatInspectReport } from './inspect/format.js';
 import { verifyImage } from './inspect/verify.js';
+import { diffManifests, formatManifestDiff, readManifestArgument } from './inspect/manifest-diff.js';
 import { inspectImage } from './inspect/inspect.js';
 import { HostRunner } from './host/run.js';
 import { DEFAULT_TPM2_PIN, parsePcrList } from './host/clevis.js';
@@ -23,6 +24,7 @@ import type { DropbearAction } from './nbde/enroll.js';
 import { FIRMWARES, type Firmware } from './qemu/firmware.js';
 import { formatTable } from './qemu/report.js';
 import { isMirrorUrl, MIRROR_URL_MESSAGE } from './recipe/schema.js';
+import { readAuthorizedKeys } from './recipe/authorized-keys.js';
 import { formatSize, MiB, parseSize } from './recipe/size.js';
 
 /**
@@ -102,10 +104,11 @@ program
   .addOption(cacheDirOption)
   .option('--no-cache', 'neither use nor fill the stage cache')
   .option('--export-boot', 'also write vmlinuz, initrd.img and cmdline beside the image (network-boot the kernel, unlock the local disk)')
+  .option('--sign-key <file>', 'sign SHA256SUMS (SHA256SUMS.sig, ssh-keygen -Y sign, namespace keylessgo) with this OpenSSH private key, or a public key whose private key ssh-agent holds')
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; exportBoot?: boolean } & LogOptions) => {
+  .action(async (recipePath: string, opts: { out: string; passphraseFile?: string; authorizedKeys?: string; mirror?: string; cacheDir: string; cache: boolean; exportBoot?: boolean; signKey?: string } & LogOptions) => {
     const log = commandLogger(opts);
     const started = performance.now();
     const ctx = await build({
@@ -116,6 +119,7 @@ program
       mirror: opts.mirror,
       cacheDir: opts.cache ? opts.cacheDir : null,
       exportBoot: opts.exportBoot ?? false,
+      signKeyFile: opts.signKey,
       log,
     });
     const seconds = (performance.now() - started) / 1000;
@@ -386,21 +390,38 @@ program
   .argument('<image>', 'disk image (raw or qcow2); a manifest.json beside it is compared too')
   .option('--json', 'print the report as JSON')
   .option('--check', 'exit 1 unless the image matches the manifest.json and SHA256SUMS beside it (a CI gate, e.g. before uploading to Glance)')
+  .option('--verify-key <file>', 'with --check: SHA256SUMS.sig must be a keylessgo signature of SHA256SUMS by this OpenSSH public key (one of the keys in the file), checked before SHA256SUMS is trusted')
   .addOption(allowExternalFilesOption)
   .addOption(allowFormatOption)
   .addOption(maxVirtualSizeOption)
   .addOption(verboseOption)
   .addOption(quietOption)
   .addOption(logFormatOption)
-  .action(async (image: string, opts: { json?: boolean; check?: boolean } & FormatOptions & LogOptions) => {
+  .action(async (image: string, opts: { json?: boolean; check?: boolean; verifyKey?: string } & FormatOptions & LogOptions) => {
     const log = commandLogger(opts);
-    const report = await inspectImage(new HostRunner(log), image, { policy: formatPolicy(opts) });
+    if (opts.verifyKey && !opts.check) throw new InputError('--verify-key is checked by --check: pass both');
+    // A key file that is no public key is bad input, refused before the image is read.
+    if (opts.verifyKey) await readAuthorizedKeys(opts.verifyKey);
+    const host = new HostRunner(log);
+    const report = await inspectImage(host, image, { policy: formatPolicy(opts) });
     process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatInspectReport(report));
     if (!opts.check) return;
-    const { checked, failures } = await verifyImage(report);
+    const { checked, failures } = await verifyImage(report, host, { verifyKeyFile: opts.verifyKey });
     for (const failure of failures) log.error(`check: ${failure}`);
     log.result(`check ${failures.length === 0 ? 'passed' : 'FAILED'}: ${checked.join(', ')}`, { checked, failures });
     process.exitCode = failures.length === 0 ? 0 : 1;
+  });
+
+program
+  .command('diff')
+  .description("compare two builds' manifests, plaintext digests included (nothing is decrypted): every difference, and whether it is a declared per-build value; exit 1 if any is not")
+  .argument('<a>', 'manifest.json, or the output directory holding it')
+  .argument('<b>', 'manifest.json, or the output directory holding it')
+  .option('--json', 'print the differences as JSON')
+  .action(async (a: string, b: string, opts: { json?: boolean }) => {
+    const diff = diffManifests(await readManifestArgument(a), await readManifestArgument(b));
+    process.stdout.write(opts.json ? `${JSON.stringify(diff, null, 2)}\n` : formatManifestDiff(diff));
+    process.exitCode = diff.differences.every((d) => d.perBuild) ? 0 : 1;
   });
 
 program

@@ -4,7 +4,8 @@
  * enough: after a reboot or a long time it names another process. The kernel's start time of
  * the process (/proc/PID/stat, field 22) makes the pair unique.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface Owner {
@@ -52,6 +53,22 @@ export async function ownerAlive(owner: Owner): Promise<boolean> {
 /** Marks `dir` as owned by this process. */
 export async function markOwned(dir: string): Promise<void> {
   await writeFile(join(dir, OWNER_FILE), `${formatOwner(await currentOwner())}\n`, { mode: 0o600 });
+}
+
+/**
+ * A new 0700 directory `$TMPDIR/<prefix>XXXXXX` marked as this process's: if the process is
+ * killed before it removes it, the next build (or `cache prune`) finds the owner gone and reaps it.
+ */
+export async function ownedTempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await chmod(dir, 0o700);
+  await markOwned(dir);
+  return dir;
+}
+
+/** Marks every process this one starts from now on (OWNER_ENV), so a reaper can find them if this one is killed. */
+export async function markChildProcesses(): Promise<void> {
+  process.env[OWNER_ENV] = formatOwner(await currentOwner());
 }
 
 export async function readOwner(dir: string): Promise<Owner | undefined> {

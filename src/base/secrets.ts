@@ -2,13 +2,12 @@
  * Secrets live only in a 0700 directory of 0600 files, are passed to tools by path, and
  * are overwritten before removal. Nothing here ever puts a secret into argv.
  */
-import { chmod, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { CleanupStack } from './cleanup.js';
 import type { Redactor } from '../log.js';
-import { markOwned } from './owner.js';
+import { ownedTempDir } from './owner.js';
 
 export const MIN_PASSPHRASE_LENGTH = 8;
 
@@ -40,10 +39,8 @@ export class SecretStore {
   private constructor(readonly dir: string) {}
 
   static async create(cleanup: CleanupStack): Promise<SecretStore> {
-    const dir = await mkdtemp(join(tmpdir(), 'keylessgo-secrets-'));
-    await chmod(dir, 0o700);
     // If this process dies without cleaning up, the next build finds the store by its owner and wipes it.
-    await markOwned(dir);
+    const dir = await ownedTempDir('keylessgo-secrets-');
     const store = new SecretStore(dir);
     cleanup.add(`wipe secrets in ${dir}`, () => store.wipe());
     return store;

@@ -4,7 +4,7 @@
  * tree is deleted, or the deletion would reach into the host. And the views stages work on
  * side by side: an overlay for writing without changing a tree, a bind mount for reading it.
  */
-import { chmod, chown, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join, sep } from 'node:path';
 import type { CleanupHandle, CleanupStack } from '../base/cleanup.js';
@@ -81,10 +81,11 @@ export async function overlayLowerDirs(mountsText?: string): Promise<string[]> {
 
 /**
  * Runs `fn` on a view of `tree` without anything mounted inside it (a non-recursive bind
- * mount) and with the directories `hidden` shown empty, with their modes and owners: what
- * `mkfs -d` should copy while other work writes into those directories.
+ * mount) and with the directories `hidden` shown empty, with their modes, owners and times
+ * (not after `mtimeAtMost`): what `mkfs -d` should copy while other work writes into those
+ * directories.
  */
-export async function withTreeView<T>(host: HostRunner, cleanup: CleanupStack, tree: string, scratch: string, hidden: readonly string[], fn: (view: string) => Promise<T>): Promise<T> {
+export async function withTreeView<T>(host: HostRunner, cleanup: CleanupStack, tree: string, scratch: string, hidden: readonly string[], fn: (view: string) => Promise<T>, mtimeAtMost = Infinity): Promise<T> {
   const view = join(scratch, 'view');
   await mkdir(view, { recursive: true, mode: 0o700 });
   const handles: CleanupHandle[] = [];
@@ -102,6 +103,9 @@ export async function withTreeView<T>(host: HostRunner, cleanup: CleanupStack, t
       await mkdir(empty, { recursive: true });
       await chmod(empty, info.mode & 0o7777);
       await chown(empty, info.uid, info.gid);
+      // Written meanwhile, the directory's time is "now": clamped as the tree's are.
+      const mtime = Math.min(info.mtimeMs / 1000, mtimeAtMost);
+      await utimes(empty, mtime, mtime);
       await mount(['--bind', empty], join(view, dir));
     }
     return await fn(view);

@@ -37,6 +37,20 @@ export function newcArchive(files: readonly NewcFile[], mtime = 0): Buffer {
   return Buffer.concat(parts);
 }
 
+/**
+ * The archive padded with zeros (the kernel skips zeros between and after archives) to a length
+ * that depends on each file's size only to the next `quantum` bytes: an ECDSA host key of 104
+ * or 105 bytes (its private scalar's encoding varies) makes an archive of the same length.
+ * With the appended archive's length stable, /boot's file system is laid out alike in two
+ * builds, and differs only in the archive's own blocks (reproducible plaintext).
+ */
+export function stableLengthArchive(files: readonly NewcFile[], quantum = 256, alignment = 512): Buffer {
+  const archive = newcArchive(files);
+  const nominal = newcArchive(files.map((f) => ({ ...f, data: Buffer.alloc(Math.ceil(Math.max(1, f.data.length) / quantum) * quantum) }))).length;
+  const length = Math.ceil(nominal / alignment) * alignment;
+  return Buffer.concat([archive, Buffer.alloc(length - archive.length)]);
+}
+
 /** Zero bytes that bring an initramfs of `length` bytes to the 4-byte boundary the next archive must start on. */
 export function alignmentPadding(length: number): Buffer {
   return pad4(length);

@@ -3,9 +3,10 @@
  * (an uncompressed early microcode archive is usual before the compressed main one). Later
  * entries of the same path replace earlier ones, as they do in the kernel's rootfs.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { formatSize } from '../recipe/size.js';
 
 export interface CpioEntry {
   path: string;
@@ -99,8 +100,24 @@ export function zstdFramesLength(buffer: Buffer, offset: number): number {
   return at - offset;
 }
 
-/** Decompresses a whole stream (to its end: the command-line tools do not report what they consumed). */
-export type Decompressor = (compression: Compression, data: Buffer) => Promise<Buffer>;
+/**
+ * Decompresses a whole stream (to its end: the command-line tools do not report what they
+ * consumed), throwing rather than produce more than `maxBytes`.
+ */
+export type Decompressor = (compression: Compression, data: Buffer, maxBytes: number) => Promise<Buffer>;
+
+/**
+ * What an initramfs may unpack to, all archives together. Debian's with MODULES=most is about
+ * 160 MB; a crafted /boot could otherwise make a few KiB of zstd fill memory and disk.
+ */
+export const MAX_INITRAMFS_BYTES = 512 * 1024 * 1024;
+
+export class TooLargeError extends Error {
+  constructor(what: string, maxBytes: number) {
+    super(`${what} unpacks to more than ${formatSize(maxBytes)} (keylessgo's limit for an initramfs)`);
+    this.name = 'TooLargeError';
+  }
+}
 
 export interface Initramfs {
   /** Final contents by path: later archives override earlier ones. */
@@ -109,10 +126,16 @@ export interface Initramfs {
   segments: string[];
 }
 
-/** Unpacks initrd images in load order (a bootloader may load several, e.g. microcode first). */
-export async function unpackInitramfs(images: readonly Buffer[], decompress: Decompressor): Promise<Initramfs> {
+/** Unpacks initrd images in load order (a bootloader may load several, e.g. microcode first), at most `maxBytes` decompressed in all. */
+export async function unpackInitramfs(images: readonly Buffer[], decompress: Decompressor, maxBytes = MAX_INITRAMFS_BYTES): Promise<Initramfs> {
   const files = new Map<string, CpioEntry>();
   const segments: string[] = [];
+  let budget = maxBytes;
+  const unpack = async (compression: Compression, data: Buffer): Promise<Buffer> => {
+    const output = await decompress(compression, data, budget);
+    budget -= output.length;
+    return output;
+  };
   const walk = async (data: Buffer, depth: number): Promise<void> => {
     let offset = 0;
     while (offset < data.length) {
@@ -131,11 +154,11 @@ export async function unpackInitramfs(images: readonly Buffer[], decompress: Dec
       if (!compression || depth > 0) throw new Error(`unrecognised initramfs data at byte ${offset}`);
       segments.push(`${compression} at ${offset}`);
       if (compression !== 'zstd') {
-        await walk(await decompress(compression, data.subarray(offset)), depth + 1);
+        await walk(await unpack(compression, data.subarray(offset)), depth + 1);
         return;
       }
       const length = zstdFramesLength(data, offset);
-      await walk(await decompress(compression, data.subarray(offset, offset + length)), depth + 1);
+      await walk(await unpack(compression, data.subarray(offset, offset + length)), depth + 1);
       offset += length;
     }
   };
@@ -155,17 +178,31 @@ const TOOLS: Record<Exclude<Compression, 'gzip'>, { suffix: string; command: (in
 /**
  * gzip in-process, the others with their command-line tools, file to file in `scratchDir`:
  * reading 100+ MiB from a child's stdout takes Node several times longer than from a file.
+ * The tools run under prlimit: a file size limit one byte over `maxBytes` stops them there
+ * (SIGXFSZ), so a decompression bomb fills neither the disk nor, read back, the memory.
  */
 export function fileDecompressor(run: (file: string, args: string[]) => Promise<unknown>, scratchDir: string): Decompressor {
   let segments = 0;
-  return async (compression, data) => {
-    if (compression === 'gzip') return gunzipSync(data);
+  return async (compression, data, maxBytes) => {
+    const tooLarge = new TooLargeError(`a ${compression} segment`, maxBytes);
+    if (compression === 'gzip') {
+      try {
+        return gunzipSync(data, { maxOutputLength: Math.max(1, maxBytes) });
+      } catch (error) {
+        throw (error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' ? tooLarge : error;
+      }
+    }
     const { suffix, command } = TOOLS[compression];
     const output = join(scratchDir, `segment-${segments++}`);
     const input = `${output}.${suffix}`;
     await writeFile(input, data, { mode: 0o600 });
     try {
-      await run(...command(input, output));
+      const [tool, args] = command(input, output);
+      const failure = await run('prlimit', [`--fsize=${maxBytes + 1}`, '--', tool, ...args]).then(() => undefined, (error: Error) => error);
+      // A write past the limit kills the tool with SIGXFSZ (or, cut short, leaves the output just over it).
+      const written = (await stat(output).catch(() => undefined))?.size ?? 0;
+      if (written > maxBytes || /SIGXFSZ/.test(failure?.message ?? '')) throw tooLarge;
+      if (failure) throw failure;
       return await readFile(output);
     } finally {
       await rm(input, { force: true });

@@ -4,10 +4,13 @@
  */
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { formatSize } from '../recipe/size.js';
 import type { DiskImage } from './image.js';
 import type { ToolRunner } from './tools.js';
 
 const EXT_MAGIC_OFFSET = 1024 + 56;
+/** The largest file inspect copies out of a file system (an initramfs, a kernel, grub.cfg). */
+export const MAX_FILE_BYTES = 512 * 1024 * 1024;
 
 export function isExtSuperblock(start: Buffer): boolean {
   return start.length >= EXT_MAGIC_OFFSET + 2 && start.readUInt16LE(EXT_MAGIC_OFFSET) === 0xef53;
@@ -62,8 +65,14 @@ export class Ext4Reader {
     return /^Fast link dest: "(.*)"$/m.exec(await this.debugfs(`stat ${quoted(path)}`))?.[1];
   }
 
-  /** A file's contents (through a scratch file: debugfs writes large files faster than a pipe is read). */
-  async read(path: string): Promise<Buffer> {
+  /**
+   * A file's contents (through a scratch file: debugfs writes large files faster than a pipe is
+   * read). A file larger than `maxBytes` is refused before it is copied: a crafted file system
+   * can hold a sparse file of terabytes that debugfs would write out in full.
+   */
+  async read(path: string, maxBytes = MAX_FILE_BYTES): Promise<Buffer> {
+    const size = Number(/\bSize: (\d+)/.exec(await this.debugfs(`stat ${quoted(path)}`))?.[1]);
+    if (size > maxBytes) throw new Error(`${path} is ${formatSize(size)}, more than the ${formatSize(maxBytes)} inspect reads`);
     const copy = join(this.scratchDir, `file-${this.copies++}`);
     await this.debugfs(`dump ${quoted(path)} ${quoted(copy)}`);
     try {

@@ -114,6 +114,10 @@ export function formatInspectReport(report: InspectReport): string {
     );
   }
 
+  if (report.sboms.length > 0) {
+    parts.push(section('SBOMs', report.sboms.map((sbom): Row => [sbom.file, `${sbom.format}: ${sbom.packages} packages, ${sbom.files} files`])));
+  }
+
   if (report.notes.length > 0) parts.push(['Notes', ...report.notes.map((note) => `  - ${note}`)].join('\n'));
   return `${parts.join('\n\n')}\n`;
 }

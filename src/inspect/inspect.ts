@@ -3,10 +3,10 @@
  * writing to it. Sections the image does not have (no LUKS, no /boot, no initramfs) are
  * reported as absent with a note, so images from other tools can be inspected too.
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { InputError, isReported } from '../errors.js';
+import { markChildProcesses, ownedTempDir } from '../base/owner.js';
 import type { HostRunner } from '../host/run.js';
 import { PARTITION_TYPES } from '../formats/gpt.js';
 import { peSignatures, type Signature } from './authenticode.js';
@@ -20,6 +20,7 @@ import { BINARY_HEADER_BYTES, parseLuksBinaryHeader, readLuks, type LuksSummary 
 import { compareWithManifest, readManifest, summariseManifest, type Comparison, type Manifest } from './manifest.js';
 import { parsePartitionTable, partitionTypeName, TABLE_BYTES, type Partition } from './partitions.js';
 import type { FormatPolicy } from './disk-format.js';
+import { readSboms, type SbomSummary } from './sbom.js';
 import { inspectTools, type ToolRunner } from './tools.js';
 
 export type PartitionContents = 'luks' | 'ext' | 'other';
@@ -41,6 +42,8 @@ export interface InspectReport {
   boot: (GrubEntry & { partition: number; grubCfg: string; kernelSignatures: Signature[] | null }) | null;
   initramfs: InitramfsReport | null;
   manifest: ({ file: string; summary: Manifest } & Comparison) | null;
+  /** The SBOMs beside the image. */
+  sboms: SbomSummary[];
   /** What could not be read or looked wrong, in words. */
   notes: string[];
 }
@@ -178,7 +181,10 @@ const firstLine = (error: unknown) => (error instanceof Error ? error.message : 
 
 export async function inspectImage(hostRunner: HostRunner, imagePath: string, options: InspectOptions = {}): Promise<InspectReport> {
   const host = await inspectTools(hostRunner);
-  const scratchDir = await mkdtemp(join(tmpdir(), 'keylessgo-inspect-'));
+  // Owned, and so are its decompressors: what a killed inspect leaves (copies of the LUKS
+  // metadata and /boot, a tool still running) is reaped by the next build or `cache prune`.
+  await markChildProcesses();
+  const scratchDir = await ownedTempDir('keylessgo-inspect-');
   try {
     const image = await openDiskImage(host, imagePath, scratchDir, options.policy);
     return await inspectOpened(host, image, scratchDir);
@@ -233,5 +239,6 @@ async function inspectOpened(host: ToolRunner, image: DiskImage, scratchDir: str
         }),
       }
     : null;
-  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, efi, boot, initramfs, manifest, notes };
+  const sboms = await readSboms(imagePath, summary, notes);
+  return { image: imagePath, format: image.format, virtualBytes: image.virtualBytes, partitionTable, luks, efi, boot, initramfs, manifest, sboms, notes };
 }

@@ -5,8 +5,11 @@ import { findTool, missingTools } from '../host/tools.js';
 
 export type ToolRunner = Pick<HostRunner, 'run'>;
 
-/** Needed for every keylessgo image (mtools: the ESP); xz, bzip2 and lz4 only for initramfs images compressed with them. */
-const REQUIRED_TOOLS = ['qemu-img', 'cryptsetup', 'debugfs', 'zstd', 'mdir', 'mcopy'];
+/**
+ * Needed for every keylessgo image (mtools: the ESP; prlimit bounds what a decompressor writes);
+ * xz, bzip2 and lz4 only for initramfs images compressed with them.
+ */
+const REQUIRED_TOOLS = ['qemu-img', 'cryptsetup', 'debugfs', 'zstd', 'mdir', 'mcopy', 'prlimit'];
 
 export async function inspectTools(host: HostRunner): Promise<ToolRunner> {
   const missing = await missingTools(REQUIRED_TOOLS);

@@ -2,25 +2,26 @@
  * `keylessgo build`: checks everything that can be checked before touching the disk
  * (recipe, inputs, host, templates), then runs the stages.
  */
-import { access, constants, mkdir, mkdtemp, readFile, stat, chmod } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, constants, mkdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { HostError, InputError } from '../errors.js';
 import { mirrorFromSources, readHostAptSources, type MirrorChoice } from '../host/apt-sources.js';
 import { HostRunner } from '../host/run.js';
+import { checkSigningKey, type SigningKey } from '../host/ssh-signature.js';
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
 import { readAuthorizedKeys, type AuthorizedKey } from '../recipe/authorized-keys.js';
 import { loadRecipe, type LoadedRecipe } from '../recipe/load.js';
+import { sourceDateEpochFromEnv } from '../recipe/source-date-epoch.js';
 import type { InitramfsNetwork, Recipe } from '../recipe/schema.js';
 import { earlyGrubConfig, GRUB_TARGETS, SIGNED_EFI_REPLACE_ORDER } from '../stages/bootloader.js';
 import { STAGES } from '../stages/index.js';
 import { defaultCacheDir, StageCache } from './cache.js';
 import { CleanupStack } from '../base/cleanup.js';
-import { newBuildIds, type BuildContext, type BuildIds } from './context.js';
+import { derivedBuildIds, type BuildContext, type BuildIds } from './context.js';
 import { reapDeadBuilds, recordOutDir, removeWorkTree } from './leftovers.js';
 import { BASE_OVERLAY, renderOverlays, type RenderedFile } from './overlay.js';
-import { currentOwner, formatOwner, markOwned, OWNER_ENV } from '../base/owner.js';
+import { markChildProcesses, ownedTempDir } from '../base/owner.js';
 import { runStages, SignalGuard, unwindAll } from './runner.js';
 import { readPassphraseFile, SecretStore } from '../base/secrets.js';
 
@@ -34,6 +35,8 @@ export interface BuildOptions {
   cacheDir?: string | null;
   /** Write vmlinuz, initrd.img and cmdline beside the image. */
   exportBoot?: boolean;
+  /** Sign SHA256SUMS with this OpenSSH key (private, or public with the private key in ssh-agent). */
+  signKeyFile?: string;
   log: Logger;
 }
 
@@ -134,6 +137,7 @@ export interface Preflight {
   mirror: MirrorChoice;
   ids: BuildIds;
   overlayFiles: RenderedFile[];
+  signingKey?: SigningKey;
 }
 
 /**
@@ -142,6 +146,8 @@ export interface Preflight {
  */
 export async function preflight(options: BuildOptions): Promise<Preflight> {
   const loaded = await loadRecipe(options.recipePath);
+  // A SOURCE_DATE_EPOCH that is no time is bad input, refused before anything is written.
+  sourceDateEpochFromEnv();
   const passphraseFile = options.passphraseFile ?? process.env.KEYLESSGO_PASSPHRASE_FILE;
   if (!passphraseFile) throw new InputError('no bootstrap passphrase: pass --passphrase-file FILE or set KEYLESSGO_PASSPHRASE_FILE');
   const passphrase = await readPassphraseFile(passphraseFile);
@@ -149,15 +155,16 @@ export async function preflight(options: BuildOptions): Promise<Preflight> {
   if (!keysFile) throw new InputError('no SSH key for the unlock: pass --authorized-keys FILE or set authorizedKeys in the recipe');
   const authorizedKeys = await readAuthorizedKeys(keysFile);
   const mirror = await resolveMirror(loaded.recipe, options.mirror);
-  const ids = newBuildIds();
+  const ids = derivedBuildIds(loaded.sha256);
   const overlayFiles = await renderOverlays([BASE_OVERLAY, ...loaded.overlayDirs], templateData(loaded.recipe, ids, authorizedKeys, mirror));
   await checkOutDir(options.outDir);
+  const signingKey = options.signKeyFile ? await checkSigningKey(new HostRunner(options.log), options.signKeyFile) : undefined;
   if (process.getuid?.() !== 0) throw new HostError('keylessgo build must run as root (it attaches loop devices and runs chroot)');
   const missing = await missingTools(STAGES.flatMap((s) => s.hostTools(loaded.recipe)));
   if (missing.length > 0) {
     throw new HostError(`missing host tools: ${missing.map((m) => `${m.name} (package ${m.package})`).join(', ')}; run scripts/install-deps.sh`);
   }
-  return { loaded, passphrase, authorizedKeys, mirror, ids, overlayFiles };
+  return { loaded, passphrase, authorizedKeys, mirror, ids, overlayFiles, signingKey };
 }
 
 export async function build(options: BuildOptions): Promise<BuildContext> {
@@ -166,7 +173,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
   const { recipe } = checked.loaded;
   await mkdir(options.outDir, { recursive: true });
   // Every process the build starts carries its owner, so a later build can find them if this one is killed.
-  process.env[OWNER_ENV] = formatOwner(await currentOwner());
+  await markChildProcesses();
   const cache = options.cacheDir === null ? undefined : new StageCache(options.cacheDir ?? defaultCacheDir(), log);
   await reapDeadBuilds(new HostRunner(log), log);
   await cache?.reapDeadBuilds();
@@ -176,11 +183,9 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
   try {
     const secrets = await SecretStore.create(cleanup);
     const passphraseFile = await secrets.put('bootstrap-passphrase', checked.passphrase, log.redactor);
-    const workDir = await mkdtemp(join(tmpdir(), `keylessgo-${recipe.name}-`));
-    await chmod(workDir, 0o700);
+    const workDir = await ownedTempDir(`keylessgo-${recipe.name}-`);
     const host = new HostRunner(log, guard.controller.signal);
     cleanup.add(`remove ${workDir}`, () => removeWorkTree(host.forCleanup, workDir));
-    await markOwned(workDir);
     await recordOutDir(workDir, resolve(options.outDir));
     const ctx: BuildContext = {
       loaded: checked.loaded,
@@ -200,6 +205,7 @@ export async function build(options: BuildOptions): Promise<BuildContext> {
       overlayFiles: checked.overlayFiles,
       kernelCmdline: kernelCmdline(recipe),
       exportBoot: options.exportBoot ?? false,
+      signingKey: checked.signingKey,
       toolVersion: await toolVersion(),
       cache,
       state: { cacheKeys: {}, outputs: [], publish: [], stageSeconds: {}, stageTimes: {} },

@@ -12,8 +12,7 @@
  * (also on Ctrl-C and on the overall timeout), and the result is always written.
  */
 import { randomBytes } from 'node:crypto';
-import { access, constants, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, constants, mkdir, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { AnyAuthMethod } from 'ssh2';
 import { HostError, InputError, InterruptedError } from '../errors.js';
@@ -22,6 +21,7 @@ import { probeImageFormat, type FormatPolicy, type ImageFormat } from '../inspec
 import { missingTools } from '../host/tools.js';
 import type { Logger } from '../log.js';
 import { CleanupStack } from '../base/cleanup.js';
+import { markChildProcesses, ownedTempDir } from '../base/owner.js';
 import { SignalGuard, unwindAll } from '../pipeline/runner.js';
 import { readPassphraseFile } from '../base/secrets.js';
 import { chooseAccel, type AccelChoice } from './accel.js';
@@ -284,7 +284,10 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestResult
   const host = new HostRunner(log, guard.controller.signal);
   let phase = 'preparing the VM';
   try {
-    const workDir = await mkdtemp(join(tmpdir(), 'keylessgo-boot-test-'));
+    // Owned, and QEMU and swtpm carry the owner: a killed boot-test's VM and overlay are reaped
+    // by the next build or `cache prune`, as a dead build's things are.
+    await markChildProcesses();
+    const workDir = await ownedTempDir('keylessgo-boot-test-');
     cleanup.add(`remove ${workDir}`, () => rm(workDir, { recursive: true, force: true }));
     phase = 'probing KVM';
     const decision = await chooseAccel(options.accel, { host, image: options.image, format: inputs.image.format, manifest: inputs.manifest, workDir });

@@ -106,6 +106,14 @@ const staticNetwork = z
   })
   .strict();
 
+/** Seconds since 1970 (UTC), as SOURCE_DATE_EPOCH is given: from 1980 (FAT's first date) to 9999. */
+export const SOURCE_DATE_EPOCH_RANGE = { min: 315532800, max: 253402300799 } as const;
+const sourceDateEpoch = z
+  .number({ invalid_type_error: 'expected seconds since 1970 (SOURCE_DATE_EPOCH), e.g. 1700000000' })
+  .int('expected whole seconds since 1970')
+  .min(SOURCE_DATE_EPOCH_RANGE.min, 'must be 1980 or later (FAT, on the ESP, has no earlier dates)')
+  .max(SOURCE_DATE_EPOCH_RANGE.max, 'must be before the year 10000');
+
 export const recipeSchema = z
   .object({
     name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'expected a lower-case name usable as a file name'),
@@ -119,6 +127,15 @@ export const recipeSchema = z
         mirror: mirrorUrl.optional(),
         securityMirror: mirrorUrl.optional(),
         components: z.array(z.string().regex(/^[a-z-]+$/)).nonempty().default(['main']),
+      })
+      .strict()
+      .default({}),
+    build: z
+      .object({
+        // Clamps every time the build writes (reproducible plaintext); default: the newest Release
+        // date of the archive, so the same mirror state gives the same value. SOURCE_DATE_EPOCH in
+        // the environment overrides it.
+        sourceDateEpoch: sourceDateEpoch.optional(),
       })
       .strict()
       .default({}),

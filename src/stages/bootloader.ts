@@ -8,12 +8,19 @@
  * with 4096-byte sectors, which BIOS cannot boot). The ESP is written with mtools (no vfat
  * mount needed).
  *
- * Host commands: du, mkfs.ext4, dumpe2fs, mkfs.vfat, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
+ * Reproducible plaintext: /boot's times are clamped to SOURCE_DATE_EPOCH, mkfs.ext4 and mtools
+ * run with it as their clock, and the build's UUIDs and hash seed; the digests of the disk's
+ * start (MBR, GPT, BIOS boot), /boot (its initramfs's per-build archive left out) and the ESP go
+ * to the manifest.
+ *
+ * Host commands: du, mkfs.ext4, dumpe2fs, debugfs, mkfs.vfat, mlabel, mmd, mcopy, mdir, chroot (grub-mkimage), cp.
  */
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import type { BuildContext } from '../pipeline/context.js';
-import { ext4UsedBytes, mkfsExt4Args } from '../host/ext4.js';
+import { ext4FileRanges, ext4SetTimes, ext4TimeEnv, mkfsExt4Args, usedBytesFromSuperblock, usedInodesFromDumpe2fs, usedRangesFromDumpe2fs } from '../host/ext4.js';
+import { clampTimes } from '../base/tree.js';
+import { sha256File } from '../pipeline/sparse-sha256.js';
 import { defineStage } from '../pipeline/stage.js';
 import { bootTreeDir, checkBootFits, partitionByRole } from './partition.js';
 
@@ -95,6 +102,17 @@ export const SIGNED_EFI_REPLACE_ORDER: ReadonlyArray<[tree: string, esp: string]
  */
 export const SIGNED_GRUB_CONFIG = 'EFI/debian/grub.cfg';
 
+/** What each file on the ESP is, for the SBOM. */
+function espFileComment(path: string, secureBoot: boolean): string {
+  const comments: Record<string, string> = {
+    'EFI/BOOT/BOOTX64.EFI': secureBoot ? 'shim, the UEFI loader on the removable path (signed by Microsoft)' : "GRUB for UEFI, made with the image's grub-mkimage (unsigned)",
+    'EFI/BOOT/grubx64.efi': 'GRUB for UEFI (signed by Debian)',
+    'EFI/BOOT/mmx64.efi': 'MokManager (signed by Debian)',
+    [SIGNED_GRUB_CONFIG]: "the signed GRUB's config: finds /boot by UUID and runs its grub.cfg",
+  };
+  return comments[path] ?? 'a file on the ESP';
+}
+
 /** The files to put on the ESP (host path → ESP path) for UEFI boot. */
 async function efiFiles(ctx: BuildContext, configInImage: string, scratch: string): Promise<Array<[from: string, to: string]>> {
   if (!ctx.recipe.boot.secureBoot) {
@@ -107,9 +125,11 @@ async function efiFiles(ctx: BuildContext, configInImage: string, scratch: strin
   return [...SIGNED_EFI_CHAIN.map(([tree, esp]): [string, string] => [join(ctx.rootfs, tree), esp]), [config, SIGNED_GRUB_CONFIG]];
 }
 
+const ESP_LABEL = 'ESP';
+
 /** mkfs.vfat arguments: FAT32 with one sector per cluster, sectors as the disk's. */
 export function mkfsVfatArgs(device: string, sectorSize: number, volumeId: string): string[] {
-  return ['-F', '32', '-S', String(sectorSize), '-s', '1', '-n', 'ESP', '-i', volumeId, device];
+  return ['-F', '32', '-S', String(sectorSize), '-s', '1', '-n', ESP_LABEL, '-i', volumeId, device];
 }
 
 /** The directories `mmd` must create, parents first, for files at `paths` on the ESP. */
@@ -126,10 +146,11 @@ export const bootloaderStage = defineStage({
   name: 'bootloader',
   summary: '/boot, ESP and GRUB for UEFI and BIOS',
   // The initramfs must be on /boot; the root partition (encrypt, nbde) is not touched here.
-  needs: ['layout', 'loop', 'initramfsAppended'],
-  produces: ['bootUsedBytes'],
-  hostTools: () => ['du', 'mkfs.ext4', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'mdir', 'chroot', 'cp'],
+  needs: ['layout', 'loop', 'initramfsAppended', 'kernelVersion', 'sourceDateEpoch'],
+  produces: ['bootUsedBytes', 'bootPlaintext', 'espFiles'],
+  hostTools: () => ['du', 'mkfs.ext4', 'dumpe2fs', 'debugfs', 'mkfs.vfat', 'mlabel', 'mmd', 'mcopy', 'mdir', 'chroot', 'cp'],
   async run(ctx) {
+    const epoch = ctx.state.sourceDateEpoch.seconds;
     const loop = ctx.state.loop;
     const layout = ctx.state.layout;
     const bootTree = bootTreeDir(ctx);
@@ -142,6 +163,12 @@ export const bootloaderStage = defineStage({
     const configInImage = '/tmp/keylessgo-grub-early.cfg';
     await writeFile(join(ctx.rootfs, configInImage), earlyGrubConfig(ctx.ids.bootFsUuid));
     const efi = await efiFiles(ctx, configInImage, scratch);
+    ctx.state.espFiles = efi.map(([from, to]) => ({
+      path: to,
+      source: from,
+      treePath: from.startsWith(`${ctx.rootfs}/`) ? relative(ctx.rootfs, from) : undefined,
+      comment: espFileComment(to, ctx.recipe.boot.secureBoot),
+    }));
     const coreImage = bios ? await makeGrubImage(ctx, 'bios', configInImage) : undefined;
     await rm(join(ctx.rootfs, configInImage));
 
@@ -149,28 +176,44 @@ export const bootloaderStage = defineStage({
     for (const { format } of Object.values(GRUB_TARGETS)) {
       await ctx.host.run('cp', ['-a', join(ctx.rootfs, 'usr/lib/grub', format), join(bootTree, 'grub', format)]);
     }
+    await clampTimes(bootTree, epoch);
     const boot = partitionByRole(layout, 'boot');
-    await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: loop.partition(boot.number), tree: bootTree, label: 'boot', uuid: ctx.ids.bootFsUuid }));
+    const bootDevice = loop.partition(boot.number);
+    await ctx.host.run('mkfs.ext4', mkfsExt4Args({ image: bootDevice, tree: bootTree, label: 'boot', uuid: ctx.ids.bootFsUuid, hashSeed: ctx.ids.bootHashSeed }), { env: ext4TimeEnv(epoch) });
+    const bootDump = await ctx.host.run('dumpe2fs', [bootDevice]);
+    await ext4SetTimes(ctx.host, bootDevice, epoch, usedInodesFromDumpe2fs(bootDump), join(scratch, 'boot-times.debugfs'));
 
-    const esp = loop.partition(partitionByRole(layout, 'esp').number);
+    const espPartition = partitionByRole(layout, 'esp');
+    const esp = loop.partition(espPartition.number);
+    // mtools dates what it writes SOURCE_DATE_EPOCH; mkfs.vfat dates the volume label "now", so mlabel writes it again.
+    const mtools = { env: { SOURCE_DATE_EPOCH: String(epoch) } };
     await ctx.host.run('mkfs.vfat', mkfsVfatArgs(esp, layout.sectorSize, ctx.ids.espVolumeId));
-    await ctx.host.run('mmd', ['-i', esp, ...espDirectories(efi.map(([, to]) => to)).map((dir) => `::/${dir}`)]);
-    for (const [from, to] of efi) await ctx.host.run('mcopy', ['-i', esp, from, `::/${to}`]);
+    await ctx.host.run('mlabel', ['-i', esp, `::${ESP_LABEL}`], mtools);
+    await ctx.host.run('mmd', ['-i', esp, ...espDirectories(efi.map(([, to]) => to)).map((dir) => `::/${dir}`)], mtools);
+    for (const [from, to] of efi) await ctx.host.run('mcopy', ['-i', esp, from, `::/${to}`], mtools);
 
     const espFree = Number(/([\d ]+) bytes free/.exec(await ctx.host.run('mdir', ['-i', esp, '::/']))?.[1]?.replaceAll(' ', ''));
-    ctx.state.bootUsedBytes = {
-      boot: await ext4UsedBytes(ctx.host, loop.partition(boot.number)),
-      esp: partitionByRole(layout, 'esp').sizeBytes - espFree,
-    };
+    ctx.state.bootUsedBytes = { boot: usedBytesFromSuperblock(bootDump), esp: espPartition.sizeBytes - espFree };
 
     const uefi = `UEFI: ${efi.map(([, to]) => to).join(', ')}`;
-    if (!coreImage) {
+    if (coreImage) {
+      const biosPartition = partitionByRole(layout, 'bios');
+      const bootImg = await readFile(join(ctx.rootfs, 'usr/lib/grub/i386-pc/boot.img'));
+      await installBiosGrub(loop.device, bootImg, coreImage, biosPartition.startBytes / 512, biosPartition.sizeBytes);
+      ctx.log.info(`      ${uefi}; BIOS core.img ${coreImage.length} bytes`);
+    } else {
       ctx.log.info(`      ${uefi}; no BIOS boot: BIOS cannot boot from disks with ${layout.sectorSize}-byte sectors (the BIOS boot partition stays empty)`);
-      return;
     }
-    const biosPartition = partitionByRole(layout, 'bios');
-    const bootImg = await readFile(join(ctx.rootfs, 'usr/lib/grub/i386-pc/boot.img'));
-    await installBiosGrub(loop.device, bootImg, coreImage, biosPartition.startBytes / 512, biosPartition.sizeBytes);
-    ctx.log.info(`      ${uefi}; BIOS core.img ${coreImage.length} bytes`);
+
+    // The initramfs's per-build archive (from its first block on) is left out of /boot's digest.
+    const initrd = { path: `/initrd.img-${ctx.state.kernelVersion}`, fromByte: ctx.state.initramfsAppended.offset };
+    const bootMasks = await ext4FileRanges(ctx.host, bootDevice, [initrd]);
+    const [disk, bootFs, espFs] = await Promise.all([
+      // The protective MBR with GRUB's boot.img, the GPT and the BIOS boot partition with core.img.
+      sha256File(loop.device, undefined, { window: { start: 0, length: espPartition.startBytes } }),
+      sha256File(bootDevice, usedRangesFromDumpe2fs(bootDump), { window: { start: 0, length: boot.sizeBytes }, masks: bootMasks, holes: 'skip' }),
+      sha256File(esp, undefined, { window: { start: 0, length: espPartition.sizeBytes } }),
+    ]);
+    ctx.state.bootPlaintext = { disk, boot: bootFs, esp: espFs, perBuild: [`${initrd.path.slice(1)} from byte ${initrd.fromByte} (the initramfs's per-build archive)`] };
   },
 });

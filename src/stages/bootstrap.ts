@@ -9,8 +9,12 @@
  * The initramfs is not built here: update-initramfs is diverted to a no-op during
  * installation and run once, after configuration, by the initramfs stage.
  */
-import { mkdir, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { shellQuote } from '../base/shell.js';
+import { clampTimes } from '../base/tree.js';
+import { chooseSourceDateEpoch } from '../recipe/source-date-epoch.js';
 import { cacheKey, type StageCache } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
 import { defineStage } from '../pipeline/stage.js';
@@ -18,7 +22,7 @@ import { KERNEL_PACKAGE, type Recipe } from '../recipe/schema.js';
 import { formatSize } from '../recipe/size.js';
 import { archiveReleaseDates, sourceLines } from '../host/apt-sources.js';
 import { mountOverlay } from '../host/mounts.js';
-import { PackageCache, type InstalledPackage } from '../host/package-cache.js';
+import { debFileName, PackageCache, type InstalledPackage } from '../host/package-cache.js';
 
 /** What every image needs to boot, unlock over SSH and be reached afterwards. */
 export const BASE_PACKAGES = [
@@ -70,9 +74,13 @@ export const DIVERTED_UPDATE_INITRAMFS = '/usr/sbin/update-initramfs';
  */
 export const EATMYDATA_HOOKS = '/usr/share/mmdebstrap/hooks/eatmydata';
 
+/** Where the bootstrap lists the SHA-256 of every .deb it installed from (sha256sum's format), in the work tree. */
+export const DEB_HASHES_FILE = 'deb-sha256';
+
 /** `cacheOptions`: the package cache's hooks (PackageCache.mmdebstrapOptions). */
-export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs'>, cacheOptions: string[] = []): string[] {
+export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'rootfs' | 'workDir'>, cacheOptions: string[] = []): string[] {
   const { recipe } = ctx;
+  const archives = '"$1"/var/cache/apt/archives';
   return [
     '--mode=root',
     `--variant=${recipe.bootstrap.variant}`,
@@ -85,6 +93,10 @@ export function mmdebstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'ro
     // a crash leaves half-written is thrown away anyway, and the cache flushes a finished tree
     // at once (syncfs) before keeping it.
     `--hook-dir=${EATMYDATA_HOOKS}`,
+    // The SBOM names the SHA-256 of each package's .deb (apt checked it against the archive's
+    // index). Essential packages' files stay until the cleanup (essential/unlink skipped) for that.
+    '--skip=essential/unlink',
+    `--customize-hook=find ${archives} -maxdepth 1 -name '*.deb' -exec sha256sum {} + > ${shellQuote(join(ctx.workDir, DEB_HASHES_FILE))}`,
     ...cacheOptions,
     recipe.suite,
     ctx.rootfs,
@@ -107,15 +119,27 @@ export function debootstrapArgs(ctx: Pick<BuildContext, 'recipe' | 'mirror' | 'r
   ];
 }
 
-/** Everything the bootstrapped tree depends on; the archive's Release dates make a changed archive a new key. */
-async function bootstrapCacheInputs(ctx: BuildContext): Promise<Record<string, unknown> | undefined> {
+/** The `Date:` of each suite's Release file, or undefined (said) when they cannot be read. */
+async function readReleaseDates(ctx: BuildContext): Promise<Record<string, string> | undefined> {
+  try {
+    return await archiveReleaseDates(ctx.mirror, ctx.recipe.suite);
+  } catch (error) {
+    ctx.log.warn(`the archive's Release dates cannot be read (${error instanceof Error ? error.message : String(error)}): the bootstrap cache is not used, and SOURCE_DATE_EPOCH falls back to the build's start unless it is given`);
+    return undefined;
+  }
+}
+
+/**
+ * Everything the bootstrapped tree depends on; the archive's Release dates make a changed
+ * archive a new key, SOURCE_DATE_EPOCH (the tree's times) another.
+ */
+async function bootstrapCacheInputs(ctx: BuildContext, releases: Record<string, string>, sourceDateEpoch: number): Promise<Record<string, unknown> | undefined> {
   const { recipe } = ctx;
   try {
     const tool = recipe.bootstrap.tool;
-    // Side by side: perl starting takes 0.3 s, the Release files come over the network.
-    const [toolVersion, releases] = await Promise.all([ctx.host.run(tool, ['--version']), archiveReleaseDates(ctx.mirror, recipe.suite)]);
+    const toolVersion = await ctx.host.run(tool, ['--version']);
     return {
-      format: 1,
+      format: 2,
       suite: recipe.suite,
       architecture: recipe.architecture,
       variant: recipe.bootstrap.variant,
@@ -126,6 +150,7 @@ async function bootstrapCacheInputs(ctx: BuildContext): Promise<Record<string, u
       archive: ctx.mirror.archive,
       security: ctx.mirror.security ?? null,
       releases,
+      sourceDateEpoch,
     };
   } catch (error) {
     ctx.log.warn(`not using the bootstrap cache: cannot tell whether it is current (${error instanceof Error ? error.message : String(error)})`);
@@ -158,12 +183,41 @@ async function installedPackages(ctx: BuildContext): Promise<InstalledPackage[]>
     });
 }
 
-/** Bootstraps the tree; with a package cache, takes the .deb files it has and adds those downloaded. */
-async function installTree(ctx: BuildContext, packages?: PackageCache): Promise<void> {
+/**
+ * The SHA-256 of each installed package's .deb, by file name (debFileName): from the list the
+ * mmdebstrap hook wrote, or (debootstrap) hashed where its files are kept.
+ */
+async function installedDebHashes(ctx: BuildContext, installed: InstalledPackage[], packages?: PackageCache): Promise<Record<string, string>> {
+  const listed = new Map<string, string>();
+  const text = await readFile(join(ctx.workDir, DEB_HASHES_FILE), 'utf8').catch(() => '');
+  for (const [, hash, path] of text.matchAll(/^([0-9a-f]{64}) [ *](.+)$/gm)) listed.set(basename(path!), hash!);
+  const hashes: Record<string, string> = {};
+  for (const name of installed.map(debFileName)) {
+    const dirs = [packages?.dir, join(ctx.rootfs, 'var/cache/apt/archives')].filter((dir): dir is string => dir !== undefined);
+    const hash = listed.get(name) ?? (await firstHash(dirs.map((dir) => join(dir, name))));
+    if (hash) hashes[name] = hash;
+  }
+  return hashes;
+}
+
+async function firstHash(paths: string[]): Promise<string | undefined> {
+  for (const path of paths) {
+    const data = await readFile(path).catch(() => undefined);
+    if (data) return createHash('sha256').update(data).digest('hex');
+  }
+  return undefined;
+}
+
+/**
+ * Bootstraps the tree; with a package cache, takes the .deb files it has and adds those
+ * downloaded. The tree's times are clamped to SOURCE_DATE_EPOCH (mmdebstrap makes the rest of
+ * the tree reproducible with it). Returns the SHA-256 of the installed packages' .deb files.
+ */
+async function installTree(ctx: BuildContext, sourceDateEpoch: number, packages?: PackageCache): Promise<Record<string, string>> {
   // The tools' own temp dirs (mmdebstrap's gpghome) inside the work tree: a killed build's are reaped with it.
   const tmp = join(ctx.workDir, 'tmp');
   await mkdir(tmp, { recursive: true, mode: 0o700 });
-  const options = { stream: true, env: { TMPDIR: tmp } };
+  const options = { stream: true, env: { TMPDIR: tmp, SOURCE_DATE_EPOCH: String(sourceDateEpoch) } };
   if (packages) await mkdir(packages.dir, { recursive: true, mode: 0o755 });
   const cached = await packages?.files();
   const incoming = packages && ctx.recipe.bootstrap.tool === 'mmdebstrap' ? await packages.createIncoming() : undefined;
@@ -174,11 +228,16 @@ async function installTree(ctx: BuildContext, packages?: PackageCache): Promise<
     await ctx.host.run('debootstrap', debootstrapArgs(ctx, packages?.dir), options);
   }
   await removeGeneratedHostKeys(ctx.rootfs);
+  const installed = await installedPackages(ctx);
+  const hashes = await installedDebHashes(ctx, installed, packages);
   if (packages && cached) {
-    const use = await packages.update(await installedPackages(ctx), cached, incoming);
+    const use = await packages.update(installed, cached, incoming);
     await incomingCleanup?.release();
     ctx.log.info(`      package cache: ${use.reused} packages from it, ${use.downloaded} downloaded${use.removed ? `, ${use.removed} superseded versions removed` : ''}`);
   }
+  const clamped = await clampTimes(ctx.rootfs, sourceDateEpoch);
+  ctx.log.verbose(`      ${clamped} entries' times clamped to SOURCE_DATE_EPOCH`);
+  return hashes;
 }
 
 /** Copies a root tree with owners, modes, links, device nodes and extended attributes. */
@@ -206,31 +265,36 @@ async function viewCachedTree(ctx: BuildContext, cachedTree: string): Promise<vo
   await mountOverlay(ctx.host, ctx.cleanup, cachedTree, join(ctx.workDir, 'rootfs-layer'), ctx.rootfs);
 }
 
-/** Installs the tree, or takes it from the cache when the same inputs were bootstrapped before. */
-async function cachedTree(ctx: BuildContext, cache: StageCache): Promise<void> {
-  const inputs = await bootstrapCacheInputs(ctx);
-  if (!inputs) return installTree(ctx);
-  ctx.state.archiveReleases = inputs.releases as Record<string, string>;
+/**
+ * Installs the tree, or takes it from the cache when the same inputs were bootstrapped before.
+ * Returns the SHA-256 of the installed packages' .deb files (kept in the entry).
+ */
+async function cachedTree(ctx: BuildContext, cache: StageCache, releases: Record<string, string>, sourceDateEpoch: number): Promise<Record<string, string>> {
+  const inputs = await bootstrapCacheInputs(ctx, releases, sourceDateEpoch);
+  if (!inputs) return installTree(ctx, sourceDateEpoch);
   const key = cacheKey(inputs);
   const lock = ctx.cleanup.add('release the bootstrap cache lock', await cache.lock('bootstrap', key, ctx.signal));
   try {
     const hit = await cache.lookup('bootstrap', key);
+    let hashes: Record<string, string>;
     if (hit) {
       ctx.log.info(`      cache hit: bootstrap ${key} from ${hit.createdAt}`);
       await viewCachedTree(ctx, join(hit.dir, 'rootfs'));
+      hashes = (hit.data.debSha256 as Record<string, string> | undefined) ?? {};
     } else {
       ctx.log.info(`      cache miss: bootstrap ${key}`);
-      await installTree(ctx, PackageCache.beside(cache.root, ctx.recipe.suite));
+      hashes = await installTree(ctx, sourceDateEpoch, PackageCache.beside(cache.root, ctx.recipe.suite));
       const entry = await cache.store('bootstrap', key, inputs, async (dir) => {
         await moveTree(ctx, ctx.rootfs, join(dir, 'rootfs'));
         // dpkg ran without fsync (mmdebstrapArgs): one syncfs makes the entry survive a power cut.
         await ctx.host.run('sync', ['--file-system', dir]);
-        return {};
+        return { debSha256: hashes };
       });
       await viewCachedTree(ctx, join(entry.dir, 'rootfs'));
       ctx.log.info(`      cached as bootstrap ${key} (${formatSize(entry.bytes)})`);
     }
     ctx.state.cacheKeys.bootstrap = key;
+    return hashes;
   } finally {
     await lock.release();
   }
@@ -240,14 +304,17 @@ export const bootstrapStage = defineStage({
   name: 'bootstrap',
   summary: 'install the Debian root tree (or take it from the cache)',
   needs: [],
-  produces: ['kernelVersion', 'packages', 'archiveReleases'],
-  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp', 'mount', 'umount', 'sync'],
+  produces: ['kernelVersion', 'packages', 'archiveReleases', 'sourceDateEpoch', 'debSha256'],
+  hostTools: (recipe) => [recipe.bootstrap.tool, 'chroot', 'cp', 'mount', 'umount', 'sync', 'find', 'sha256sum'],
   async run(ctx) {
     const { recipe } = ctx;
     ctx.log.info(`      ${recipe.suite}/${recipe.architecture} from ${ctx.mirror.archive} (${ctx.mirror.origin}), ${packageList(recipe).length} packages requested`);
-    if (ctx.cache) await cachedTree(ctx, ctx.cache);
-    else await installTree(ctx);
-    ctx.state.archiveReleases ??= null;
+    const releases = await readReleaseDates(ctx);
+    const epoch = chooseSourceDateEpoch(recipe, releases);
+    ctx.state.sourceDateEpoch = epoch;
+    ctx.state.archiveReleases = releases ?? null;
+    ctx.log.info(`      SOURCE_DATE_EPOCH ${epoch.seconds} (${new Date(epoch.seconds * 1000).toISOString()}) from ${epoch.from}`);
+    ctx.state.debSha256 = ctx.cache && releases ? await cachedTree(ctx, ctx.cache, releases, epoch.seconds) : await installTree(ctx, epoch.seconds);
     ctx.state.packages = (await installedPackages(ctx)).map(({ name, version }) => ({ name, version }));
     const kernels = (await readdir(join(ctx.rootfs, 'boot'))).filter((f) => f.startsWith('vmlinuz-'));
     if (kernels.length !== 1) throw new Error(`expected one kernel in /boot, found ${kernels.length}`);

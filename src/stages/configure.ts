@@ -1,7 +1,8 @@
 /**
  * configure: overlays (hostname, fstab, crypttab, network, dropbear, grub.cfg), root
- * account, first-boot SSH host keys, empty machine-id, recipe hooks, the initramfs's dropbear
- * host keys (they stay in the root tree for later update-initramfs runs).
+ * account, first-boot SSH host keys, empty machine-id, recipe hooks (with SOURCE_DATE_EPOCH set),
+ * the initramfs's dropbear host keys (they stay in the root tree for later update-initramfs
+ * runs); then every time in the tree newer than SOURCE_DATE_EPOCH is clamped to it.
  *
  * update-grub diverted to keylessgo's (the kernel packages would have grub-mkconfig replace
  * grub.cfg).
@@ -10,6 +11,7 @@
  */
 import { chmod, copyFile, rm, symlink, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
+import { clampTimes } from '../base/tree.js';
 import { withChroot } from '../host/chroot.js';
 import { writeOverlayFiles } from '../pipeline/overlay.js';
 import { defineStage } from '../pipeline/stage.js';
@@ -23,11 +25,12 @@ const KEYLESSGO_UPDATE_GRUB = '/usr/lib/keylessgo/update-grub';
 export const configureStage = defineStage({
   name: 'configure',
   summary: 'apply overlays, accounts, network and hooks',
-  needs: ['kernelVersion'],
+  needs: ['kernelVersion', 'sourceDateEpoch'],
   produces: ['configuredTree', 'rootfsBytes', 'dropbearHostKeys'],
   hostTools: () => ['chroot', 'mount', 'umount', 'du'],
   async run(ctx) {
     const { rootfs, recipe } = ctx;
+    const epoch = ctx.state.sourceDateEpoch.seconds;
     await writeOverlayFiles(rootfs, ctx.overlayFiles);
     // sshd refuses keys in a group/world-accessible ~/.ssh.
     await chmod(join(rootfs, 'root/.ssh'), 0o700).catch(() => undefined);
@@ -62,7 +65,7 @@ export const configureStage = defineStage({
         ctx.log.info(`      hook ${hook}`);
         await copyFile(hook, join(rootfs, inImage));
         try {
-          await chroot.run('/bin/sh', ['-e', inImage], { stream: true, env: { KEYLESSGO_RECIPE: recipe.name, KEYLESSGO_SUITE: recipe.suite } });
+          await chroot.run('/bin/sh', ['-e', inImage], { stream: true, env: { KEYLESSGO_RECIPE: recipe.name, KEYLESSGO_SUITE: recipe.suite, SOURCE_DATE_EPOCH: String(epoch) } });
         } finally {
           await rm(join(rootfs, inImage), { force: true });
         }
@@ -71,6 +74,8 @@ export const configureStage = defineStage({
       // changes in the tree itself (host keys, update-initramfs back) is done here.
       ctx.state.dropbearHostKeys = await prepareInitramfsTree(ctx, chroot);
     });
+    // What this stage and the hooks wrote carries "now": the tree is final, its times are the epoch's.
+    await clampTimes(rootfs, epoch);
     ctx.state.rootfsBytes = await rootTreeBytes(ctx);
     checkRootFits(ctx, ctx.state.rootfsBytes);
     ctx.state.configuredTree = true;

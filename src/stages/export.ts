@@ -1,16 +1,19 @@
 /**
- * export: detaches the disk, converts it, writes SHA256SUMS and manifest.json (with the
- * image properties Glance and Ironic want), and with --export-boot the kernel, initramfs
- * and kernel command line. Every output is written under a *.partial name; the runner
+ * export: detaches the disk, converts it, writes the SBOMs (CycloneDX and SPDX, from the
+ * image's own dpkg database), manifest.json (with the image properties Glance and Ironic want
+ * and the plaintext digests), SHA256SUMS (signed with --sign-key), and with --export-boot the
+ * kernel, initramfs and kernel command line. Every output is written under a *.partial name; the runner
  * renames the set once the build succeeded.
  *
  * Host commands: sfdisk (-J for the manifest's partition table), qemu-img (a compressed qcow2
  * only; formats/qcow2.ts writes the uncompressed one). Hashes are computed in Node (OpenSSL's
  * SHA-256), the raw image's holes from zeros in memory, not read from disk.
  */
+import { createHash } from 'node:crypto';
 import { copyFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
+import { SIGNATURE_NAMESPACE, signData, SUMS_SIGNATURE_FILE } from '../host/ssh-signature.js';
 import type { ByteRange } from '../host/ext4.js';
 import type { BuildContext, OutputFile } from '../pipeline/context.js';
 import { sha256File } from '../pipeline/sparse-sha256.js';
@@ -22,6 +25,10 @@ import { packageList } from './bootstrap.js';
 import type { PartitionLayout } from '../formats/gpt.js';
 import { bootTreeDir, partitionByRole } from './partition.js';
 import { formatSize } from '../recipe/size.js';
+import { cycloneDxJson } from '../formats/sbom/cyclonedx.js';
+import { SBOM_OUTPUTS } from '../formats/sbom/model.js';
+import { spdxJson } from '../formats/sbom/spdx.js';
+import { sbomInput } from './sbom.js';
 
 /**
  * How the image boots: UEFI always (EFI/BOOT/BOOTX64.EFI on the ESP), BIOS through GRUB's
@@ -95,8 +102,29 @@ export function qemuImgConvertArgs(raw: string, qcow2: string): string[] {
   return ['convert', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compat=1.1', raw, qcow2];
 }
 
+/**
+ * The digests of the image's plaintext, to compare two builds without decrypting anything:
+ * each of these is the same for two builds of a recipe from the same mirror state, the
+ * `perBuild` parts left out (keylessgo diff names every difference).
+ */
+function reproducibility(ctx: BuildContext, initramfsBaseSha256: string | undefined) {
+  const { rootPlaintext: root, bootPlaintext: boot } = ctx.state;
+  return {
+    sourceDateEpoch: ctx.state.sourceDateEpoch ?? null,
+    plaintext: {
+      rootTree: root?.tree ?? null,
+      rootExt4: root?.ext4 ?? null,
+      initramfsBase: initramfsBaseSha256 ?? null,
+      boot: boot?.boot ?? null,
+      esp: boot?.esp ?? null,
+      diskStart: boot?.disk ?? null,
+    },
+    perBuild: [...(root?.perBuild ?? []).map((path) => `/${path} (root tree and ext4)`), ...(boot?.perBuild ?? [])],
+  };
+}
+
 /** The manifest: what is in the image, how it was built, and what the boot test compares against. */
-export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtAt: Date) {
+export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtAt: Date, initramfsBaseSha256?: string) {
   const { recipe } = ctx;
   return {
     tool: { name: 'keylessgo', version: ctx.toolVersion },
@@ -127,21 +155,39 @@ export function buildManifest(ctx: BuildContext, partitionTable: unknown, builtA
     },
     initramfs: { checks: ctx.state.initramfsChecks, network: recipe.initramfs.network, appended: ctx.state.initramfsAppended },
     cache: ctx.state.cacheKeys,
+    reproducibility: reproducibility(ctx, initramfsBaseSha256),
     packages: { requested: packageList(recipe), installed: ctx.state.packages },
     bootModes: bootModes(recipe.disk),
     outputs: ctx.state.outputs.map((o) => ({ ...o, path: basename(o.path), ...(isDiskImage(o) ? { glance: glanceProperties(recipe, o) } : {}) })),
     stageSeconds: ctx.state.stageSeconds,
     stageTimes: ctx.state.stageTimes,
+    signature: ctx.signingKey ? { file: SUMS_SIGNATURE_FILE, format: 'sshsig', namespace: SIGNATURE_NAMESPACE, signs: 'SHA256SUMS', key: { type: ctx.signingKey.type, fingerprint: ctx.signingKey.fingerprint } } : null,
     hostToolSeconds: Object.fromEntries(Object.entries(ctx.host.clock.seconds).map(([tool, s]) => [tool, Math.round(s * 10) / 10])),
     hostToolBusySeconds: Math.round(ctx.host.clock.busySeconds * 10) / 10,
   };
 }
 
+/**
+ * `<name>.cdx.json` and `<name>.spdx.json` from the image's own tree, as outputs (listed in the
+ * manifest and SHA256SUMS). `partial(name)` gives the file to write, published with the rest.
+ */
+async function writeSboms(ctx: BuildContext, partial: (name: string) => string): Promise<void> {
+  ctx.host.step('write the SBOMs');
+  const input = await sbomInput(ctx);
+  const texts: Record<(typeof SBOM_OUTPUTS)[number]['format'], string> = { cyclonedx: await cycloneDxJson(input), spdx: spdxJson(input) };
+  for (const { format, suffix } of SBOM_OUTPUTS) {
+    const name = `${ctx.recipe.name}${suffix}`;
+    await writeFile(partial(name), texts[format]);
+    ctx.state.outputs.push({ format, path: join(ctx.outDir, name), bytes: Buffer.byteLength(texts[format]), sha256: createHash('sha256').update(texts[format]).digest('hex') });
+  }
+  ctx.log.info(`      SBOMs: ${input.packages.length} packages, ${input.files.length} boot files (${SBOM_OUTPUTS.map((o) => o.spec).join(', ')})`);
+}
+
 export const exportStage = defineStage({
   name: 'export',
-  summary: 'raw/qcow2 images, SHA256SUMS and manifest.json',
+  summary: 'raw/qcow2 images, SBOMs, SHA256SUMS and manifest.json',
   // Everything the manifest reports, so every other stage.
-  needs: ['kernelVersion', 'packages', 'archiveReleases', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'tang', 'boundKeyslots', 'bootUsedBytes'],
+  needs: ['kernelVersion', 'packages', 'archiveReleases', 'sourceDateEpoch', 'debSha256', 'dropbearHostKeys', 'initramfsChecks', 'initramfsAppended', 'rootfsBytes', 'layout', 'loop', 'rawPartial', 'keyslots', 'encryptedRanges', 'rootUsedBytes', 'luksHeaderDigests', 'rootPlaintext', 'tang', 'boundKeyslots', 'bootUsedBytes', 'bootPlaintext', 'espFiles'],
   produces: [],
   hostTools: (recipe) => [...(recipe.output.formats.includes('qcow2') && recipe.output.compress ? ['qemu-img'] : []), 'sfdisk'],
   async run(ctx) {
@@ -186,18 +232,27 @@ export const exportStage = defineStage({
       const { size } = await stat(file.partial);
       ctx.state.outputs.push({ format: file.format, path: file.final, bytes: size, sha256 });
     }
-    const sums = ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`).join('');
-    const sumsPartial = join(outDir, 'SHA256SUMS.partial');
-    const manifestPartial = join(outDir, 'manifest.json.partial');
-    ctx.cleanup.add(`remove ${sumsPartial}`, () => rm(sumsPartial, { force: true }));
-    ctx.cleanup.add(`remove ${manifestPartial}`, () => rm(manifestPartial, { force: true }));
-    await writeFile(sumsPartial, sums);
-    // The export stage's own time is not known yet; the manifest records the stages before it.
-    await writeFile(manifestPartial, `${JSON.stringify(buildManifest(ctx, partitionTable, new Date()), null, 2)}\n`);
-
-    // Renamed to their final names by the runner once every stage has succeeded.
+    // Renamed to their final names by the runner once every stage has succeeded, SHA256SUMS last.
     ctx.state.publish.push(...pending.map((f) => ({ from: f.partial, to: f.final })));
-    ctx.state.publish.push({ from: sumsPartial, to: join(outDir, 'SHA256SUMS') }, { from: manifestPartial, to: join(outDir, 'manifest.json') });
+    const partial = (name: string) => {
+      const file = join(outDir, `${name}.partial`);
+      ctx.cleanup.add(`remove ${file}`, () => rm(file, { force: true }));
+      ctx.state.publish.push({ from: file, to: join(outDir, name) });
+      return file;
+    };
+    await writeSboms(ctx, partial);
+    const initrd = join(bootTreeDir(ctx), `initrd.img-${ctx.state.kernelVersion}`);
+    const initramfsBase = await sha256File(initrd, undefined, { window: { start: 0, length: ctx.state.initramfsAppended!.baseBytes } });
+    // The export stage's own time is not known yet; the manifest records the stages before it.
+    const manifest = `${JSON.stringify(buildManifest(ctx, partitionTable, new Date(), initramfsBase), null, 2)}\n`;
+    await writeFile(partial('manifest.json'), manifest);
+    // SHA256SUMS covers the manifest too: a signature of SHA256SUMS then vouches for everything.
+    const sums = [...ctx.state.outputs.map((o) => `${o.sha256}  ${basename(o.path)}\n`), `${createHash('sha256').update(manifest).digest('hex')}  manifest.json\n`].join('');
+    await writeFile(partial('SHA256SUMS'), sums);
+    if (ctx.signingKey) {
+      await writeFile(partial(SUMS_SIGNATURE_FILE), await signData(ctx.host, ctx.signingKey, sums));
+      ctx.log.info(`      SHA256SUMS signed by ${ctx.signingKey.type} key ${ctx.signingKey.fingerprint} (${SUMS_SIGNATURE_FILE})`);
+    }
     for (const o of ctx.state.outputs) ctx.log.info(`      ${o.path} (${formatSize(o.bytes)} apparent)`);
   },
 });

@@ -19,7 +19,8 @@ import { join, relative } from 'node:path';
 import { withChroot, type ChrootSession } from '../host/chroot.js';
 import { withOverlay } from '../host/mounts.js';
 import { HOOK_FUNCTIONS, withFasterHookFunctions } from '../initramfs/hook-functions.js';
-import { alignmentPadding, newcArchive, type NewcFile } from '../initramfs/newc.js';
+import { DROPBEAR_HOOK, withFixedRootHome } from '../initramfs/dropbear-hook.js';
+import { alignmentPadding, stableLengthArchive, type NewcFile } from '../initramfs/newc.js';
 import { cacheKey } from '../pipeline/cache.js';
 import type { BuildContext } from '../pipeline/context.js';
 import { defineStage } from '../pipeline/stage.js';
@@ -134,7 +135,8 @@ async function listTree(dir: string): Promise<string[]> {
 async function buildBase(ctx: BuildContext, chroot: ChrootSession, initrd: string): Promise<BaseInitramfs> {
   for (const file of [AUTHORIZED_KEYS, ...HOST_KEY_TYPES.map(hostKeyPath)]) await rm(join(ctx.rootfs, file), { force: true });
   await rm(join(ctx.rootfs, initrd), { force: true });
-  await chroot.run('update-initramfs', ['-c', '-k', ctx.state.kernelVersion!], { stream: true });
+  // With SOURCE_DATE_EPOCH, mkinitramfs clamps the archive's times and compresses reproducibly.
+  await chroot.run('update-initramfs', ['-c', '-k', ctx.state.kernelVersion!], { stream: true, env: { SOURCE_DATE_EPOCH: String(ctx.state.sourceDateEpoch!.seconds) } });
   const unpacked = await mkdtemp(join(ctx.rootfs, 'tmp/keylessgo-initramfs-'));
   try {
     await chroot.run('unmkinitramfs', [`/${initrd}`, `/${relative(ctx.rootfs, unpacked)}`]);
@@ -192,7 +194,17 @@ async function speedUpHookFunctions(ctx: BuildContext): Promise<void> {
   await writeFile(file, script);
 }
 
+/** In the stage's overlay only: dropbear's hook names root's home in the initramfs alike every time (initramfs/dropbear-hook.ts). */
+async function fixRootHome(ctx: BuildContext): Promise<void> {
+  const file = join(ctx.rootfs, DROPBEAR_HOOK);
+  const { script, changed } = withFixedRootHome(await readFile(file, 'utf8'));
+  if (changed) await writeFile(file, script);
+  else ctx.log.warn(`${DROPBEAR_HOOK} has no random root home to fix: two builds' initramfs archives will differ in its name`);
+}
+
 const hostKeyPath = (type: (typeof HOST_KEY_TYPES)[number]) => `${DROPBEAR_DIR}/dropbear_${type}_host_key`;
+/** This build's dropbear host keys in the root tree (per-build files of a reproducible root). */
+export const TREE_HOST_KEY_FILES = HOST_KEY_TYPES.map(hostKeyPath);
 
 async function generateHostKeys(chroot: ChrootSession): Promise<Array<{ type: string; fingerprint: string }>> {
   const keys: Array<{ type: string; fingerprint: string }> = [];
@@ -234,7 +246,7 @@ export async function prepareInitramfsTree(ctx: Pick<BuildContext, 'rootfs'>, ch
 export const initramfsStage = defineStage({
   name: 'initramfs',
   summary: 'the unlock initramfs (or its cached base) plus this build\'s keys',
-  needs: ['kernelVersion', 'configuredTree', 'dropbearHostKeys'],
+  needs: ['kernelVersion', 'configuredTree', 'dropbearHostKeys', 'sourceDateEpoch'],
   produces: ['initramfsChecks', 'initramfsAppended'],
   hostTools: () => ['chroot', 'mount', 'umount'],
   async run(ctx) {
@@ -245,6 +257,7 @@ export const initramfsStage = defineStage({
     const base = await withOverlay(ctx.host, ctx.cleanup, ctx.rootfs, overlay, (merged) =>
       withChroot(ctx.host, ctx.cleanup, merged, async (chroot) => {
         await speedUpHookFunctions({ ...ctx, rootfs: merged });
+        await fixRootHome({ ...ctx, rootfs: merged });
         return baseInitramfs({ ...ctx, rootfs: merged }, chroot, initrd);
       }),
     );
@@ -253,7 +266,7 @@ export const initramfsStage = defineStage({
     const files = await perBuildFiles(ctx, base);
     const { size } = await stat(join(ctx.rootfs, initrd));
     const padding = alignmentPadding(size);
-    const archive = newcArchive(files);
+    const archive = stableLengthArchive(files);
     await appendFile(join(ctx.rootfs, initrd), Buffer.concat([padding, archive]));
     ctx.state.initramfsAppended = { baseBytes: size, offset: size + padding.length, bytes: archive.length, paths: files.map((f) => f.path) };
 

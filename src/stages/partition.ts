@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { LUKS_DATA_OFFSET_BYTES } from '../host/cryptsetup.js';
 import { attachLoop } from '../host/loop.js';
-import type { BuildContext } from '../pipeline/context.js';
+import type { BuildContext, BuildIds } from '../pipeline/context.js';
 import { defineStage } from '../pipeline/stage.js';
 import type { Recipe } from '../recipe/schema.js';
 import { formatSize, MiB } from '../recipe/size.js';
@@ -45,12 +45,16 @@ export function partitionLayout(disk: Recipe['disk']): PartitionLayout {
   return { diskBytes: disk.size, sectorSize: disk.sectorSize, partitions };
 }
 
-/** sfdisk's input, in sectors of the device it is run on (a loop device with the layout's sector size). */
-export function sfdiskScript(layout: PartitionLayout): string {
+/**
+ * sfdisk's input, in sectors of the device it is run on (a loop device with the layout's sector
+ * size). With `ids`, the disk and partition GUIDs are the build's (sfdisk draws them at random).
+ */
+export function sfdiskScript(layout: PartitionLayout, ids?: Pick<BuildIds, 'diskGuid' | 'partitionUuids'>): string {
   const sector = layout.sectorSize;
-  const lines = ['label: gpt', `first-lba: ${MiB / sector}`];
+  const lines = ['label: gpt', ...(ids ? [`label-id: ${ids.diskGuid}`] : []), `first-lba: ${MiB / sector}`];
   for (const p of layout.partitions) {
-    lines.push(`start=${p.startBytes / sector}, size=${p.sizeBytes / sector}, type=${PARTITION_TYPES[p.role]}, name="${p.label}"`);
+    const uuid = ids ? `, uuid=${ids.partitionUuids[p.role]}` : '';
+    lines.push(`start=${p.startBytes / sector}, size=${p.sizeBytes / sector}, type=${PARTITION_TYPES[p.role]}${uuid}, name="${p.label}"`);
   }
   return `${lines.join('\n')}\n`;
 }
@@ -124,7 +128,7 @@ export const partitionStage = defineStage({
     await file.close();
     // sfdisk writes a GPT for the sector size of the device it runs on (on a plain file: always
     // 512 bytes), so the table is written through a loop device with the layout's sector size.
-    const writeTable = async (device: string) => void (await ctx.host.run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', device], { input: sfdiskScript(layout) }));
+    const writeTable = async (device: string) => void (await ctx.host.run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', device], { input: sfdiskScript(layout, ctx.ids) }));
     ctx.state.layout = layout;
     ctx.state.rawPartial = partial;
     ctx.state.loop = await attachLoop(ctx.host, ctx.cleanup, partial, layout.sectorSize, layout.partitions.length, writeTable);

@@ -9,7 +9,7 @@
  * - WORKSPACE_CASES: a setup that spoils one input of the workspace (a file, a flag).
  */
 import { execa } from 'execa';
-import { mkdir, symlink } from 'node:fs/promises';
+import { chmod, mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export const RECIPES_DIR = join(import.meta.dirname, 'recipes');
@@ -54,6 +54,7 @@ export const RECIPE_CASES: Record<string, string> = {
   'network-bad-mac.yaml': ':7: initramfs.network.mac: expected a MAC address such as 52:54:00:12:34:56',
   'pbkdf-memory-too-small.yaml': ':6: luks.pbkdf.memoryKiB: Number must be greater than or equal to 32768',
   'luks-key-size.yaml': ':5: luks.keySize: expected 256 or 512',
+  'source-date-epoch-not-a-time.yaml': ':5: build.sourceDateEpoch: expected seconds since 1970 (SOURCE_DATE_EPOCH), e.g. 1700000000',
   'variables-nested.yaml': ':5: variables.site: expected a string, number or boolean',
   'mirror-not-a-url.yaml': ':5: bootstrap.mirror: expected an http://, https:// or file:// mirror URL',
   'mirror-not-http.yaml': ':5: bootstrap.mirror: expected an http://, https:// or file:// mirror URL',
@@ -260,6 +261,19 @@ export const WORKSPACE_CASES: WorkspaceCase[] = [
       ws.out = 'locked/out';
     },
     expect: ['locked/out: cannot create output directory: ', '/locked is not writable'],
+  },
+
+  // The signing key (--sign-key): checked before the build, never read into argv.
+  { name: '--sign-key: no such file', setup: async (ws) => ws.extraArgs.push('--sign-key', 'nope'), expect: ['nope: cannot read the signing key: no such file'] },
+  { name: '--sign-key: not a key', setup: async (ws) => ws.extraArgs.push('--sign-key', await ws.write('signer', 'not a key\n', 0o600)), expect: ['signer: not an OpenSSH key ssh-keygen can read'] },
+  {
+    name: '--sign-key: a private key readable by others',
+    setup: async (ws) => {
+      await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(ws.dir, 'signer')]);
+      await chmod(join(ws.dir, 'signer'), 0o644);
+      ws.extraArgs.push('--sign-key', 'signer');
+    },
+    expect: ['signer: the signing key is readable by group or others (mode 644); chmod 600 it'],
   },
 
   // Command line.

@@ -3,7 +3,7 @@
  * sfdisk, cryptsetup, an AES-XTS decryption with the volume key, debugfs, cpio, qemu-img.
  */
 import { execa } from 'execa';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import {
@@ -19,7 +19,7 @@ import {
   readInitramfsMember,
   type PartitionRange,
 } from './image-reader.js';
-import { cacheDirOf, CLI } from './fixture.js';
+import { cacheDirOf, CLI, REPO } from './fixture.js';
 
 const image = inject('image');
 
@@ -31,6 +31,7 @@ interface Manifest {
   partitions: PartitionRange[];
   dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
   outputs: Array<{ format: string; path: string; sha256: string; glance?: Record<string, string | number> }>;
+  signature: unknown;
   bootModes: string[];
   packages: { installed: Array<{ name: string; version: string }> };
   stageSeconds: Record<string, number>;
@@ -61,18 +62,40 @@ afterAll(async () => {
 });
 
 describe('artefacts', () => {
-  it('SHA256SUMS verifies every output and matches the manifest', async () => {
+  it('SHA256SUMS verifies every output and the manifest, and matches the manifest', async () => {
     const result = await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: image.outDir });
     expect(result.stdout).toMatch(/e2e-bookworm\.raw: OK/);
     expect(result.stdout).toMatch(/e2e-bookworm\.qcow2: OK/);
-    for (const name of ['vmlinuz', 'initrd.img', 'cmdline']) expect(result.stdout).toContain(`${name}: OK`);
+    for (const name of ['vmlinuz', 'initrd.img', 'cmdline', 'e2e-bookworm.cdx.json', 'e2e-bookworm.spdx.json', 'manifest.json']) expect(result.stdout).toContain(`${name}: OK`);
     const sums = await readFile(join(image.outDir, 'SHA256SUMS'), 'utf8');
     for (const output of manifest.outputs) expect(sums).toContain(`${output.sha256}  ${output.path}`);
   });
 
+  it('SHA256SUMS.sig is an OpenSSH signature of SHA256SUMS by the --sign-key key, in the keylessgo namespace', async () => {
+    const allowed = join(scratch, 'allowed_signers');
+    const [type, base64] = (await readFile(image.signingPublicKey, 'utf8')).trim().split(' ');
+    await writeFile(allowed, `builder ${type} ${base64}\n`);
+    const verify = (namespace: string) =>
+      execa('ssh-keygen', ['-Y', 'verify', '-f', allowed, '-I', 'builder', '-n', namespace, '-s', join(image.outDir, 'SHA256SUMS.sig')], { inputFile: join(image.outDir, 'SHA256SUMS'), reject: false });
+    expect((await verify('keylessgo')).stdout).toMatch(/^Good "keylessgo" signature for builder/);
+    expect((await verify('git')).exitCode).not.toBe(0);
+    expect(manifest.signature).toEqual({ file: 'SHA256SUMS.sig', format: 'sshsig', namespace: 'keylessgo', signs: 'SHA256SUMS', key: { type: 'ED25519', fingerprint: expect.stringMatching(/^SHA256:/) } });
+  });
+
   it('leaves no *.partial file in the output directory', async () => {
     const { stdout } = await execa('ls', ['-A', image.outDir]);
-    expect(stdout.split('\n').sort()).toEqual(['SHA256SUMS', 'cmdline', 'e2e-bookworm.qcow2', 'e2e-bookworm.raw', 'initrd.img', 'manifest.json', 'vmlinuz']);
+    expect(stdout.split('\n').sort()).toEqual([
+      'SHA256SUMS',
+      'SHA256SUMS.sig',
+      'cmdline',
+      'e2e-bookworm.cdx.json',
+      'e2e-bookworm.qcow2',
+      'e2e-bookworm.raw',
+      'e2e-bookworm.spdx.json',
+      'initrd.img',
+      'manifest.json',
+      'vmlinuz',
+    ]);
   });
 
   it('manifest gives each disk image its Glance/Ironic properties, and both boot modes', () => {
@@ -241,6 +264,68 @@ describe('/boot and the initramfs', () => {
   });
 });
 
+describe('the SBOMs', () => {
+  let cdx: Record<string, any>;
+  let spdx: Record<string, any>;
+  let installed: Array<{ name: string; version: string; architecture: string }>;
+
+  beforeAll(async () => {
+    cdx = JSON.parse(await readFile(join(image.outDir, 'e2e-bookworm.cdx.json'), 'utf8')) as Record<string, any>;
+    spdx = JSON.parse(await readFile(join(image.outDir, 'e2e-bookworm.spdx.json'), 'utf8')) as Record<string, any>;
+    // The image's own dpkg database, read from the decrypted root with debugfs (not with keylessgo's parser).
+    const status = await readExt4File(rootPlain, '/var/lib/dpkg/status');
+    installed = status
+      .split(/\n\n+/)
+      .filter((stanza) => /^Status: \S+ ok installed$/m.test(stanza))
+      .map((stanza) => ({ name: /^Package: (.+)$/m.exec(stanza)![1]!, version: /^Version: (.+)$/m.exec(stanza)![1]!, architecture: /^Architecture: (.+)$/m.exec(stanza)![1]! }));
+    expect(installed.length).toBeGreaterThan(100);
+  });
+
+  it("validate: CycloneDX by the CycloneDX library's strict validator, SPDX against the SPDX 2.3 JSON schema", async () => {
+    const CDX = await import('@cyclonedx/cyclonedx-library');
+    expect(await new CDX.Validation.JsonStrictValidator(CDX.Spec.Version.v1dot6).validate(JSON.stringify(cdx))).toBeNull();
+    const { default: Ajv } = await import('ajv');
+    const { default: addFormats } = await import('ajv-formats');
+    const ajv = new Ajv({ strict: false, allErrors: true });
+    addFormats(ajv);
+    const validate = ajv.compile(JSON.parse(await readFile(join(REPO, 'test/data/spdx/spdx-schema-2.3.json'), 'utf8')) as object);
+    expect(validate(spdx), JSON.stringify(validate.errors)).toBe(true);
+  });
+
+  it("name every package of the image's dpkg status exactly once, with its purl and its .deb's SHA-256", () => {
+    // purl-spec, type deb: + percent-encoded (in names too: libstdc++6), the epoch's colon as it is.
+    const encoded = (text: string) => text.replaceAll('+', '%2B');
+    const purl = (p: (typeof installed)[number]) => `pkg:deb/debian/${encoded(p.name)}@${encoded(p.version)}?arch=${p.architecture}&distro=debian-12`;
+    const expected = installed.map(purl).sort();
+    const libraries = (cdx.components as Array<Record<string, any>>).filter((c) => c.type === 'library');
+    expect(libraries.map((c) => c.purl).sort()).toEqual(expected);
+    expect(libraries.filter((c) => !/^[0-9a-f]{64}$/.test(c.hashes?.[0]?.content ?? ''))).toEqual([]);
+    const spdxPurls = (spdx.packages as Array<Record<string, any>>).filter((p) => !p.primaryPackagePurpose).map((p) => p.externalRefs[0].referenceLocator as string);
+    expect(spdxPurls.sort()).toEqual(expected);
+    // The .deb hashes are those of the files the package cache keeps (apt checked them against the archive).
+    const libc = libraries.find((c) => c.name === 'libc6')!;
+    expect(libc.hashes[0].content).toBe(spdx.packages.find((p: Record<string, any>) => p.name === 'libc6').checksums[0].checksumValue);
+  });
+
+  it('name the kernel and initramfs with the SHA-256 of the files on /boot, and the signed loaders on the ESP', async () => {
+    const sha256 = async (path: string) => (await execa('sha256sum', [path])).stdout.split(' ')[0];
+    const files = new Map((cdx.components as Array<Record<string, any>>).filter((c) => c.type === 'file').map((c) => [c.name as string, c.hashes.find((h: { alg: string }) => h.alg === 'SHA-256').content as string]));
+    expect(files.get(`/boot/vmlinuz-${manifest.kernel.version}`)).toBe(await sha256(join(image.outDir, 'vmlinuz')));
+    expect(files.get(`/boot/initrd.img-${manifest.kernel.version}`)).toBe(await sha256(join(image.outDir, 'initrd.img')));
+    expect([...files.keys()]).toEqual(expect.arrayContaining(['ESP/EFI/BOOT/BOOTX64.EFI', 'ESP/EFI/BOOT/grubx64.efi', 'ESP/EFI/BOOT/mmx64.efi', 'initramfs/scripts/init-top/keylessgo-link-up']));
+    expect(cdx.metadata.component.properties).toEqual(expect.arrayContaining([{ name: 'keylessgo:recipe:sha256', value: expect.stringMatching(/^[0-9a-f]{64}$/) }, { name: 'keylessgo:source-date-epoch', value: expect.stringMatching(/^\d+$/) }]));
+  });
+
+  it('hold no secret, no host key and no authorized key', async () => {
+    const texts = [JSON.stringify(cdx), JSON.stringify(spdx)];
+    const publicKey = (await readFile(image.publicKey, 'utf8')).trim().split(' ')[1]!;
+    const header = await extractPartition(image.raw, partition('keylessgo-root'), join(scratch, 'sbom-header'), 16 * 1024 * 1024);
+    const volume = await dumpVolumeKey(header, image.passphraseFile);
+    const forbidden = [image.passphrase, publicKey, volume.key.toString('hex'), ...manifest.dropbear.hostKeys.map((k) => k.fingerprint), image.canary];
+    for (const text of texts) for (const secret of forbidden) expect(text).not.toContain(secret);
+  });
+});
+
 describe('rebuild from the stage cache', () => {
   const rebuild = inject('rebuild');
   let rebuilt: Manifest & { cache: Record<string, string>; kernel: { cmdline: string }; mirror: { releases: Record<string, string> }; secureBoot: boolean; packages: { requested: string[] } };
@@ -263,7 +348,8 @@ describe('rebuild from the stage cache', () => {
     expect(rebuilt.cache).toEqual(first.cache);
   });
 
-  it('has its own secrets and identifiers, and the recipe changes', async () => {
+  it('has its own secrets, identifiers of its own recipe, and the recipe changes', async () => {
+    // Identifiers derive from the recipe file (reproducible builds): another recipe, other ones.
     expect(rebuilt.luks.uuid).not.toBe(manifest.luks.uuid);
     expect(rebuilt.filesystems.rootUuid).not.toBe(manifest.filesystems.rootUuid);
     expect(rebuilt.dropbear.hostKeys.map((k) => k.fingerprint)).not.toContain(manifest.dropbear.hostKeys[0]!.fingerprint);
@@ -278,6 +364,16 @@ describe('rebuild from the stage cache', () => {
     const esp = rebuilt.partitions.find((p) => p.label === 'keylessgo-esp')!;
     const listing = await execa('mdir', ['-/', '-b', '-i', `${rebuild.raw}@@${esp.startBytes}`, '::/EFI']);
     expect(listing.stdout.split('\n').filter((line) => !line.endsWith('/'))).toEqual(['::/EFI/BOOT/BOOTX64.EFI']);
+  });
+
+  it("lists the same packages with the same .deb hashes in its SBOM, taken from the cache entry", async () => {
+    const packagesOf = async (dir: string) => {
+      const bom = JSON.parse(await readFile(join(dir, 'e2e-bookworm.cdx.json'), 'utf8')) as { components: Array<{ type: string; purl?: string; hashes?: Array<{ content: string }> }> };
+      return bom.components.filter((c) => c.type === 'library').map((c) => `${c.purl} ${c.hashes?.[0]?.content}`).sort();
+    };
+    const first = JSON.parse(await readFile(image.manifestFile, 'utf8')) as typeof rebuilt;
+    if (JSON.stringify(rebuilt.mirror.releases) !== JSON.stringify(first.mirror.releases)) return;
+    expect(await packagesOf(rebuild.outDir)).toEqual(await packagesOf(image.outDir));
   });
 
   it('`keylessgo cache ls` lists the bootstrap and initramfs entries with their sizes', async () => {
@@ -331,7 +427,7 @@ describe('secrets never leak', () => {
   it.each([
     ['the first build', () => image],
     ['the rebuild from the cache (--verbose)', () => rebuild],
-  ])('%s: not in argv, the log, the manifest, SHA256SUMS, the raw image, /boot or the decrypted root', async (_name, which) => {
+  ])('%s: not in argv, the log, the manifest, the SBOMs, the raw image, /boot or the decrypted root', async (_name, which) => {
     const built = which();
     const work = await mkdtemp(join(scratch, 'secrets-'));
     const builtManifest = JSON.parse(await readFile(built.manifestFile, 'utf8')) as Manifest;
@@ -348,6 +444,7 @@ describe('secrets never leak', () => {
     expect((await readFile(built.argvLog, 'utf8')).split('\n').length).toBeGreaterThan(20);
     record('the build log', secrets, inText(await readFile(built.buildLog, 'latin1'), secrets));
     record('manifest.json', secrets, inText(await readFile(built.manifestFile, 'latin1'), secrets));
+    for (const sbom of ['e2e-bookworm.cdx.json', 'e2e-bookworm.spdx.json']) record(sbom, secrets, inText(await readFile(join(built.outDir, sbom), 'latin1'), secrets));
     record('the raw image', secrets, await fileContainsAny(built.raw, secrets));
     record('the qcow2 image', secrets, await fileContainsAny(built.qcow2, secrets));
     if (built === image) record('the decrypted root', secrets, await fileContainsAny(rootPlain, secrets));

@@ -37,6 +37,8 @@ export interface ImageFixture extends BuiltImage {
   canary: string;
   /** The test Tang server the image is bound to at build time (not running unless a test serves it). */
   tang: TangFixture;
+  /** The key pair SHA256SUMS is signed with (--sign-key; generated now, never committed): the public key's path. */
+  signingPublicKey: string;
 }
 
 /** Records the command line of every process while `work` runs: secrets must never be in argv. */
@@ -74,10 +76,15 @@ async function testRecipe(base: string, name: string): Promise<Record<string, an
   return { ...recipe, name, disk: { ...recipe.disk, size: '2GiB' } };
 }
 
-/** Builds `recipe` through the CLI with fresh secrets into `dir` (0700), using the run's private stage cache. */
-async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, extraArgs: string[] = []): Promise<BuiltImage> {
+type Secrets = Awaited<ReturnType<typeof makeSecrets>>;
+
+/**
+ * Builds `recipe` through the CLI into `dir` (0700), using the stage cache `cacheDir`, with
+ * fresh secrets unless `secrets` are given.
+ */
+async function buildImage(dir: string, recipe: Record<string, any>, cacheDir: string, extraArgs: string[] = [], given?: Secrets): Promise<BuiltImage> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const secrets = await makeSecrets(dir);
+  const secrets = given ?? (await makeSecrets(dir));
   const recipeFile = join(dir, `${recipe.name}.yaml`);
   await writeFile(recipeFile, stringify(recipe));
   const outDir = join(dir, 'out');
@@ -120,10 +127,32 @@ export async function buildFixture(): Promise<ImageFixture> {
   recipe.hooks = [hook];
   // tpm2: the unlock-policy tests enroll a TPM2 binding; one package set for every test keeps one cold bootstrap.
   recipe.nbde = { ...recipe.nbde, tpm2: true, tang: [{ url: tang.guestUrl, adv: tang.advFile }] };
-  const fixture: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(dir), ['--export-boot'])), canary, tang };
+  const signingKey = join(dir, 'signing-key');
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'keylessgo-test-signer', '-f', signingKey]);
+  const fixture: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(dir), [...FIXTURE_FLAGS, '--sign-key', signingKey])), canary, tang, signingPublicKey: `${signingKey}.pub` };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(fixture, null, 2));
   return fixture;
 }
+
+/** The fixture's build flags besides the signing key. */
+const FIXTURE_FLAGS = ['--export-boot'];
+
+/**
+ * A second cold build of the fixture's recipe (the same file, keys, passphrase and flags) with a
+ * stage cache of its own, empty: its plaintext must equal the fixture's (reproducible.test.ts).
+ */
+export async function buildReproduction(fixture: ImageFixture): Promise<ImageFixture> {
+  const dir = join(fixture.dir, REPRODUCTION_DIR);
+  const recipe = parse(await readFile(fixture.recipeFile, 'utf8')) as Record<string, any>;
+  const secrets = { privateKey: fixture.privateKey, publicKey: fixture.publicKey, passphraseFile: fixture.passphraseFile, passphrase: fixture.passphrase };
+  const signingKey = fixture.signingPublicKey.replace(/\.pub$/, '');
+  const built = await buildImage(dir, recipe, join(dir, 'cache'), [...FIXTURE_FLAGS, '--sign-key', signingKey], secrets);
+  const reproduction: ImageFixture = { ...built, canary: fixture.canary, tang: fixture.tang, signingPublicKey: fixture.signingPublicKey };
+  await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(reproduction, null, 2));
+  return reproduction;
+}
+
+export const REPRODUCTION_DIR = 'reproduction';
 
 /** The stage cache of one test run (so CI's first build is cold and nothing leaks between runs). */
 export function cacheDirOf(fixtureDir: string): string {
@@ -145,7 +174,7 @@ export async function buildRebuild(fixture: ImageFixture): Promise<ImageFixture>
   recipe.overlays = [...(recipe.overlays ?? []), join(dir, 'overlay')];
   recipe.boot = { ...recipe.boot, secureBoot: false };
   // --verbose: every host command and its output is in the log, which the secret scan reads.
-  const rebuild: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(fixture.dir), ['--verbose'])), canary: fixture.canary, tang: fixture.tang };
+  const rebuild: ImageFixture = { ...(await buildImage(dir, recipe, cacheDirOf(fixture.dir), ['--verbose'])), canary: fixture.canary, tang: fixture.tang, signingPublicKey: fixture.signingPublicKey };
   await writeFile(join(dir, FIXTURE_JSON), JSON.stringify(rebuild, null, 2));
   return rebuild;
 }

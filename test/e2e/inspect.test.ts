@@ -1,11 +1,13 @@
 /**
  * `keylessgo inspect` on the shared image (bound to the test Tang), through the real CLI:
  * its JSON against the manifest and against facts known independently (the test key's
- * ssh-keygen fingerprint, the Tang key's file name), the human table, the qcow2 twin,
- * --check as a gate (passing, and failing on a tampered manifest and SHA256SUMS), a qcow2
- * backed by the image refused, and exit 2 on a file that is no disk image.
+ * ssh-keygen fingerprint, the Tang key's file name), the human table, the qcow2 twin, the
+ * SBOMs, --check as a gate (passing, and failing on a tampered manifest, SHA256SUMS, SBOM or,
+ * with --verify-key, signature), a qcow2 backed by the image refused, and exit 2 on a file
+ * that is no disk image.
  */
 import { execa } from 'execa';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -20,6 +22,7 @@ interface Manifest {
   partitions: Array<{ label: string; startBytes: number; sizeBytes: number }>;
   dropbear: { hostKeys: Array<{ type: string; fingerprint: string }> };
   nbde: { binding: { slot: number; servers: Array<{ url: string; thumbprints: string[] }> } };
+  packages: { installed: Array<{ name: string }> };
 }
 
 let manifest: Manifest;
@@ -104,6 +107,14 @@ describe('keylessgo inspect --json on the built image', () => {
     expect(initramfs.crypttab).toEqual([expect.stringMatching(new RegExp(`^cryptroot\\s+UUID=${manifest.luks.uuid}\\s`))]);
   });
 
+  it('reports the SBOMs beside the image: CycloneDX 1.6 and SPDX 2.3, each with every installed package', () => {
+    expect(report.sboms).toEqual([
+      { file: join(image.outDir, 'e2e-bookworm.cdx.json'), format: 'CycloneDX 1.6', packages: manifest.packages.installed.length, files: expect.any(Number) },
+      { file: join(image.outDir, 'e2e-bookworm.spdx.json'), format: 'SPDX-2.3', packages: manifest.packages.installed.length, files: expect.any(Number) },
+    ]);
+    expect(human).toMatch(/^SBOMs\n {2}\S+e2e-bookworm\.cdx\.json +CycloneDX 1\.6: \d+ packages, \d+ files$/m);
+  });
+
   it('compares the manifest beside the image and finds no mismatch', () => {
     expect(report.manifest?.file).toBe(image.manifestFile);
     expect(report.manifest?.compared).toEqual(expect.arrayContaining(['luks.uuid', 'luks.keyslots', 'nbde.binding', 'kernel.cmdline', 'dropbear.hostKeys', 'dropbear.authorizedKeys']));
@@ -133,10 +144,10 @@ describe('keylessgo inspect, human table and other inputs', () => {
     expect(out).toMatch(/^ {2}compared +\d+ fields with the image, all match$/m);
   });
 
-  it('reports the same for the qcow2 image, which passes --check (manifest and SHA256SUMS)', async () => {
+  it('reports the same for the qcow2 image, which passes --check (manifest, SHA256SUMS, the SBOMs)', async () => {
     const result = await inspect(image.qcow2, '--json', '--check');
     expect(result.exitCode, result.stderr).toBe(0);
-    expect(result.stderr).toMatch(/check passed: \d+ manifest fields, SHA-256 against .*SHA256SUMS, SHA-256 against .*manifest\.json outputs/);
+    expect(result.stderr).toMatch(/check passed: \d+ manifest fields, SHA-256 of e2e-bookworm\.qcow2 against .*SHA256SUMS, SHA-256 of e2e-bookworm\.qcow2 against .*manifest\.json outputs, SHA-256 of e2e-bookworm\.cdx\.json against .*SHA256SUMS/);
     const fromQcow2 = JSON.parse(result.stdout) as InspectReport;
     expect(fromQcow2.format).toBe('qcow2');
     // The manifest comparison differs only in which output's size it checked.
@@ -145,20 +156,55 @@ describe('keylessgo inspect, human table and other inputs', () => {
     expect(fromQcow2.manifest?.mismatches).toEqual([]);
   });
 
-  it('--check exits 1 naming each difference when the manifest or SHA256SUMS does not match the image', async () => {
+  /** A directory holding links to the build's outputs but its own copies of `replaced` (name → content). */
+  async function outputsWith(replaced: Record<string, string>): Promise<string> {
     const dir = await mkdtemp(join(scratch, 'tampered-'));
-    const raw = join(dir, basename(image.raw));
-    await symlink(image.raw, raw);
+    for (const name of await readdir(image.outDir)) {
+      if (name in replaced) await writeFile(join(dir, name), replaced[name]!);
+      else await symlink(join(image.outDir, name), join(dir, name));
+    }
+    return dir;
+  }
+
+  const checkErrors = (stderr: string) =>
+    stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: string; message: string }).filter((e) => e.level === 'error').map((e) => e.message);
+
+  it('--check exits 1 naming each difference when the manifest or SHA256SUMS does not match the image', async () => {
     const tampered = { ...(JSON.parse(await readFile(image.manifestFile, 'utf8')) as Manifest), luks: { ...manifest.luks, uuid: '00000000-0000-4000-8000-000000000000' } };
-    await writeFile(join(dir, 'manifest.json'), JSON.stringify(tampered));
-    await writeFile(join(dir, 'SHA256SUMS'), `${'0'.repeat(64)}  ${basename(image.raw)}\n`);
-    const result = await inspect(raw, '--check', '--log-format', 'json');
+    const sums = (await readFile(join(image.outDir, 'SHA256SUMS'), 'utf8')).replace(/^[0-9a-f]{64}(?=  e2e-bookworm\.raw$)/m, '0'.repeat(64));
+    const dir = await outputsWith({ 'manifest.json': JSON.stringify(tampered), SHA256SUMS: sums });
+    const result = await inspect(join(dir, basename(image.raw)), '--check', '--log-format', 'json');
     expect(result.exitCode, result.stderr).toBe(1);
-    const errors = result.stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: string; message: string }).filter((e) => e.level === 'error').map((e) => e.message);
-    expect(errors).toEqual([
+    expect(checkErrors(result.stderr)).toEqual([
       `check: manifest luks.uuid: manifest 00000000-0000-4000-8000-000000000000, image ${manifest.luks.uuid}`,
-      expect.stringMatching(new RegExp(`^check: SHA-256 differs from ${join(dir, 'SHA256SUMS')}: expected 0{64}, file has [0-9a-f]{64}$`)),
+      expect.stringMatching(new RegExp(`^check: SHA-256 of e2e-bookworm\\.raw differs from ${join(dir, 'SHA256SUMS')}: expected 0{64}, file has [0-9a-f]{64}$`)),
+      expect.stringMatching(new RegExp(`^check: SHA-256 of manifest\\.json differs from ${join(dir, 'SHA256SUMS')}: `)),
     ]);
+  });
+
+  it('--check fails on a changed SBOM; with --verify-key, on a SHA256SUMS the signature does not cover or another signer', async () => {
+    const cdx = await readFile(join(image.outDir, 'e2e-bookworm.cdx.json'), 'utf8');
+    const sbomChanged = await outputsWith({ 'e2e-bookworm.cdx.json': cdx.replace('"libc6"', '"libc7"') });
+    const sbom = await inspect(join(sbomChanged, basename(image.qcow2)), '--check', '--log-format', 'json');
+    expect(sbom.exitCode, sbom.stderr).toBe(1);
+    expect(checkErrors(sbom.stderr)).toEqual([expect.stringMatching(/^check: SHA-256 of e2e-bookworm\.cdx\.json differs from .*SHA256SUMS: /), expect.stringMatching(/^check: SHA-256 of e2e-bookworm\.cdx\.json differs from .*manifest\.json outputs: /)]);
+
+    const good = await inspect(image.qcow2, '--check', '--verify-key', image.signingPublicKey);
+    expect(good.exitCode, good.stderr).toBe(0);
+    expect(good.stderr).toMatch(/check passed: signature of SHA256SUMS by .*signing-key\.pub, /);
+
+    // SHA256SUMS and the manifest agreeing with a changed SBOM: only the signature tells.
+    const forgedSums = (await readFile(join(image.outDir, 'SHA256SUMS'), 'utf8')).replace(/^[0-9a-f]{64}(?=  e2e-bookworm\.cdx\.json$)/m, createHash('sha256').update(cdx.replace('"libc6"', '"libc7"')).digest('hex'));
+    const forged = await outputsWith({ 'e2e-bookworm.cdx.json': cdx.replace('"libc6"', '"libc7"'), SHA256SUMS: forgedSums });
+    const unsigned = await inspect(join(forged, basename(image.qcow2)), '--check', '--verify-key', image.signingPublicKey, '--log-format', 'json');
+    expect(unsigned.exitCode).toBe(1);
+    expect(checkErrors(unsigned.stderr)[0]).toMatch(/^check: .*SHA256SUMS\.sig is not a keylessgo signature of SHA256SUMS by /);
+
+    const stranger = await inspect(image.qcow2, '--check', '--verify-key', image.publicKey, '--log-format', 'json');
+    expect(stranger.exitCode).toBe(1);
+    expect(checkErrors(stranger.stderr)[0]).toMatch(/is not a keylessgo signature of SHA256SUMS by /);
+    const without = await inspect(image.qcow2, '--verify-key', image.signingPublicKey);
+    expect(without.exitCode).toBe(2);
   });
 
   it('refuses a qcow2 whose backing file is the image (exit 2, one line, nothing read)', async () => {

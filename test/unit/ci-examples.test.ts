@@ -67,8 +67,8 @@ describe.each(Object.entries(EXAMPLES))('%s', (path, scriptsOf) => {
     expect([...positions].sort((a, b) => a - b)).toEqual(positions);
   });
 
-  it('keeps the image, checksums, manifest and boot-test result', () => {
-    for (const artefact of ['out/*.qcow2', 'out/SHA256SUMS', 'out/manifest.json', 'out/boot-test-uefi/result.json']) expect(text).toContain(artefact);
+  it('keeps the image, checksums, manifest, SBOMs and boot-test result', () => {
+    for (const artefact of ['out/*.qcow2', 'out/SHA256SUMS', 'out/manifest.json', 'out/*.cdx.json', 'out/*.spdx.json', 'out/boot-test-uefi/result.json']) expect(text).toContain(artefact);
   });
 
   it('never puts a secret into a script text or argv', () => {

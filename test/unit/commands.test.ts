@@ -130,7 +130,7 @@ describe('parseLuksDump', () => {
 });
 
 describe('bootstrap', () => {
-  const ctx = (yaml = '') => ({ recipe: recipeWith(yaml), mirror: MIRROR, rootfs: '/tmp/build/rootfs' });
+  const ctx = (yaml = '') => ({ recipe: recipeWith(yaml), mirror: MIRROR, rootfs: '/tmp/build/rootfs', workDir: '/tmp/build' });
 
   const DEFAULT_PACKAGES = [...BASE_PACKAGES, ...CLEVIS_PACKAGES, ...GROW_PACKAGES];
 
@@ -159,7 +159,9 @@ describe('bootstrap', () => {
     expect(args[5]).toMatch(/^--essential-hook=chroot "\$1" dpkg-divert .*--add \/usr\/sbin\/update-initramfs && ln -s \/bin\/true "\$1\/usr\/sbin\/update-initramfs"$/);
     // dpkg without fsync while bootstrapping (mmdebstrap's hooks remove eatmydata again).
     expect(args[6]).toBe('--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata');
-    expect(args.slice(7)).toEqual([
+    // The SHA-256 of every .deb installed from, for the SBOMs: the essential packages' files stay until the cleanup.
+    expect(args.slice(7, 9)).toEqual(['--skip=essential/unlink', `--customize-hook=find "$1"/var/cache/apt/archives -maxdepth 1 -name '*.deb' -exec sha256sum {} + > '/tmp/build/deb-sha256'`]);
+    expect(args.slice(9)).toEqual([
       'bookworm',
       '/tmp/build/rootfs',
       `deb ${MIRROR.archive} bookworm main contrib`,
@@ -170,7 +172,7 @@ describe('bootstrap', () => {
 
   it("mmdebstrap: the package cache's options come after the hooks, before the suite", () => {
     const args = mmdebstrapArgs(ctx(), ['--skip=essential/unlink', '--setup-hook=copy in']);
-    expect(args.slice(7, 10)).toEqual(['--skip=essential/unlink', '--setup-hook=copy in', 'bookworm']);
+    expect(args.slice(9, 12)).toEqual(['--skip=essential/unlink', '--setup-hook=copy in', 'bookworm']);
   });
 
   it('debootstrap: keeps its .deb files in the package cache directory', () => {

@@ -69,6 +69,13 @@ describe('sfdiskScript', () => {
       '',
     ]);
   });
+
+  it("gives the disk and every partition the build's GUIDs (sfdisk would draw them at random)", () => {
+    const lines = sfdiskScript(partitionLayout(disk()), IDS).split('\n');
+    expect(lines.slice(0, 3)).toEqual(['label: gpt', `label-id: ${IDS.diskGuid}`, 'first-lba: 2048']);
+    expect(lines[3]).toBe(`start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, uuid=${IDS.partitionUuids.bios}, name="keylessgo-bios"`);
+    expect(lines.filter((line) => line.includes(`uuid=${IDS.partitionUuids.root}`))).toHaveLength(1);
+  });
 });
 
 describe('4Kn disks (disk.sectorSize 4096)', () => {

@@ -6,7 +6,7 @@
  */
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
-import { open, readdir, readFile, rename, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LUKS_DATA_OFFSET_BYTES } from '../../src/host/cryptsetup.js';
@@ -90,9 +90,32 @@ describe('rawDataRanges', () => {
 });
 
 describe('export stage', () => {
+  const KERNEL = '6.1.0-1-amd64';
+
+  /** The parts of a root tree the SBOMs are made from: a dpkg database, Debian's version, /boot, the ESP's sources. */
+  async function rootTree(work: string) {
+    const rootfs = join(work, 'rootfs');
+    for (const dir of ['var/lib/dpkg/info', 'etc', 'boot', 'usr/lib/shim']) await mkdir(join(rootfs, dir), { recursive: true });
+    await writeFile(join(rootfs, 'var/lib/dpkg/status'), `Package: linux-image-${KERNEL}\nStatus: install ok installed\nArchitecture: amd64\nSource: linux-signed-amd64 (6.1.1+1)\nVersion: 6.1.1-1\n`);
+    await writeFile(join(rootfs, `var/lib/dpkg/info/linux-image-${KERNEL}.list`), `/boot/vmlinuz-${KERNEL}\n`);
+    await writeFile(join(rootfs, 'etc/debian_version'), '12.11\n');
+    await writeFile(join(rootfs, `boot/vmlinuz-${KERNEL}`), 'kernel');
+    await writeFile(join(rootfs, `boot/initrd.img-${KERNEL}`), 'initramfs base, then the appended archive');
+    await writeFile(join(rootfs, 'usr/lib/shim/shimx64.efi.signed'), 'shim');
+    return {
+      rootfs,
+      kernelVersion: KERNEL,
+      sourceDateEpoch: { seconds: 1_700_000_000, from: 'test' },
+      debSha256: { [`linux-image-${KERNEL}_6.1.1-1_amd64.deb`]: 'ef'.repeat(32) },
+      espFiles: [{ path: 'EFI/BOOT/BOOTX64.EFI', source: join(rootfs, 'usr/lib/shim/shimx64.efi.signed'), treePath: 'usr/lib/shim/shimx64.efi.signed', comment: 'shim' }],
+      initramfsAppended: { baseBytes: 15, offset: 16, bytes: 10, paths: [] },
+    };
+  }
+
   /** A small partitioned disk file with data in the ESP, the LUKS header area and a few root ranges, exported to `formats`. */
   async function exportDisk(formats: string, compress = false) {
     const work = await tempDir();
+    const { rootfs, ...products } = await rootTree(work);
     const recipe = recipeWith(`disk: {size: 1GiB, esp: 32MiB, boot: 128MiB}\noutput: {formats: ${formats}, compress: ${compress}}\n`);
     const layout = partitionLayout(recipe.disk);
     const rawPartial = join(work, 'test.raw.partial');
@@ -117,10 +140,11 @@ describe('export stage', () => {
       toolVersion: '0.0.0',
       exportBoot: false,
       outDir: work,
+      rootfs,
       log,
       host: new HostRunner(log),
       cleanup,
-      state: { loop: { device: rawPartial, handle: { release: async () => undefined } }, rawPartial, layout, encryptedRanges, outputs: [], publish: [], cacheKeys: {}, stageSeconds: {} },
+      state: { ...products, loop: { device: rawPartial, handle: { release: async () => undefined } }, rawPartial, layout, encryptedRanges, outputs: [], publish: [], cacheKeys: {}, stageSeconds: {} },
     } as unknown as BuildContext;
     await exportStage.run(ctx);
     for (const { from, to } of ctx.state.publish) await rename(from, to);
@@ -129,10 +153,13 @@ describe('export stage', () => {
 
   it('writes raw and qcow2 whose SHA256SUMS verify with sha256sum -c and whose content is the same', async () => {
     const { work, ctx } = await exportDisk('[raw, qcow2]');
-    expect(ctx.state.outputs.map((o) => o.format)).toEqual(['raw', 'qcow2']);
+    expect(ctx.state.outputs.map((o) => o.format)).toEqual(['raw', 'qcow2', 'cyclonedx', 'spdx']);
     const sums = await readFile(join(work, 'SHA256SUMS'), 'utf8');
-    expect(sums).toBe(ctx.state.outputs.map((o) => `${o.sha256}  ${o.path.split('/').pop()}\n`).join(''));
-    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.raw: OK\ntest.qcow2: OK');
+    const manifestLine = `${await sha256sum(join(work, 'manifest.json'))}  manifest.json\n`;
+    expect(sums).toBe(ctx.state.outputs.map((o) => `${o.sha256}  ${o.path.split('/').pop()}\n`).join('') + manifestLine);
+    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.raw: OK\ntest.qcow2: OK\ntest.cdx.json: OK\ntest.spdx.json: OK\nmanifest.json: OK');
+    const sbom = JSON.parse(await readFile(join(work, 'test.cdx.json'), 'utf8')) as { components: Array<{ name: string; hashes?: unknown }> };
+    expect(sbom.components.find((c) => c.name === `linux-image-${KERNEL}`)?.hashes).toEqual([{ alg: 'SHA-256', content: 'ef'.repeat(32) }]);
     await execa('qemu-img', ['check', join(work, 'test.qcow2')]);
     await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', join(work, 'test.raw'), join(work, 'test.qcow2')]);
     const manifest = JSON.parse(await readFile(join(work, 'manifest.json'), 'utf8')) as { outputs: Array<{ sha256: string }>; hostToolSeconds: Record<string, number> };
@@ -143,7 +170,7 @@ describe('export stage', () => {
 
   it('has qemu-img write a compressed qcow2, and hashes it', async () => {
     const { work, ctx } = await exportDisk('[qcow2]', true);
-    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.qcow2: OK');
+    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toMatch(/^test\.qcow2: OK$/m);
     const info = JSON.parse((await execa('qemu-img', ['check', '--output=json', join(work, 'test.qcow2')])).stdout) as { 'compressed-clusters': number };
     expect(info['compressed-clusters']).toBeGreaterThan(0);
     expect(Object.keys(ctx.host.clock.seconds).sort()).toEqual(['qemu-img', 'sfdisk']);
@@ -151,11 +178,11 @@ describe('export stage', () => {
 
   it('without raw in the formats makes the qcow2 from the disk file and neither hashes nor publishes the raw', async () => {
     const { work, ctx, rawPartial } = await exportDisk('[qcow2]');
-    expect(ctx.state.outputs.map((o) => o.format)).toEqual(['qcow2']);
+    expect(ctx.state.outputs.map((o) => o.format)).toEqual(['qcow2', 'cyclonedx', 'spdx']);
     expect(ctx.state.publish.map((p) => p.from)).not.toContain(rawPartial);
     // The disk file stays a partial, which the partition stage's cleanup removes after the build.
-    expect((await readdir(work)).sort()).toEqual(['SHA256SUMS', 'manifest.json', 'test.qcow2', 'test.raw.partial']);
-    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toBe('test.qcow2: OK');
+    expect((await readdir(work)).sort()).toEqual(['SHA256SUMS', 'manifest.json', 'rootfs', 'test.cdx.json', 'test.qcow2', 'test.raw.partial', 'test.spdx.json']);
+    expect((await execa('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: work })).stdout).toMatch(/^test\.qcow2: OK$/m);
     await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', rawPartial, join(work, 'test.qcow2')]);
   });
 });

@@ -19,6 +19,15 @@ export const IDS: BuildIds = {
   rootFsUuid: 'aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee',
   bootFsUuid: '0f0f0f0f-1e1e-4d2d-8c3c-4b4b4b4b4b4b',
   espVolumeId: 'A1B2C3D4',
+  diskGuid: '01010101-0202-8303-8404-050505050505',
+  partitionUuids: {
+    bios: '10101010-2020-8030-8040-505050505050',
+    esp: '11111111-2121-8131-8141-515151515151',
+    boot: '12121212-2222-8232-8242-525252525252',
+    root: '13131313-2323-8333-8343-535353535353',
+  },
+  rootHashSeed: 'cccccccc-dddd-8eee-8fff-000000000000',
+  bootHashSeed: 'dddddddd-eeee-8fff-8000-111111111111',
 };
 
 /** A made-up mirror: no real archive host name belongs in this repository. */

@@ -14,9 +14,10 @@ import { afterAll, beforeAll, describe, expect, it, test } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { HostRunner } from '../../src/host/run.js';
 import { inspectImage, type InspectReport } from '../../src/inspect/inspect.js';
+import { MAX_INITRAMFS_BYTES } from '../../src/inspect/cpio.js';
 import { MiB } from '../../src/recipe/size.js';
 import { captureLogger, REPO } from './helpers.js';
-import { luksContainer, sparseFile, syntheticDisk, writeAt } from './synthetic-disk.js';
+import { luksContainer, newc, sparseFile, syntheticDisk, writeAt, zstd } from './synthetic-disk.js';
 
 const CLI = join(REPO, 'dist/cli.js');
 const host = new HostRunner(captureLogger('quiet').log);
@@ -27,7 +28,7 @@ const LUKS_AT = 9 * MiB;
 const GPT_ENTRIES_AT = 1024;
 const ENTRY = 128;
 
-type Kind = 'truncation' | 'luks2-binary' | 'luks2-json' | 'gpt' | 'qcow2' | 'luks1' | 'bare-luks' | 'other-format' | 'not-an-image';
+type Kind = 'truncation' | 'luks2-binary' | 'luks2-json' | 'gpt' | 'qcow2' | 'luks1' | 'bare-luks' | 'initramfs' | 'other-format' | 'not-an-image';
 
 interface Case {
   name: string;
@@ -40,6 +41,7 @@ interface Case {
 
 let dir: string;
 let base: string;
+let bombDisk: string;
 let canaryFile: string;
 const canary = `host-secret-${randomBytes(12).toString('hex')}`;
 
@@ -140,6 +142,17 @@ async function luks1(file: string): Promise<void> {
   await execa('cryptsetup', ['luksFormat', '--batch-mode', '--type', 'luks1', '--pbkdf-force-iterations', '1000', '--key-file', keyFile, file]);
 }
 
+/**
+ * A disk whose initramfs is a zstd bomb: frames of 16 MiB of zeros (about 500 bytes each), one
+ * after another, unpacking to 32 MiB more than inspect's limit, in a few KiB of /boot.
+ */
+async function initramfsBombDisk(): Promise<string> {
+  const frame = await zstd(Buffer.alloc(16 * MiB));
+  const frames = MAX_INITRAMFS_BYTES / (16 * MiB) + 2;
+  const initrd = Buffer.concat([newc([{ path: 'kernel/x86/microcode/AuthenticAMD.bin', data: 'ucode' }]), ...Array<Buffer>(frames).fill(frame)]);
+  return (await syntheticDisk(await mkdtemp(join(dir, 'bomb-')), { initrd })).disk;
+}
+
 const CASES: Case[] = [
   ...[0, 100, 512, 17 * 1024, 4 * MiB, LUKS_AT + 2048, LUKS_AT + 8192, LUKS_AT + MiB, 20 * MiB].map(
     (bytes): Case => ({ name: `truncated at ${bytes} bytes`, kind: 'truncation', make: truncatedAt(bytes), expected: bytes < 512 ? { refused: /not a disk image/ } : { note: /beyond the image|could not be read|no \/boot|damaged/ } }),
@@ -194,6 +207,7 @@ const CASES: Case[] = [
     const { file: container } = await luksContainer(await mkdtemp(join(dir, 'luks-')));
     await copyFile(container, file);
   }, expected: { note: /no \/boot found/ } },
+  { name: 'initramfs that unpacks past the limit (zstd bomb)', kind: 'initramfs', make: (file) => copyFile(bombDisk, file), expected: { note: /initramfs .* could not be read: a zstd segment unpacks to more than 512\.0 MiB/ } },
   ...['vmdk', 'vhdx', 'vpc', 'vdi', 'qed'].map((format): Case => ({ name: `${format} image`, kind: 'other-format', make: converted(format), expected: { refused: new RegExp(`${format} image: keylessgo reads only raw and qcow2`) } })),
   { name: 'empty file', kind: 'not-an-image', make: (file) => writeFile(file, ''), expected: { refused: /not a disk image/ } },
   { name: 'directory', kind: 'not-an-image', make: (file) => mkdir(file), expected: { refused: /not a disk image file/ } },
@@ -206,6 +220,7 @@ beforeAll(async () => {
   // Sector-sized so qemu would happily read it as a raw backing or data file.
   await writeFile(canaryFile, Buffer.concat([Buffer.from(`${canary}\n`), Buffer.alloc(MiB - canary.length - 1)]));
   base = (await syntheticDisk(await mkdtemp(join(dir, 'base-')))).disk;
+  bombDisk = await initramfsBombDisk();
 }, 60_000);
 
 afterAll(async () => {

@@ -5,14 +5,16 @@
  * Loop devices and mounts need root and a real build: test/e2e/faults.test.ts.
  */
 import { execa } from 'execa';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { StageCache } from '../../src/pipeline/cache.js';
 import { reapDeadBuilds, recordOutDir } from '../../src/pipeline/leftovers.js';
 import { currentOwner, formatOwner, OWNER_ENV, OWNER_FILE, ownerAlive, parseOwner, processStartTime, type Owner } from '../../src/base/owner.js';
 import { HostRunner } from '../../src/host/run.js';
-import { captureLogger, tempDir } from './helpers.js';
+import { captureLogger, REPO, tempDir } from './helpers.js';
+import { syntheticDisk } from './synthetic-disk.js';
 
 /** The owner of a process that has already exited. */
 async function deadOwner(): Promise<Owner> {
@@ -90,6 +92,41 @@ describe('reapDeadBuilds', () => {
     expect((await readdir(tmp)).sort()).toEqual(['keylessgo-inspect-unowned', 'keylessgo-secrets-BBBBBB', 'keylessgo-test-BBBBBB']);
     expect(await readdir(outDir)).toEqual(['live.raw.partial']);
     expect(await readdir(join(root, 'dead-out'))).toEqual(['test.raw']);
+  });
+
+  it("reaps a SIGKILLed inspect's scratch directory and the decompressor it left running", { timeout: 60_000 }, async () => {
+    const root = await tempDir();
+    const tmp = join(root, 'tmp');
+    const bin = join(root, 'bin');
+    await mkdir(tmp);
+    await mkdir(bin);
+    // A zstd that never finishes: inspect is killed while it waits for the initramfs.
+    await writeFile(join(bin, 'zstd'), '#!/bin/sh\nexec sleep 60\n');
+    await chmod(join(bin, 'zstd'), 0o755);
+    const { disk } = await syntheticDisk(root);
+    const inspect = execa('node', [join(REPO, 'dist/cli.js'), 'inspect', disk], { env: { TMPDIR: tmp, PATH: `${bin}:${process.env.PATH}` }, reject: false });
+    let scratch: string | undefined;
+    for (let tries = 0; tries < 200 && !scratch; tries++) {
+      await sleep(100);
+      for (const name of (await readdir(tmp)).filter((n) => n.startsWith('keylessgo-inspect-'))) {
+        if ((await readdir(join(tmp, name))).some((f) => f.startsWith('segment-'))) scratch = join(tmp, name);
+      }
+    }
+    expect(scratch, 'inspect reached its decompressor').toBeDefined();
+    inspect.kill('SIGKILL');
+    await inspect;
+
+    const { log } = captureLogger();
+    const previous = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      const removed = await reapDeadBuilds(new HostRunner(log), log);
+      expect(removed).toEqual([expect.stringMatching(new RegExp(`^killed process \\d+ left running of dead build process ${inspect.pid}$`)), `removed work tree ${scratch} of dead build process ${inspect.pid}`]);
+    } finally {
+      if (previous === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = previous;
+    }
+    expect(await readdir(tmp)).toEqual([]);
   });
 
   it('removes cache locks and partial entries of dead processes, keeps those of live ones', async () => {

@@ -13,6 +13,7 @@ const DEFAULTS = {
   description: '',
   architecture: 'amd64',
   bootstrap: { tool: 'mmdebstrap', variant: 'apt', components: ['main'] },
+  build: {},
   packages: [],
   hostname: 'keylessgo',
   root: { login: 'key-only' },

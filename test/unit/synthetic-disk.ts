@@ -71,12 +71,15 @@ export async function writeAt(disk: string, offset: number, data: Buffer): Promi
   await handle.close();
 }
 
-/** GPT with keylessgo-boot (ext4: grub.cfg, initrd.img -> initrd.img-test) and keylessgo-root (LUKS2, clevis token). */
-export async function syntheticDisk(dir: string) {
+/**
+ * GPT with keylessgo-boot (ext4: grub.cfg, initrd.img -> initrd.img-test) and keylessgo-root
+ * (LUKS2, clevis token). `initrd` replaces the initramfs made here.
+ */
+export async function syntheticDisk(dir: string, options: { initrd?: Buffer } = {}) {
   const hostKey = dropbearEd25519();
   const key = ed25519Line('operator@example');
   const luks = await luksContainer(dir);
-  const initrd = Buffer.concat([
+  const initrd = options.initrd ?? Buffer.concat([
     newc([{ path: 'kernel/x86/microcode/AuthenticAMD.bin', data: 'ucode' }]),
     await zstd(
       newc([
