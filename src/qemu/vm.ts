@@ -72,9 +72,13 @@ export interface HostService {
   hostPort: number;
 }
 
-/** guestfwd options: each guest connection to the service's address is connected to 127.0.0.1:hostPort. */
+/**
+ * guestfwd options: each guest connection to the service's address is connected to
+ * 127.0.0.1:hostPort by a socat of its own (a chardev target would be one connection, made
+ * once when QEMU starts).
+ */
 export function hostServiceForwards(services: readonly HostService[] = []): string {
-  return services.map((s) => `,guestfwd=tcp:${s.guestAddress}:${s.guestPort}-tcp:${GUEST_HOST}:${s.hostPort}`).join('');
+  return services.map((s) => `,guestfwd=tcp:${s.guestAddress}:${s.guestPort}-cmd:socat - TCP:${GUEST_HOST}:${s.hostPort}`).join('');
 }
 
 /** MAC of the user-network NIC: fixed, so that a config drive's network_data.json can name it; not one of QEMU's defaults (52:54:00:12:34:56 and up, which the other NICs get). */
