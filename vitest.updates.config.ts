@@ -6,7 +6,7 @@ export default defineConfig({
   test: {
     include: ['test/e2e-updates/**/*.test.ts'],
     globalSetup: ['test/e2e-updates/global-setup.ts'],
-    testTimeout: 120 * 60 * 1000,
+    testTimeout: 180 * 60 * 1000,
     hookTimeout: 20 * 60 * 1000,
     fileParallelism: false,
     reporters: ['default', ['json', { outputFile: 'test-results/e2e-updates.json' }]],
