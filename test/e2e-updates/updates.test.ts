@@ -146,7 +146,10 @@ describe('updates of an enrolled machine (TPM2 + Tang, Secure Boot on)', () => {
     // As the README says: in a unit of its own, which a dropped SSH session does not stop.
     await must(`printf '%s\\n' '${APT} full-upgrade' 'echo $? > /root/dist-upgrade.status' > /root/dist-upgrade.sh && systemd-run --unit=dist-upgrade /bin/sh /root/dist-upgrade.sh`);
     const started = performance.now();
-    await pollUntil(async () => ((await vm.ssh('systemctl is-active dist-upgrade')).output.trim() === 'active' ? undefined : true), 30_000, AbortSignal.any([AbortSignal.timeout(DIST_UPGRADE_TIMEOUT_MS), vm.exited]));
+    // Done when the script has written its exit status. systemctl and sshd themselves are
+    // upgraded meanwhile: an answer that is not "inactive" (or a refused login) is no end.
+    const statusWritten = async () => (await vm.ssh('test -f /root/dist-upgrade.status').catch(() => ({ exitCode: 1 }))).exitCode === 0;
+    await pollUntil(async () => ((await statusWritten()) ? true : undefined), 30_000, AbortSignal.any([AbortSignal.timeout(DIST_UPGRADE_TIMEOUT_MS), vm.exited]));
     const upgraded = await must('cat /root/dist-upgrade.status; journalctl --no-pager -o cat -u dist-upgrade');
     log(`apt-get full-upgrade to trixie: ${since(started)} s, exit ${upgraded.split('\n')[0]}`);
     await writeFile(join(dir, 'dist-upgrade.log'), upgraded);
